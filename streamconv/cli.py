@@ -1,0 +1,254 @@
+"""The command line: parse arguments, call the library, print, map errors to exit codes.
+
+``streamconv convert`` imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from streamconv._version import __version__
+from streamconv.constants import (
+    COMPRESSION_CHOICES,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_COMPRESSION,
+    DEFAULT_DTYPE,
+    DEFAULT_WORKERS,
+    DEFAULT_ZSTD_LEVEL,
+    DTYPE_CHOICES,
+    progress_bars_disabled,
+)
+from streamconv.errors import StreamconvError
+
+__all__ = ["build_parser", "main"]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
+def parse_size(text: str) -> int:
+    """Parse ``4MiB``, ``4M``, ``512k`` or ``1048576`` into bytes (binary multiples)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write it like 4MiB, 512KiB or 1048576")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    size = int(number * 1024 ** "_kmgt".index(unit or "_"))
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the size must be at least 1 byte")
+    return size
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``streamconv`` argument parser with its subcommands."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+    parser = _Parser(
+        prog="streamconv",
+        description="Stream Hugging Face safetensors checkpoints into compressed Parquet weights.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"streamconv {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    conv = commands.add_parser(
+        "convert",
+        parents=[common],
+        help="convert a checkpoint to Parquet weights",
+        description="Convert a safetensors checkpoint (folder, .safetensors file or hub repo id) "
+        "into OUTPUT/weights.parquet, metadata.json and the model's assets.",
+    )
+    conv.add_argument("source", nargs="?", metavar="SOURCE", help="checkpoint folder, .safetensors file, or hub repo id")
+    conv.add_argument("--model", dest="model", metavar="SOURCE", help="same as SOURCE (the old tool's spelling)")
+    conv.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output folder to create")
+    conv.add_argument("--type", dest="model_type", default="auto", metavar="TYPE",
+                      help="model plan: auto (default) or one listed by `streamconv types`")
+    conv.add_argument("--parts", type=lambda s: [p for p in s.split(",") if p], metavar="A,B",
+                      help="plan parts to convert, e.g. vision,text for CLIP (default: the plan's)")
+    conv.add_argument("--dtype", choices=DTYPE_CHOICES, default=DEFAULT_DTYPE,
+                      help=f"float target; int and bool tensors are never cast (default {DEFAULT_DTYPE})")
+    conv.add_argument("--compression", choices=COMPRESSION_CHOICES, default=DEFAULT_COMPRESSION,
+                      help=f"codec of the data column (default {DEFAULT_COMPRESSION})")
+    conv.add_argument("--level", type=int, default=DEFAULT_ZSTD_LEVEL,
+                      help=f"zstd level (default {DEFAULT_ZSTD_LEVEL})")
+    conv.add_argument("--include", action="append", default=[], metavar="GLOB",
+                      help="keep only tensors whose source name matches (repeatable)")
+    conv.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                      help="drop tensors whose source name matches (repeatable)")
+    conv.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_SIZE, metavar="SIZE",
+                      help="largest chunk (one Parquet row), e.g. 4MiB (default 4MiB)")
+    conv.add_argument("--revision", help="hub branch, tag or commit (hub sources)")
+    conv.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                      help=f"compression threads (default {DEFAULT_WORKERS})")
+    conv.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    conv.add_argument("--dry-run", action="store_true", help="show what would be written and its estimated size")
+    conv.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+
+    insp = commands.add_parser("inspect", parents=[common], help="show a converted output's tensors and metadata")
+    insp.add_argument("output", metavar="OUTPUT", help="a folder written by `streamconv convert`")
+    insp.add_argument("--json", action="store_true", help="print as JSON")
+
+    commands.add_parser("types", parents=[common], help="list the model plans and what each detects")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 on success)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return {"convert": _convert, "inspect": _inspect, "types": _types}[args.command](args)
+    except BrokenPipeError:  # `streamconv inspect OUT | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written under the output name", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every error becomes one line; --debug shows the traceback
+        if args.debug:
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, StreamconvError) else 1
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, StreamconvError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}; check the path and its permissions"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"unexpected {type(exc).__name__}: {text}; rerun with --debug and report it"
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from streamconv.convert import convert
+
+    if args.source and args.model and args.source != args.model:
+        raise _usage("give the checkpoint once: as SOURCE or as --model, not both")
+    source = args.source or args.model
+    if not source:
+        raise _usage("missing SOURCE: `streamconv convert SOURCE -o OUTPUT`")
+    show_progress = not (args.quiet or args.json or args.dry_run) and sys.stderr.isatty() and not progress_bars_disabled()
+    result = convert(
+        source,
+        args.output,
+        model_type=args.model_type,
+        parts=args.parts,
+        dtype=args.dtype,
+        compression=args.compression,
+        level=args.level,
+        include=args.include,
+        exclude=args.exclude,
+        chunk_size=args.chunk_size,
+        force=args.force,
+        dry_run=args.dry_run,
+        revision=args.revision,
+        workers=args.workers,
+        progress=show_progress,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    elif not args.quiet:
+        print(_summary(result))
+    return 0
+
+
+def _usage(message: str) -> StreamconvError:
+    from streamconv.errors import InvalidOptionError
+
+    return InvalidOptionError(message)
+
+
+def _summary(result: Any) -> str:
+    lines = []
+    if result.dry_run:
+        lines.append(f"dry run: {result.source} -> {result.output_dir} would hold:")
+        width = max(len(t["name"]) for t in result.tensors)
+        for t in result.tensors:
+            shape = "x".join(map(str, t["shape"])) or "scalar"
+            lines.append(f"  {t['name']:<{width}}  {shape:>16}  {t['source_dtype']:>8} -> {t['dtype']:<8}  {_size(t['bytes']):>10}")
+    else:
+        lines.append(f"converted {result.source} -> {result.output_dir}")
+    how = "detected" if result.detected else "not detected"
+    lines.append(f"  model type {result.model_type} ({how}), parts {','.join(result.parts)}")
+    codec = f"zstd-{result.level}" if result.compression == "zstd" else "no compression"
+    lines.append(
+        f"  {result.tensor_count} tensors, {result.parameter_count:,} parameters, "
+        f"{result.chunk_count} chunks, {result.dtype}, {codec}"
+    )
+    verb = "estimated" if result.dry_run else "written"
+    lines.append(
+        f"  {_size(result.source_bytes)} -> {_size(result.output_bytes)} {verb} "
+        f"({result.ratio:.2f}x) in {result.seconds:.2f} s"
+    )
+    lines.extend(f"  warning: {w}" for w in result.warnings)
+    return "\n".join(lines)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from streamconv.reader import describe, read_metadata, weights_path
+
+    weights = weights_path(args.output)
+    metadata = read_metadata(args.output)
+    tensors = describe(weights)
+    if args.json:
+        print(json.dumps({"metadata": metadata, "tensors": tensors}, indent=2))
+        return 0
+    stored = sum(t["stored_bytes"] for t in tensors)
+    print(f"{weights}")
+    print(
+        f"  format {metadata.get('format_version')}, model type {metadata.get('model_type')}, "
+        f"dtype {metadata.get('dtype')}, compression {metadata.get('compression', {}).get('codec')}"
+        f"-{metadata.get('compression', {}).get('level')}"
+    )
+    print(
+        f"  {len(tensors)} tensors, {metadata.get('parameter_count', 0):,} parameters, "
+        f"{_size(metadata.get('source_bytes', 0))} -> {_size(metadata.get('output_bytes', 0))} "
+        f"({metadata.get('ratio', 0):.2f}x)"
+    )
+    for warning in metadata.get("warnings", []):
+        print(f"  warning: {warning}")
+    for asset in metadata.get("assets", []):
+        print(f"  asset {asset['path']} ({_size(asset['bytes'])}, sha256 {asset['sha256'][:12]}...)")
+    width = max((len(t["name"]) for t in tensors), default=4)
+    print(f"\n  {'name':<{width}}  {'shape':>16}  {'dtype':<8}  {'chunks':>6}  {'stored':>10}")
+    for t in tensors:
+        shape = "x".join(map(str, t["shape"])) or "scalar"
+        print(f"  {t['name']:<{width}}  {shape:>16}  {t['dtype']:<8}  {t['chunks']:>6}  {_size(t['stored_bytes']):>10}")
+    print(f"\n  data column: {_size(stored)}")
+    return 0
+
+
+def _types(args: argparse.Namespace) -> int:
+    from streamconv.plans import PLANS, plan_names
+
+    for name in plan_names():
+        plan = PLANS[name]
+        parts = ", ".join(f"{p}{'*' if p in plan.default_parts else ''}" for p in plan.parts)
+        print(f"{name:<22} {plan.summary}")
+        print(f"{'':<22} parts: {parts}  (* = default)")
+    return 0

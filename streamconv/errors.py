@@ -1,0 +1,175 @@
+"""Every error streamconv raises on purpose.
+
+Each error also inherits the builtin a caller would catch (``FileNotFoundError``, ``ValueError``...),
+carries the facts as attributes, and its message is one line: what is wrong, then how to fix it.
+The CLI prints ``error: <message>`` for these and exits non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "StreamconvError",
+    "SourceNotFoundError",
+    "NoWeightsError",
+    "CorruptCheckpointError",
+    "ShardIndexError",
+    "UnsupportedDtypeError",
+    "OutputExistsError",
+    "OutputNotWritableError",
+    "FormatError",
+    "TensorNotFoundError",
+    "PlanError",
+    "MissingDependencyError",
+    "InvalidOptionError",
+]
+
+
+class StreamconvError(Exception):
+    """Base class: an error with a message meant for the user, one line, with a fix."""
+
+    exit_code = 1
+
+
+class SourceNotFoundError(StreamconvError, FileNotFoundError):
+    """The checkpoint folder (or hub repository) does not exist."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, hint: str = "") -> None:
+        self.source = source
+        fix = hint or "check the path, or pass a Hugging Face repo id such as 'org/name'"
+        super().__init__(f"{source}: no such checkpoint folder; {fix}")
+
+
+class NoWeightsError(StreamconvError, FileNotFoundError):
+    """The folder exists but holds no safetensors weights."""
+
+    exit_code = 2
+
+    def __init__(self, folder: Path, found: list[str] | None = None) -> None:
+        self.folder = folder
+        extra = ""
+        if found:
+            extra = (
+                f" (found {', '.join(found)}: re-save it with "
+                "`model.save_pretrained(dir, safe_serialization=True)` first)"
+            )
+        super().__init__(
+            f"{folder}: no model.safetensors or model.safetensors.index.json{extra}; "
+            "point SOURCE at a folder that contains safetensors weights"
+        )
+
+
+class CorruptCheckpointError(StreamconvError, ValueError):
+    """A safetensors file is empty, truncated, or its header does not describe its bytes."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(
+            f"{path}: {problem}; the file is damaged or not safetensors: re-download or re-save it"
+        )
+
+
+class ShardIndexError(StreamconvError, ValueError):
+    """``model.safetensors.index.json`` does not agree with the shards beside it."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(
+            f"{path}: {problem}; re-download the checkpoint so the index and its shards match"
+        )
+
+
+class UnsupportedDtypeError(StreamconvError, TypeError):
+    """A tensor's dtype is not one streamconv can store."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path, tensor: str, dtype: str, supported: list[str]) -> None:
+        self.path = path
+        self.tensor = tensor
+        self.dtype = dtype
+        super().__init__(
+            f"{path}: tensor {tensor!r} has dtype {dtype}, which streamconv does not support "
+            f"(supported: {', '.join(supported)}); drop it with --exclude {tensor!r} or re-save it"
+        )
+
+
+class OutputExistsError(StreamconvError, FileExistsError):
+    """The output folder exists and overwriting was not asked for."""
+
+    exit_code = 4
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        super().__init__(f"{output}: output already exists; pass --force to replace it")
+
+
+class OutputNotWritableError(StreamconvError, PermissionError):
+    """The output folder cannot be created where it was asked for."""
+
+    exit_code = 4
+
+    def __init__(self, output: Path, reason: str) -> None:
+        self.output = output
+        super().__init__(
+            f"{output}: cannot write the output here ({reason}); choose a writable location with -o"
+        )
+
+
+class FormatError(StreamconvError, ValueError):
+    """A converted output does not follow the streamconv Parquet format."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}; re-run `streamconv convert` to rebuild the output")
+
+
+class TensorNotFoundError(StreamconvError, KeyError):
+    """A tensor asked for by name is not in the converted output."""
+
+    exit_code = 2
+
+    def __init__(self, path: Path, name: str) -> None:
+        self.path = path
+        self.name = name
+        super().__init__(f"{path}: no tensor named {name!r}; list them with `streamconv inspect`")
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the whole message
+        return str(self.args[0])
+
+
+class PlanError(StreamconvError, ValueError):
+    """The checkpoint does not match the model plan it is converted with."""
+
+    exit_code = 3
+
+
+class MissingDependencyError(StreamconvError, ImportError):
+    """An optional dependency is needed for this step and is not installed."""
+
+    exit_code = 5
+
+    def __init__(self, package: str, needed_for: str) -> None:
+        self.package = package
+        super().__init__(
+            f"{package} is needed {needed_for} but is not installed; "
+            f"install it with `pip install 'streamconv[validate]'`"
+        )
+
+
+class InvalidOptionError(StreamconvError, ValueError):
+    """An option has a value streamconv cannot use."""
+
+    exit_code = 2

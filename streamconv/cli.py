@@ -28,6 +28,7 @@ from streamconv.errors import StreamconvError
 
 __all__ = ["build_parser", "main"]
 
+VALIDATION_FAILED = 6
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 
 
@@ -101,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("output", metavar="OUTPUT", help="a folder written by `streamconv convert`")
     insp.add_argument("--json", action="store_true", help="print as JSON")
 
+    val = commands.add_parser(
+        "validate",
+        parents=[common],
+        help="compare a converted output with its source (needs torch and transformers)",
+        description="Check that every stored tensor equals the documented cast of its source, and that "
+        "the model with the converted weights gives the original model's outputs within the stored "
+        "dtype's tolerance. Exit 0 if every check passes, 6 if one fails.",
+    )
+    val.add_argument("output", metavar="OUTPUT", help="a folder written by `streamconv convert`")
+    val.add_argument("--source", metavar="SOURCE", help="the original checkpoint (default: the one in metadata.json)")
+    val.add_argument("--json", action="store_true", help="print the result as JSON")
+
     commands.add_parser("types", parents=[common], help="list the model plans and what each detects")
     return parser
 
@@ -113,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"convert": _convert, "inspect": _inspect, "types": _types}[args.command](args)
+        handlers = {"convert": _convert, "inspect": _inspect, "validate": _validate, "types": _types}
+        return handlers[args.command](args)
     except BrokenPipeError:  # `streamconv inspect OUT | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
@@ -241,6 +255,20 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"  {t['name']:<{width}}  {shape:>16}  {t['dtype']:<8}  {t['chunks']:>6}  {_size(t['stored_bytes']):>10}")
     print(f"\n  data column: {_size(stored)}")
     return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from streamconv.validate import validate
+
+    result = validate(args.output, args.source)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"validated {result.output_dir} against {result.source}")
+        for check in result.checks:
+            print(f"  {'ok  ' if check.passed else 'FAIL'} {check.name}: {check.detail}")
+        print("  passed" if result.passed else "  FAILED")
+    return 0 if result.passed else VALIDATION_FAILED
 
 
 def _types(args: argparse.Namespace) -> int:

@@ -161,12 +161,9 @@ class MissingDependencyError(StreamconvError, ImportError):
 
     exit_code = 5
 
-    def __init__(self, package: str, needed_for: str) -> None:
+    def __init__(self, package: str, needed_for: str, install: str = "pip install 'streamconv[validate]'") -> None:
         self.package = package
-        super().__init__(
-            f"{package} is needed {needed_for} but is not installed; "
-            f"install it with `pip install 'streamconv[validate]'`"
-        )
+        super().__init__(f"{package} is needed {needed_for} but is not installed; install it with `{install}`")
 
 
 class InvalidOptionError(StreamconvError, ValueError):

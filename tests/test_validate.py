@@ -1,0 +1,65 @@
+"""Validation against the original model: it passes on honest conversions and fails on damaged ones."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import streamconv
+from streamconv.validate import validate
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "keep"])
+def test_real_minilm_validates(minilm_path: Path, tmp_path: Path, dtype: str) -> None:
+    out = streamconv.convert(minilm_path, tmp_path / "out", dtype=dtype).output_dir
+    result = validate(out)
+    assert result.passed, [c.detail for c in result.checks]
+    names = [c.name for c in result.checks]
+    assert names[:2] == ["weights", "outputs:text"]
+    outputs = result.checks[1].figures
+    if dtype == "keep":
+        assert outputs["max_abs_error"] == 0.0
+    else:
+        assert 0.0 < outputs["max_abs_error"] and outputs["cosine"] > 0.999
+
+
+def _tamper(out: Path, name: str) -> None:
+    """Rewrite the weights with one tensor scaled: a plausible-looking but wrong conversion."""
+    rows = streamconv.describe(out)
+    tensors = dict(streamconv.iter_tensors(out))
+    source_names = {r["name"]: r["source_name"] for r in rows}
+    tensors[name] = (tensors[name].astype(np.float32) * 1.5).astype(tensors[name].dtype)
+    refs = []
+    for i, (tensor_name, array) in enumerate(tensors.items()):
+        refs.append(streamconv.TensorChunk(
+            streamconv.TensorRef(tensor_name, source_names[tensor_name], "F16" if array.dtype == np.float16 else "I64",
+                                 array.shape, out / "unused", 0, array.nbytes),
+            0, 1, 0, array.reshape(-1)))
+    with streamconv.WeightsWriter(out / "weights.parquet") as writer:
+        writer.write(refs)
+
+
+def test_damaged_conversion_fails(minilm_path: Path, tmp_path: Path) -> None:
+    out = streamconv.convert(minilm_path, tmp_path / "out").output_dir
+    _tamper(out, "encoder.layer.2.attention.self.value.weight")
+    result = validate(out)
+    assert not result.passed
+    checks = {c.name: c for c in result.checks}
+    assert not checks["weights"].passed and "encoder.layer.2.attention.self.value.weight" in checks["weights"].detail
+    assert not checks["outputs:text"].passed
+
+
+def test_cli_validate_exit_codes(minilm_path: Path, tmp_path: Path) -> None:
+    out = streamconv.convert(minilm_path, tmp_path / "out").output_dir
+    done = subprocess.run([sys.executable, "-m", "streamconv", "validate", str(out), "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["passed"] is True
+    _tamper(out, "embeddings.word_embeddings.weight")
+    done = subprocess.run([sys.executable, "-m", "streamconv", "validate", str(out)], capture_output=True, text=True)
+    assert done.returncode == 6
+    assert "FAIL weights" in done.stdout and "FAILED" in done.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,7 +13,7 @@ from typing import Any
 
 from streamconv import codec
 from streamconv._version import __version__
-from streamconv.assets import copy_asset, file_record, write_json
+from streamconv.assets import COMMON_ASSETS, write_assets, write_json
 from streamconv.constants import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_COMPRESSION,
@@ -31,7 +31,8 @@ from streamconv.constants import (
 )
 from streamconv.errors import InvalidOptionError, PlanError, UnsupportedDtypeError
 from streamconv.output import check_output, staged_output
-from streamconv.plans import ModelInfo, Plan, detect_plan, get_plan
+from streamconv.plans import ModelInfo, Plan, choose_plan
+from streamconv.plans.registry import FALLBACK
 from streamconv.source import Checkpoint, TensorRef, open_checkpoint
 from streamconv.stages import TensorChunk, cast, chunk, matches_any, rename, select
 from streamconv.writer import WeightsWriter
@@ -52,8 +53,11 @@ class ConversionResult:
         weights_path: The Parquet weights file.
         metadata_path: ``metadata.json``.
         model_type: The plan used.
-        detected: True if a plan claimed the checkpoint (False: ``generic`` as fallback, or forced).
+        detected: True if the plan's detection claims the checkpoint (False for ``generic``, and
+            for a plan forced with ``model_type`` on a checkpoint that says nothing of itself).
         parts: The plan parts converted.
+        source_layout: Which layout of the plan's family the checkpoint has
+            (``WhisperForConditionalGeneration``...; ``as saved`` for one-layout plans).
         dtype: The dtype policy (``float16``, ``keep``...).
         compression: ``zstd`` or ``none``.
         level: The zstd level.
@@ -64,7 +68,8 @@ class ConversionResult:
         output_bytes: Size of the weights file (an estimate for a dry run).
         ratio: ``source_bytes / output_bytes``.
         seconds: Wall time of the conversion.
-        warnings: Things the user should know (fp16 overflow kept in float32, unmatched patterns).
+        warnings: Things the user should know (fp16 overflow kept in float32, unmatched patterns,
+            generic used as fallback, an asset that could not be copied or built).
         assets: Files written next to the weights, with sha256.
         dry_run: True if nothing was written.
         tensors: For a dry run, the planned tensors (name, source name, shape, dtypes, bytes).
@@ -77,6 +82,7 @@ class ConversionResult:
     model_type: str
     detected: bool
     parts: list[str]
+    source_layout: str
     dtype: str
     compression: str
     level: int
@@ -120,16 +126,20 @@ def convert(
     workers: int = DEFAULT_WORKERS,
     progress: bool = False,
     tqdm_class: Any = None,
+    strict: bool = False,
 ) -> ConversionResult:
     """Convert a safetensors checkpoint into a streamconv output folder.
 
-    The output folder holds ``weights.parquet``, ``metadata.json`` and ``config.json``. It is
-    built under a temporary name and appears only when complete.
+    The output folder holds ``weights.parquet``, ``metadata.json`` and the assets: config,
+    tokenizer (built from the slow-tokenizer files when the checkpoint has no ``tokenizer.json``),
+    processor and plan files. It is built under a temporary name and appears only when complete.
 
     Args:
         source: A checkpoint folder, a ``.safetensors`` file, or a hub repo id.
         output: The output folder to create.
-        model_type: ``auto`` or a plan name (see :func:`streamconv.plans.plan_names`).
+        model_type: ``auto`` or a plan name (see :func:`streamconv.plans.plan_names`). A plan
+            the checkpoint contradicts is refused; one no plan claims is converted with ``generic``
+            and a warning.
         parts: Plan parts to convert (``vision``, ``text``...); the plan's defaults if ``None``.
         dtype: ``float16``, ``bfloat16``, ``float32`` or ``keep``. Integer and bool tensors are
             never cast; a tensor with values outside float16's range is kept in float32.
@@ -145,6 +155,8 @@ def convert(
         progress: Show a tqdm progress bar in bytes on stderr (unless
             ``STREAMCONV_DISABLE_PROGRESS_BARS`` is set).
         tqdm_class: The tqdm class to use for the bar (``tqdm.tqdm`` by default).
+        strict: Fail, instead of warning, when an asset cannot be copied or built (a tokenizer
+            that cannot be converted, a config file that is not JSON).
 
     Returns:
         The :class:`ConversionResult`.
@@ -162,13 +174,19 @@ def convert(
         raise InvalidOptionError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
     output = Path(output).expanduser()
     checkpoint = open_checkpoint(source, revision=revision)
-    plan, detected = _choose_plan(checkpoint, model_type)
+    model = ModelInfo.from_checkpoint(checkpoint)
+    plan_cls, detected = choose_plan(model, model_type)
+    plan = plan_cls()
     if not dry_run:
         check_output(output, checkpoint.root, force)
     refs, warnings = plan_tensors(checkpoint, plan, parts=parts, include=include, exclude=exclude)
     chosen_parts = list(parts or plan.default_parts)
-    if not detected and model_type == "auto":
-        warnings.insert(0, "no model plan recognised this checkpoint; converted with the generic plan")
+    if model_type == "auto" and not detected:
+        warnings.insert(
+            0,
+            f"no model plan recognised this checkpoint ({model.describe()}); converted with the "
+            f"{FALLBACK} plan, every tensor under its own name; pass --type to choose a plan",
+        )
 
     result = ConversionResult(
         source=checkpoint.source,
@@ -178,6 +196,7 @@ def convert(
         model_type=plan.name,
         detected=detected,
         parts=chosen_parts,
+        source_layout=plan.layout(checkpoint).name,
         dtype=dtype,
         compression=compression,
         level=level,
@@ -191,6 +210,10 @@ def convert(
         _estimate(result, refs, chunk_size, workers)
     else:
         with staged_output(output, force) as staging:
+            result.assets, asset_warnings = write_assets(
+                checkpoint.root, staging, [*COMMON_ASSETS, *plan.asset_files(checkpoint)], strict=strict
+            )
+            result.warnings.extend(asset_warnings)
             _write(result, checkpoint, plan, refs, staging, chunk_size, workers, progress, tqdm_class, started)
     result.seconds = round(time.perf_counter() - started, 3)
     return result
@@ -205,6 +228,17 @@ def plan_tensors(
     exclude: Sequence[str] = (),
 ) -> tuple[list[TensorRef], list[str]]:
     """The tensors a conversion will write, renamed, with every check done before any data is read.
+
+    The plan's tensors are renamed by the checkpoint's layout onto the plan's canonical names,
+    selected by the parts' patterns, checked against the parts' required patterns, filtered by
+    ``include``/``exclude`` (over source names), then renamed by the plan's table.
+
+    Args:
+        checkpoint: The opened checkpoint.
+        plan: The plan to convert it with.
+        parts: Plan parts (the plan's defaults if ``None``).
+        include: Glob patterns over source names; keep only tensors matching one.
+        exclude: Glob patterns over source names; drop tensors matching one.
 
     Returns:
         The handles, and warnings (patterns that matched nothing).
@@ -222,19 +256,23 @@ def plan_tensors(
         )
     rules = plan.selection(parts)
     candidates = plan.tensors(checkpoint)
-    kept = list(select(candidates, include=rules.include, exclude=rules.exclude))
-    missing = [p for p in rules.required if not any(matches_any(r.source_name, [p]) for r in kept)]
+    canonical = list(rename(candidates, plan.layout(checkpoint).renames))
+    kept = list(select(canonical, include=rules.include, exclude=rules.exclude))
+    missing = [p for p in rules.required if not any(matches_any(r.name, [p]) for r in kept)]
     if missing:
         raise PlanError(
-            f"{checkpoint.root}: this checkpoint lacks tensors the {plan.name!r} plan needs "
-            f"(none matches {', '.join(missing)}); check --type and --parts"
+            f"{checkpoint.root}: this checkpoint lacks tensors the {plan.name!r} plan needs for parts "
+            f"{','.join(parts or plan.default_parts)}: none matches {', '.join(missing)} "
+            f"(it has {_name_groups(canonical)}); choose other --parts ({', '.join(plan.parts)}) or another --type"
         )
     warnings = [
         f"pattern {p!r} matched no tensor"
         for p in [*include, *exclude]
         if not any(matches_any(r.source_name, [p]) for r in kept)
     ]
-    kept = list(select(kept, include=include, exclude=exclude))
+    # The user's patterns match source names: filter the candidates, which still carry them.
+    wanted = {r.source_name for r in select(candidates, include=include, exclude=exclude)}
+    kept = [r for r in kept if r.source_name in wanted]
     if not kept:
         raise PlanError(
             f"{checkpoint.root}: no tensor left to convert after --include/--exclude; "
@@ -253,20 +291,11 @@ def plan_tensors(
     return refs, warnings
 
 
-def _choose_plan(checkpoint: Checkpoint, model_type: str) -> tuple[Plan, bool]:
-    model = ModelInfo.from_checkpoint(checkpoint)
-    if model_type == "auto":
-        plan_cls, detected = detect_plan(model)
-        return plan_cls(), detected
-    plan_cls = get_plan(model_type)
-    if plan_cls.name != "generic" and not plan_cls.detect(model):
-        found, claimed = detect_plan(model)
-        what = f"it looks like {found.name!r}" if claimed else "no plan recognises it"
-        raise PlanError(
-            f"{checkpoint.root}: --type {model_type} does not match this checkpoint "
-            f"(model_type {model.model_type or 'missing'!r}, {what}); use --type auto or --type generic"
-        )
-    return plan_cls(), plan_cls.name != "generic"
+def _name_groups(refs: list[TensorRef], limit: int = 12) -> str:
+    """The tensors' top-level names, ``text_model.*, logit_scale``, for error messages."""
+    groups = list(dict.fromkeys(r.name.split(".")[0] + (".*" if "." in r.name else "") for r in refs))
+    shown = ", ".join(groups[:limit])
+    return f"{shown} and {len(groups) - limit} more" if len(groups) > limit else shown or "no tensors"
 
 
 def _write(
@@ -290,31 +319,25 @@ def _write(
             level=result.level,
             workers=workers,
         )
+        def on_written(piece: TensorChunk) -> None:
+            if piece.note:
+                result.warnings.append(piece.note)
+            if bar is not None:
+                bar.update(piece.ref.dtype.itemsize * piece.element_count)
+
         with writer:
-            summary = writer.write(
-                _collect_notes(chunks, result.warnings),
-                on_written=(lambda piece: bar.update(piece.ref.dtype.itemsize * len(piece.data))) if bar else None,
-            )
+            summary = writer.write(chunks, on_written=on_written)
     finally:
         if bar is not None:
             bar.close()
     result.chunk_count = summary.chunk_count
     result.output_bytes = (staging / WEIGHTS_FILENAME).stat().st_size
     result.ratio = round(result.source_bytes / result.output_bytes, 4) if result.output_bytes else 0.0
-    if (checkpoint.root / "config.json").is_file():
-        result.assets.append(copy_asset(checkpoint.root / "config.json", staging, "config.json"))
     result.seconds = round(time.perf_counter() - started, 3)
     stored: dict[str, int] = {}
     for name in (summary.stored_dtypes or {}).values():
         stored[name] = stored.get(name, 0) + 1
-    write_json(_metadata(result, checkpoint, plan, stored, chunk_size), staging / METADATA_FILENAME)
-
-
-def _collect_notes(chunks: Iterator[TensorChunk], warnings: list[str]) -> Iterator[TensorChunk]:
-    for piece in chunks:
-        if piece.note:
-            warnings.append(piece.note)
-        yield piece
+    write_json(_metadata(result, checkpoint, plan, refs, stored, chunk_size), staging / METADATA_FILENAME)
 
 
 def _progress_bar(total: int, progress: bool, tqdm_class: Any) -> Any:
@@ -326,9 +349,16 @@ def _progress_bar(total: int, progress: bool, tqdm_class: Any) -> Any:
 
 
 def _metadata(
-    result: ConversionResult, checkpoint: Checkpoint, plan: Plan, stored: dict[str, int], chunk_size: int
+    result: ConversionResult,
+    checkpoint: Checkpoint,
+    plan: Plan,
+    refs: list[TensorRef],
+    stored: dict[str, int],
+    chunk_size: int,
 ) -> dict[str, Any]:
     config = checkpoint.config or {}
+    # The checkpoint's weight files, and any other file the plan read (sentence-transformers Dense).
+    source_files = dict.fromkeys([*checkpoint.weight_files, *(r.path for r in refs)])
     return {
         "format": "streamconv",
         "format_version": FORMAT_VERSION,
@@ -339,12 +369,13 @@ def _metadata(
             "revision": checkpoint.revision,
             "files": [
                 {"path": p.relative_to(checkpoint.root).as_posix(), "bytes": p.stat().st_size}
-                for p in checkpoint.weight_files
+                for p in source_files
             ],
         },
         "model_type": plan.name,
         "model_type_detected": result.detected,
         "parts": result.parts,
+        "source_layout": result.source_layout,
         "config_model_type": config.get("model_type"),
         "architectures": config.get("architectures"),
         "dtype": result.dtype,

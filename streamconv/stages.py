@@ -1,8 +1,9 @@
 """The pipeline's stages: pure generators that take an iterable and return an iterator.
 
 ``select`` and ``rename`` work on lazy :class:`~streamconv.source.TensorRef` handles and read
-nothing. ``chunk`` reads each tensor in pieces of at most ``chunk_size`` bytes and yields
-:class:`TensorChunk` objects holding the data; ``cast`` converts those pieces. Compose them::
+nothing. ``chunk`` cuts each tensor into lazy :class:`TensorChunk` pieces of at most
+``chunk_size`` bytes, and ``cast`` converts pieces; a piece's bytes are read and cast when its
+``data`` is first asked for (by the writer's worker threads). Compose them::
 
     chunks = cast(chunk(rename(select(checkpoint, include=["encoder.*"]), RULES)), "float16")
 
@@ -14,9 +15,10 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
+import ml_dtypes
 import numpy as np
 
 from streamconv.constants import DEFAULT_CHUNK_SIZE, DTYPE_CHOICES, DTYPE_NAMES, NUMPY_DTYPES
@@ -29,31 +31,82 @@ __all__ = ["TensorChunk", "RenameRule", "select", "rename", "chunk", "cast", "ma
 RenameRule = tuple[str, str]
 
 
-@dataclass(frozen=True)
+Loader = Callable[[], tuple[np.ndarray, "str | None"]]
+
+
 class TensorChunk:
     """A contiguous piece of one tensor's flattened (C-order) elements.
 
-    Attributes:
+    A piece is lazy: its data is read and converted the first time :attr:`data` (or
+    :attr:`note`) is asked for, so the writer's worker threads, not the generator that made the
+    piece, do the reading, casting and compressing, in parallel.
+
+    Args:
         ref: The tensor this piece belongs to (name, source name, shape, source dtype).
         index: Position of this piece among the tensor's pieces, from 0.
         count: How many pieces the tensor has.
         start: Index of the first element of this piece in the flattened tensor.
-        data: The elements, 1-D; its dtype is the dtype to store.
-        note: Set by :func:`cast` on a tensor's first piece when the requested dtype could not be
-            used (a warning for the user).
+        data: The elements, for a piece built from data in hand.
+        note: A warning about this piece, for a piece built from data in hand.
+        stop: One past the last element, for a lazy piece.
+        load: For a lazy piece, a function returning ``(data, note)``.
     """
 
-    ref: TensorRef
-    index: int
-    count: int
-    start: int
-    data: np.ndarray
-    note: str | None = None
+    __slots__ = ("ref", "index", "count", "start", "stop", "_load", "_data", "_note")
+
+    def __init__(
+        self,
+        ref: TensorRef,
+        index: int,
+        count: int,
+        start: int,
+        data: np.ndarray | None = None,
+        note: str | None = None,
+        *,
+        stop: int | None = None,
+        load: Loader | None = None,
+    ) -> None:
+        if (data is None) == (load is None):
+            raise ValueError("give a TensorChunk either data or a load function")
+        self.ref, self.index, self.count, self.start = ref, index, count, start
+        self.stop = start + len(data) if data is not None else stop
+        self._load, self._data, self._note = load, data, note
 
     @property
     def name(self) -> str:
         """The name the tensor is stored under."""
         return self.ref.name
+
+    @property
+    def element_count(self) -> int:
+        """Number of elements in this piece (known without loading it)."""
+        return self.stop - self.start
+
+    @property
+    def data(self) -> np.ndarray:
+        """The elements, 1-D, in the dtype to store (loaded on first access)."""
+        self._resolve()
+        return self._data
+
+    @property
+    def note(self) -> str | None:
+        """A warning for the user, e.g. a tensor kept in float32 because it overflows float16."""
+        self._resolve()
+        return self._note
+
+    def then(self, step: Callable[[np.ndarray], tuple[np.ndarray, str | None]]) -> TensorChunk:
+        """A lazy piece whose data is ``step`` applied to this piece's data."""
+        return TensorChunk(
+            self.ref, self.index, self.count, self.start, stop=self.stop, load=lambda: step(self.data)
+        )
+
+    def _resolve(self) -> None:
+        if self._load is not None:
+            self._data, self._note = self._load()
+            self._load = None
+
+    def __repr__(self) -> str:
+        return f"TensorChunk({self.name!r}, {self.index + 1}/{self.count}, elements [{self.start}, {self.stop}))"
 
 
 def matches_any(name: str, patterns: Iterable[str]) -> bool:
@@ -123,10 +176,10 @@ def rename(refs: Iterable[TensorRef], rules: Sequence[RenameRule]) -> Iterator[T
 
 
 def chunk(refs: Iterable[TensorRef], chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[TensorChunk]:
-    """Read each tensor in pieces of at most ``chunk_size`` bytes.
+    """Cut each tensor into lazy pieces of at most ``chunk_size`` bytes.
 
-    A tensor smaller than ``chunk_size`` is one piece; an empty tensor is one empty piece. Only
-    one piece is read at a time.
+    A tensor smaller than ``chunk_size`` is one piece; an empty tensor is one empty piece. A
+    piece's bytes are read only when its data is asked for.
 
     Args:
         refs: Tensor handles.
@@ -143,7 +196,11 @@ def chunk(refs: Iterable[TensorRef], chunk_size: int = DEFAULT_CHUNK_SIZE) -> It
         for index in range(count):
             start = index * per_chunk
             stop = min(ref.numel, start + per_chunk)
-            yield TensorChunk(ref=ref, index=index, count=count, start=start, data=ref.read(start, stop))
+            yield TensorChunk(ref, index, count, start, stop=stop, load=functools.partial(_read, ref, start, stop))
+
+
+def _read(ref: TensorRef, start: int, stop: int) -> tuple[np.ndarray, None]:
+    return ref.read(start, stop), None
 
 
 def cast(chunks: Iterable[TensorChunk], dtype: str) -> Iterator[TensorChunk]:
@@ -151,72 +208,80 @@ def cast(chunks: Iterable[TensorChunk], dtype: str) -> Iterator[TensorChunk]:
 
     The cast is numpy's (round to nearest even). A tensor with a finite value beyond the target's
     range (``|x| > 65504`` for float16) would become ``inf``; such a tensor is kept in float32
-    instead (or its source dtype if that is narrower or it does not fit float32 either) and its
-    first piece carries a ``note``. For a tensor of several pieces, the whole tensor is scanned
-    before its first piece is cast, so all its pieces share one dtype.
+    instead (or its source dtype if that is float32 or wider and does not fit float32 either) and
+    its first piece carries a ``note``. A tensor of one piece is checked when that piece is
+    loaded; a tensor of several pieces is scanned once, here, before its first piece is yielded,
+    so all its pieces share one dtype.
 
     Args:
         chunks: Pieces from :func:`chunk`.
         dtype: ``float16``, ``bfloat16``, ``float32`` or ``keep``.
 
     Returns:
-        The pieces, with data in the stored dtype.
+        Lazy pieces whose data is in the stored dtype.
     """
     if dtype not in DTYPE_CHOICES:
-        raise InvalidOptionError(
-            f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}"
-        )
+        raise InvalidOptionError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
     if dtype == "keep":
         yield from chunks
         return
     target = NUMPY_DTYPES[dtype]
-    decided: tuple[TensorRef, np.dtype] | None = None
+    decided: tuple[TensorRef, np.dtype, str | None] | None = None
     for piece in chunks:
-        source = piece.data.dtype
+        source = piece.ref.dtype
         if source == target or not _is_float(source):
             yield piece
-            continue
-        note = None
-        if decided is None or decided[0] is not piece.ref:
-            peak = _peak_beyond(piece, target)
-            store = target if peak is None else _fallback(source, peak)
-            if peak is not None:
-                note = (
-                    f"tensor {piece.ref.source_name!r} has values up to {peak:.6g}, beyond "
-                    f"{DTYPE_NAMES[target]}'s range; stored as {DTYPE_NAMES[store]} instead"
-                )
-            decided = (piece.ref, store)
-        store = decided[1]
-        data = piece.data if store == source else _astype(piece.data, store)
-        cast_piece = TensorChunk(piece.ref, piece.index, piece.count, piece.start, data, note)
-        del piece  # free the source-dtype buffer now, not when the consumer asks for the next piece
-        yield cast_piece
+        elif piece.count == 1:
+            yield piece.then(functools.partial(_cast_whole, ref=piece.ref, target=target))
+        else:
+            if decided is None or decided[0] is not piece.ref:
+                peak = _tensor_peak(piece.ref, piece.element_count) if _may_overflow(source, target) else 0.0
+                decided = (piece.ref, *_decide(piece.ref, source, target, peak))
+            store, note = decided[1], decided[2] if piece.index == 0 else None
+            yield piece.then(functools.partial(_cast_to, store=store, note=note))
+
+
+def _cast_whole(data: np.ndarray, ref: TensorRef, target: np.dtype) -> tuple[np.ndarray, str | None]:
+    peak = _finite_peak(data) if _may_overflow(data.dtype, target) else 0.0
+    store, note = _decide(ref, data.dtype, target, peak)
+    return _cast_to(data, store, note)
+
+
+def _cast_to(data: np.ndarray, store: np.dtype, note: str | None) -> tuple[np.ndarray, str | None]:
+    if data.dtype == store:
+        return data, note
+    if data.dtype == NUMPY_DTYPES["bfloat16"] and store != NUMPY_DTYPES["float32"]:
+        # bfloat16 -> float32 is exact, so this equals a direct cast and works in every numpy.
+        data = data.astype(np.float32)
+    return data.astype(store), note
+
+
+def _decide(ref: TensorRef, source: np.dtype, target: np.dtype, peak: float) -> tuple[np.dtype, str | None]:
+    """The dtype to store and a warning, given the tensor's largest finite magnitude."""
+    if peak <= _finfo_max(target):
+        return target, None
+    store = _fallback(source, peak)
+    return store, (
+        f"tensor {ref.source_name!r} has values up to {peak:.6g}, beyond {DTYPE_NAMES[target]}'s "
+        f"range; stored as {DTYPE_NAMES[store]} instead"
+    )
+
+
+def _may_overflow(source: np.dtype, target: np.dtype) -> bool:
+    return _finfo_max(target) < _finfo_max(source)
+
+
+def _tensor_peak(ref: TensorRef, step: int) -> float:
+    """Largest finite magnitude of a whole tensor, read piece by piece."""
+    step = max(1, step)
+    return max(
+        (_finite_peak(ref.read(start, min(start + step, ref.numel))) for start in range(0, ref.numel, step)),
+        default=0.0,
+    )
 
 
 def _is_float(dtype: np.dtype) -> bool:
     return dtype in DTYPE_NAMES and DTYPE_NAMES[dtype].startswith(("float", "bfloat"))
-
-
-def _astype(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if data.dtype == NUMPY_DTYPES["bfloat16"] and dtype != NUMPY_DTYPES["float32"]:
-        # bfloat16 -> float32 is exact, so this equals a direct cast and works in every numpy.
-        data = data.astype(np.float32)
-    return data.astype(dtype)
-
-
-def _peak_beyond(piece: TensorChunk, target: np.dtype) -> float | None:
-    """The largest finite magnitude in the piece's tensor if it exceeds ``target``'s range."""
-    limit = float(_finfo_max(target))
-    if piece.count == 1:
-        peak = _finite_peak(piece.data)
-    else:
-        # Scan the whole tensor once, piece by piece, so every piece gets the same dtype.
-        step, total = max(1, len(piece.data)), piece.ref.numel
-        peak = _finite_peak(piece.data)
-        for start in range(0, total, step):
-            if start != piece.start:
-                peak = max(peak, _finite_peak(piece.ref.read(start, min(start + step, total))))
-    return peak if peak > limit else None
 
 
 def _finite_peak(data: np.ndarray) -> float:
@@ -231,11 +296,7 @@ def _finite_peak(data: np.ndarray) -> float:
 
 
 def _finfo_max(dtype: np.dtype) -> float:
-    if dtype == NUMPY_DTYPES["bfloat16"]:
-        import ml_dtypes
-
-        return float(ml_dtypes.finfo(ml_dtypes.bfloat16).max)
-    return float(np.finfo(dtype).max)
+    return float(ml_dtypes.finfo(dtype).max)
 
 
 def _fallback(source: np.dtype, peak: float) -> np.dtype:

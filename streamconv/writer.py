@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -118,7 +119,7 @@ class WeightsWriter:
         self.summary = WriteSummary(stored_dtypes={})
         self._partial = self.path.with_name(self.path.name + ".incomplete")
         self._writer: pq.ParquetWriter | None = None
-        self._rows: list[tuple[TensorChunk, bytes]] = []
+        self._rows: list[tuple[Any, ...]] = []
         self._pending_bytes = 0
 
     def __enter__(self) -> WeightsWriter:
@@ -178,14 +179,19 @@ class WeightsWriter:
             self._add(piece, payload)
             if on_written is not None:
                 on_written(piece)
+            del piece  # the next row must not keep this chunk's data alive
         return self.summary
+
+    def _encode(self, piece: TensorChunk) -> bytes:
+        # Runs in a worker thread: loading the lazy piece (read + cast) happens here too.
+        return codec.encode(piece.data, self.compression, self.level)
 
     def _encoded(self, chunks: Iterable[TensorChunk]) -> Iterator[tuple[TensorChunk, bytes]]:
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="streamconv-encode")
         pending: deque[tuple[TensorChunk, Future[bytes]]] = deque()
         try:
             for piece in chunks:
-                future = pool.submit(codec.encode, piece.data, self.compression, self.level)
+                future = pool.submit(self._encode, piece)
                 pending.append((piece, future))
                 if len(pending) > self.workers:
                     done, future = pending.popleft()
@@ -206,7 +212,20 @@ class WeightsWriter:
         summary.chunk_count += 1
         summary.raw_bytes += piece.data.nbytes
         summary.data_bytes += len(payload)
-        self._rows.append((piece, payload))
+        self._rows.append(
+            (
+                piece.name,
+                piece.ref.source_name,
+                DTYPE_NAMES[piece.data.dtype],
+                piece.ref.dtype_name,
+                list(piece.ref.shape),
+                piece.index,
+                piece.count,
+                piece.start,
+                piece.element_count,
+                payload,
+            )
+        )
         self._pending_bytes += len(payload)
         if self._pending_bytes >= self.row_group_bytes or len(self._rows) >= MAX_ROWS_PER_GROUP:
             self._flush()
@@ -214,23 +233,9 @@ class WeightsWriter:
     def _flush(self) -> None:
         if not self._rows:
             return
-        rows = [piece for piece, _ in self._rows]
-        table = pa.table(
-            [
-                pa.array([p.name for p in rows], pa.string()),
-                pa.array([p.ref.source_name for p in rows], pa.string()),
-                pa.array([DTYPE_NAMES[p.data.dtype] for p in rows], pa.string()),
-                pa.array([p.ref.dtype_name for p in rows], pa.string()),
-                pa.array([list(p.ref.shape) for p in rows], pa.list_(pa.int64())),
-                pa.array([p.index for p in rows], pa.int32()),
-                pa.array([p.count for p in rows], pa.int32()),
-                pa.array([p.start for p in rows], pa.int64()),
-                pa.array([len(p.data) for p in rows], pa.int64()),
-                pa.array([payload for _, payload in self._rows], pa.large_binary()),
-            ],
-            schema=SCHEMA,
-        )
+        columns = list(zip(*self._rows))
+        table = pa.table([pa.array(values, field.type) for values, field in zip(columns, SCHEMA)], schema=SCHEMA)
         assert self._writer is not None
-        self._writer.write_table(table, row_group_size=len(rows))
+        self._writer.write_table(table, row_group_size=len(self._rows))
         self._rows.clear()
         self._pending_bytes = 0

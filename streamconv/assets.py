@@ -1,14 +1,60 @@
-"""Files shipped next to the weights: the config and the plan's assets, each with its sha256."""
+"""Files shipped next to the weights: config, tokenizer, processor and module files, with sha256.
+
+Files present in the checkpoint are copied. A missing ``tokenizer.json`` is built from the
+slow-tokenizer files (``vocab.txt``; ``vocab.json`` + ``merges.txt``; a sentencepiece model) with
+transformers' fast-tokenizer conversion, then checked against the original tokenizer. Only that
+step imports transformers.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["copy_asset", "write_json", "file_record"]
+from streamconv.errors import AssetError, MissingDependencyError
+
+__all__ = [
+    "COMMON_ASSETS",
+    "SAMPLE_TEXTS",
+    "SLOW_TOKENIZER_FILES",
+    "TOKENIZER_FILE",
+    "build_tokenizer",
+    "copy_asset",
+    "file_record",
+    "write_assets",
+    "write_json",
+]
+
+TOKENIZER_FILE = "tokenizer.json"
+#: Copied beside the weights for every plan, when the checkpoint has them.
+COMMON_ASSETS = (
+    "config.json",
+    TOKENIZER_FILE,
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+)
+#: Files a tokenizer.json can be built from: WordPiece, BPE, sentencepiece.
+SLOW_TOKENIZER_FILES = (
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+#: Texts a built tokenizer.json must encode to the same ids as the original tokenizer.
+SAMPLE_TEXTS = (
+    "Hello, world!",
+    "The quick brown fox jumps over the lazy dog.",
+    "Naïve café owners in Zürich paid 1,234.56 CHF — 東京 too?",
+    "  spaces   and\ttabs\nand newlines  ",
+    "UPPER lower MiXeD don't won't 42nd",
+)
 
 
 def file_record(path: Path, root: Path) -> dict[str, Any]:
@@ -31,3 +77,105 @@ def copy_asset(source: Path, out_dir: Path, relative: str) -> dict[str, Any]:
 def write_json(data: Any, path: Path) -> None:
     """Write ``data`` as indented UTF-8 JSON with a final newline."""
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_assets(
+    root: Path, out_dir: Path, names: Sequence[str], *, strict: bool = False
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Copy the assets ``names`` that ``root`` has into ``out_dir``; build a missing tokenizer.json.
+
+    A ``.json`` asset that is not JSON is not copied. ``tokenizer.json``, when it is one of
+    ``names`` and ``root`` lacks it but has slow-tokenizer files, is built with
+    :func:`build_tokenizer`. An asset that cannot be copied or built is a warning, or an error
+    with ``strict``.
+
+    Args:
+        root: The checkpoint folder.
+        out_dir: The (staging) output folder.
+        names: Asset paths relative to ``root``; missing ones are skipped.
+        strict: Raise instead of warning.
+
+    Returns:
+        The records of the files written (``path``, ``bytes``, ``sha256``; a built tokenizer also
+        has ``built_from``), and the warnings.
+
+    Raises:
+        AssetError: with ``strict``, an asset that is not JSON or a tokenizer that cannot be built.
+        MissingDependencyError: with ``strict``, a tokenizer to build and no transformers.
+    """
+    records: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    slow_files = [f for f in SLOW_TOKENIZER_FILES if (root / f).is_file()]
+    for name in dict.fromkeys(names):
+        source = root / name
+        try:
+            if source.is_file():
+                _check_json(source)
+                records.append(copy_asset(source, out_dir, name))
+            elif name == TOKENIZER_FILE and slow_files:
+                build_tokenizer(root, out_dir / name)
+                records.append({**file_record(out_dir / name, out_dir), "built_from": slow_files})
+        except (AssetError, MissingDependencyError) as exc:
+            if strict:
+                raise
+            warnings.append(str(exc))
+    return records, warnings
+
+
+def _check_json(path: Path) -> None:
+    if path.suffix != ".json":
+        return
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AssetError(path, f"is not JSON ({exc}), so it was not copied", "fix or remove the file") from exc
+
+
+def build_tokenizer(root: Path, target: Path) -> None:
+    """Build ``tokenizer.json`` from the slow-tokenizer files in ``root`` and check it.
+
+    The tokenizer is loaded with transformers' ``AutoTokenizer`` (fast conversion) and its backend
+    saved to ``target``; ``tokenizers.Tokenizer.from_file(target)`` must then give the same ids as
+    the original tokenizer on :data:`SAMPLE_TEXTS`, or ``target`` is removed.
+
+    Args:
+        root: The checkpoint folder (its config and tokenizer files).
+        target: Where to write ``tokenizer.json``.
+
+    Raises:
+        MissingDependencyError: transformers is not installed.
+        AssetError: the tokenizer cannot be converted, or the result encodes differently.
+    """
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as exc:
+        needed_for = f"to build {TOKENIZER_FILE} from the slow-tokenizer files"
+        raise MissingDependencyError("transformers", needed_for) from exc
+    from tokenizers import Tokenizer
+
+    try:
+        # transformers 4 loads the slow Python tokenizer here; transformers 5 has none and loads
+        # its own conversion, still an independent reference for the file written below.
+        original = AutoTokenizer.from_pretrained(root, use_fast=False, local_files_only=True)
+        fast = AutoTokenizer.from_pretrained(root, use_fast=True, local_files_only=True)
+        fast.backend_tokenizer.save(str(target))
+    except Exception as exc:  # transformers raises ValueError, OSError, KeyError, AttributeError...
+        target.unlink(missing_ok=True)
+        raise AssetError(
+            root,
+            f"{TOKENIZER_FILE} could not be built from the slow-tokenizer files "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())})",
+            f"add a {TOKENIZER_FILE} to the checkpoint",
+        ) from exc
+    built = Tokenizer.from_file(str(target))
+    for text in SAMPLE_TEXTS:
+        expected = list(original(text)["input_ids"])
+        got = built.encode(text).ids
+        if got != expected:
+            target.unlink()
+            raise AssetError(
+                root,
+                f"the {TOKENIZER_FILE} built from the slow-tokenizer files encodes {text!r} as "
+                f"{got[:12]} where the original tokenizer gives {expected[:12]}, so it was not written",
+                f"add a {TOKENIZER_FILE} to the checkpoint",
+            )

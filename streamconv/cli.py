@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                       help=f"compression threads (default {DEFAULT_WORKERS})")
     conv.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    conv.add_argument("--strict", action="store_true",
+                      help="fail instead of warning when an asset cannot be copied or built "
+                      "(a tokenizer that cannot be converted, a config file that is not JSON)")
     conv.add_argument("--dry-run", action="store_true", help="show what would be written and its estimated size")
     conv.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
@@ -175,11 +178,12 @@ def _convert(args: argparse.Namespace) -> int:
         revision=args.revision,
         workers=args.workers,
         progress=show_progress,
+        strict=args.strict,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     elif not args.quiet:
-        print(_summary(result))
+        print(_summary(result, args.model_type))
     return 0
 
 
@@ -189,7 +193,7 @@ def _usage(message: str) -> StreamconvError:
     return InvalidOptionError(message)
 
 
-def _summary(result: Any) -> str:
+def _summary(result: Any, requested: str) -> str:
     lines = []
     if result.dry_run:
         lines.append(f"dry run: {result.source} -> {result.output_dir} would hold:")
@@ -199,7 +203,10 @@ def _summary(result: Any) -> str:
             lines.append(f"  {t['name']:<{width}}  {shape:>16}  {t['source_dtype']:>8} -> {t['dtype']:<8}  {_size(t['bytes']):>10}")
     else:
         lines.append(f"converted {result.source} -> {result.output_dir}")
-    how = "detected" if result.detected else "not detected"
+    if requested != "auto":
+        how = f"--type {requested}"
+    else:
+        how = "detected" if result.detected else "no plan recognised the checkpoint"
     lines.append(f"  model type {result.model_type} ({how}), parts {','.join(result.parts)}")
     codec = f"zstd-{result.level}" if result.compression == "zstd" else "no compression"
     lines.append(
@@ -277,6 +284,7 @@ def _types(args: argparse.Namespace) -> int:
     for name in plan_names():
         plan = PLANS[name]
         parts = ", ".join(f"{p}{'*' if p in plan.default_parts else ''}" for p in plan.parts)
-        print(f"{name:<22} {plan.summary}")
-        print(f"{'':<22} parts: {parts}  (* = default)")
+        print(f"{name}: {plan.summary}")
+        print(f"  detects: {plan.detection()}")
+        print(f"  parts:   {parts}  (* = default)")
     return 0

@@ -263,13 +263,16 @@ def plan_tensors(
         raise PlanError(
             f"{checkpoint.root}: this checkpoint lacks tensors the {plan.name!r} plan needs for parts "
             f"{','.join(parts or plan.default_parts)}: none matches {', '.join(missing)} "
-            f"(it has {_name_groups(canonical)}); choose other --parts ({', '.join(plan.parts)}) or another --type"
+            f"(it has {_name_groups(canonical)}); "
+            f"choose other --parts ({', '.join(plan.parts)}) or another --type"
         )
-    warnings = [
-        f"pattern {p!r} matched no tensor"
-        for p in [*include, *exclude]
-        if not any(matches_any(r.source_name, [p]) for r in kept)
-    ]
+    warnings = []
+    for pattern in [*include, *exclude]:
+        if not any(matches_any(r.source_name, [pattern]) for r in kept):
+            where = "no tensor" if not any(matches_any(r.source_name, [pattern]) for r in candidates) else (
+                "only tensors outside the converted parts"
+            )
+            warnings.append(f"pattern {pattern!r} matched {where}")
     # The user's patterns match source names: filter the candidates, which still carry them.
     wanted = {r.source_name for r in select(candidates, include=include, exclude=exclude)}
     kept = [r for r in kept if r.source_name in wanted]

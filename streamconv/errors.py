@@ -21,6 +21,7 @@ __all__ = [
     "FormatError",
     "TensorNotFoundError",
     "PlanError",
+    "AssetError",
     "MissingDependencyError",
     "InvalidOptionError",
 ]
@@ -154,6 +155,17 @@ class PlanError(StreamconvError, ValueError):
     """The checkpoint does not match the model plan it is converted with."""
 
     exit_code = 3
+
+
+class AssetError(StreamconvError, ValueError):
+    """A file to ship beside the weights (config, tokenizer...) cannot be copied or built."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path, problem: str, fix: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}; {fix}")
 
 
 class MissingDependencyError(StreamconvError, ImportError):

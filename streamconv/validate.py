@@ -144,7 +144,14 @@ def _check_outputs(output: Path, source_id: str, metadata: dict[str, Any]) -> li
     converted = copy.deepcopy(reference)
     loaded, unused = _load_converted(torch, converted, output)
     if not loaded:
-        return [Check("outputs", False, "no converted tensor belongs to the transformers model; validate with --type generic outputs is not possible")]
+        return [
+            Check(
+                "outputs",
+                False,
+                "no converted tensor has a name of the transformers model, so its outputs cannot be "
+                "compared; check that the output comes from this source (--source)",
+            )
+        ]
     stored = set(metadata.get("stored_dtypes", {})) & set(TOLERANCES)
     dtype = max(stored, key=lambda d: TOLERANCES[d][1], default="float32")
     min_cosine, max_relative = TOLERANCES[dtype]
@@ -159,7 +166,8 @@ def _check_outputs(output: Path, source_id: str, metadata: dict[str, Any]) -> li
                 f"outputs:{label}",
                 passed,
                 f"cosine {figures['cosine']:.6f} (min {min_cosine}), max error {figures['relative_error']:.2e} "
-                f"of the output range (max {max_relative:.0e}), stored {dtype}",
+                f"of the output range (max {max_relative:.0e}), stored {dtype}, "
+                f"{len(loaded)} converted tensors in the model",
                 figures,
             )
         )
@@ -229,8 +237,9 @@ def _probes(torch: Any, model: Any, output: Path, loaded: list[str]) -> list[tup
             probes.append(("decoder", lambda m: m(input_features=features, decoder_input_ids=start)[0]))
         return probes
 
-    vision = getattr(config, "vision_config", None) if config.model_type == "clip" else (config if config.model_type == "clip_vision_model" else None)
-    if vision is not None and touched("vision_model.", "visual_projection."):
+    vision_only = config.model_type == "clip_vision_model"
+    vision = config if vision_only else getattr(config, "vision_config", None)
+    if vision is not None and (vision_only or touched("vision_model.", "visual_projection.")):
         pixels = torch.randn(1, vision.num_channels, vision.image_size, vision.image_size, generator=generator)
         if hasattr(model, "get_image_features"):
             probes.append(("image", lambda m: _tensor(m.get_image_features(pixel_values=pixels))))
@@ -239,7 +248,7 @@ def _probes(torch: Any, model: Any, output: Path, loaded: list[str]) -> list[tup
     if config.model_type == "clip" and touched("text_model.", "text_projection."):
         ids = _token_ids(torch, output, config.text_config.vocab_size, generator)
         probes.append(("text", lambda m: _tensor(m.get_text_features(input_ids=ids))))
-    if config.model_type in ("clip", "clip_vision_model"):
+    if vision is not None:
         return probes
 
     vocab = getattr(config, "vocab_size", None)

@@ -63,3 +63,25 @@ def test_cli_validate_exit_codes(minilm_path: Path, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "streamconv", "validate", str(out)], capture_output=True, text=True)
     assert done.returncode == 6
     assert "FAIL weights" in done.stdout and "FAILED" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("builder", "parts", "probes"),
+    [
+        ("clip", None, ["outputs:image"]),
+        ("clip", ["vision", "text"], ["outputs:image", "outputs:text"]),
+        ("clip_vision", None, ["outputs:image"]),
+        ("whisper", None, ["outputs:encoder"]),
+        ("whisper", ["encoder", "decoder"], ["outputs:encoder", "outputs:decoder"]),
+        ("sentence_transformer", None, ["outputs:text"]),
+        ("llama_bf16", None, ["outputs:text"]),
+    ],
+)
+def test_tiny_models_validate(tmp_path: Path, builder: str, parts: list[str] | None, probes: list[str]) -> None:
+    from tests import models
+
+    source = getattr(models, builder)(tmp_path / "src")
+    out = streamconv.convert(source, tmp_path / "out", parts=parts).output_dir
+    result = validate(out)
+    assert result.passed, [(c.name, c.detail) for c in result.checks]
+    assert [c.name for c in result.checks if c.name.startswith("outputs:")] == probes

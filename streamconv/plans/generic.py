@@ -5,8 +5,12 @@ from __future__ import annotations
 from streamconv.plans.base import Plan
 from streamconv.plans.registry import register
 
+__all__ = ["GenericPlan"]
+
 
 @register
 class GenericPlan(Plan):
+    """The fallback: a Llama-style decoder or any checkpoint no other plan claims."""
+
     name = "generic"
-    summary = "any safetensors checkpoint: every tensor, names unchanged (used when no plan claims it)"
+    summary = "any safetensors checkpoint: every tensor, names unchanged"

@@ -1,0 +1,184 @@
+"""sentence-transformers models: the Transformer's weights, Dense modules, and how to pool.
+
+A sentence-transformers folder is a Hugging Face checkpoint (the Transformer module, at the root)
+plus the modules listed in ``modules.json``: Pooling, Dense, Normalize... Each Dense module keeps
+its weights in its own folder (``2_Dense/model.safetensors``, holding ``linear.weight`` and
+``linear.bias``); they are stored under the module's path as a prefix, ``2_Dense.linear.weight``,
+which is also their source name. Pooling mode, normalisation, maximum sequence length and
+similarity function go into metadata.json under ``sentence_transformers``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamconv.errors import PlanError
+from streamconv.plans.base import Plan
+from streamconv.plans.registry import register
+from streamconv.source import Checkpoint, TensorRef, read_safetensors_header
+
+__all__ = ["Module", "SentenceTransformersPlan", "read_modules"]
+
+MODULES_FILE = "modules.json"
+ST_CONFIG_FILE = "config_sentence_transformers.json"
+SBERT_CONFIG_FILE = "sentence_bert_config.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+MODULE_CONFIG_FILE = "config.json"
+MODULE_WEIGHTS_FILE = "model.safetensors"
+#: Pooling config keys of sentence-transformers before 5.0, in its concatenation order.
+LEGACY_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+#: What sentence-transformers uses when the files say nothing.
+DEFAULT_POOLING_MODE = "mean"
+DEFAULT_SIMILARITY = "cosine"
+
+
+@dataclass(frozen=True)
+class Module:
+    """One entry of ``modules.json``.
+
+    Attributes:
+        index: Position in ``modules.json``, from 0.
+        kind: The class name without its package (``Transformer``, ``Pooling``, ``Dense``...).
+        path: The module's folder, relative to the model folder (``""`` for the root).
+    """
+
+    index: int
+    kind: str
+    path: str
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of this module's tensor names in the output (``2_Dense.``)."""
+        return f"{self.path}."
+
+
+def read_modules(root: Path) -> list[Module]:
+    """The modules listed in ``root/modules.json``, in order (none if it is missing or not JSON).
+
+    Raises:
+        PlanError: a module's path leaves the model folder (absolute, or with ``..``).
+    """
+    modules = [
+        Module(index, str(entry.get("type", "")).rsplit(".", 1)[-1], str(entry.get("path", "")))
+        for index, entry in enumerate(_read_json(root / MODULES_FILE, default=[]))
+        if isinstance(entry, dict)
+    ]
+    for module in modules:
+        if Path(module.path).is_absolute() or ".." in Path(module.path).parts:
+            raise PlanError(
+                f"{root / MODULES_FILE}: module path {module.path!r} leaves the model folder; "
+                "fix modules.json so every path is a folder inside the model"
+            )
+    return modules
+
+
+@register
+class SentenceTransformersPlan(Plan):
+    """A sentence-transformers model: its Transformer, Dense modules and pooling settings."""
+
+    name = "sentence-transformers"
+    summary = (
+        "sentence-transformers models: the Transformer's tensors, names unchanged, plus each Dense "
+        "module's as <path>.<name>; pooling, normalize, max_seq_length, similarity in metadata"
+    )
+    files = (MODULES_FILE, ST_CONFIG_FILE)
+    priority = 10
+
+    def tensors(self, checkpoint: Checkpoint) -> list[TensorRef]:
+        """The Transformer's tensors, then each Dense module's under its prefix.
+
+        Raises:
+            PlanError: a Dense module folder holds no ``model.safetensors``.
+        """
+        refs = list(checkpoint.tensors)
+        for module in read_modules(checkpoint.root):
+            if module.kind == "Dense":
+                refs.extend(_dense_tensors(checkpoint.root, module))
+        return refs
+
+    def asset_files(self, checkpoint: Checkpoint) -> list[str]:
+        """The module list, the sentence-transformers configs, and each module folder's config."""
+        modules = read_modules(checkpoint.root)
+        module_configs = [f"{m.path}/{MODULE_CONFIG_FILE}" for m in modules if m.path]
+        return [MODULES_FILE, SBERT_CONFIG_FILE, ST_CONFIG_FILE, *module_configs]
+
+    def metadata(self, checkpoint: Checkpoint) -> dict[str, Any]:
+        """``{"sentence_transformers": {pooling_mode, normalize, max_seq_length, ...}}``."""
+        root = checkpoint.root
+        modules = read_modules(root)
+        st_config = _read_json(root / ST_CONFIG_FILE, default={})
+        return {
+            "sentence_transformers": {
+                "pooling_mode": _pooling_mode(root, modules),
+                "normalize": any(m.kind == "Normalize" for m in modules),
+                "max_seq_length": _max_seq_length(checkpoint),
+                "similarity_function": st_config.get("similarity_fn_name") or DEFAULT_SIMILARITY,
+                "modules": [_module_record(m) for m in modules],
+            }
+        }
+
+
+def _module_record(module: Module) -> dict[str, Any]:
+    record: dict[str, Any] = {"index": module.index, "type": module.kind, "path": module.path}
+    if module.kind == "Dense":
+        record["tensor_prefix"] = module.prefix
+    return record
+
+
+def _dense_tensors(root: Path, module: Module) -> list[TensorRef]:
+    weights = root / module.path / MODULE_WEIGHTS_FILE
+    if not weights.is_file():
+        folder = root / module.path
+        found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        raise PlanError(
+            f"{folder}: the Dense module has no {MODULE_WEIGHTS_FILE} "
+            f"(found {', '.join(found) or 'nothing'}); "
+            "re-save the model with a sentence-transformers release that writes safetensors"
+        )
+    return read_safetensors_header(weights, prefix=module.prefix)
+
+
+def _pooling_mode(root: Path, modules: list[Module]) -> str | list[str] | None:
+    """``mean``, ``cls``... as sentence-transformers reads it; a list when several are combined."""
+    pooling = next((m for m in modules if m.kind == "Pooling"), None)
+    if pooling is None:
+        return None
+    config = _read_json(root / pooling.path / MODULE_CONFIG_FILE, default={})
+    if "pooling_mode" in config:
+        modes = config["pooling_mode"]
+    else:
+        modes = [mode for key, mode in LEGACY_POOLING_KEYS.items() if config.get(key)]
+        modes = modes or [DEFAULT_POOLING_MODE]
+    return modes[0] if isinstance(modes, list) and len(modes) == 1 else modes
+
+
+def _max_seq_length(checkpoint: Checkpoint) -> int | None:
+    """From sentence_bert_config.json; else, as sentence-transformers 5 does, the tokenizer's limit."""
+    root = checkpoint.root
+    declared = _read_json(root / SBERT_CONFIG_FILE, default={}).get("max_seq_length")
+    if isinstance(declared, int):
+        return declared
+    limits = [
+        _read_json(root / TOKENIZER_CONFIG_FILE, default={}).get("model_max_length"),
+        (checkpoint.config or {}).get("max_position_embeddings"),
+    ]
+    return min((v for v in limits if isinstance(v, int)), default=None)
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    """The file's JSON, or ``default`` when it is missing or not JSON (the asset copy warns)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return default
+    return data if isinstance(data, type(default)) else default

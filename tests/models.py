@@ -1,0 +1,192 @@
+"""Tiny Hugging Face checkpoints for the plan and asset tests, saved with transformers into a folder.
+
+Every builder writes ``model.safetensors`` + ``config.json`` (as ``save_pretrained`` does) into
+``folder`` and returns it. Sizes are tiny: hidden size 32, 2 layers, a vocabulary of 99.
+transformers and torch are imported inside the builders, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+LAYERS = 2
+HIDDEN = 32
+VOCAB = 99
+#: A WordPiece vocabulary: the BERT special tokens, then a few words of the sample texts.
+VOCAB_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", ",", "!", "the", "quick", "##s"]
+#: A byte-level BPE vocabulary (RoBERTa's special tokens) and the merges that build its words.
+BPE_VOCAB = ["<s>", "<pad>", "</s>", "<unk>", "<mask>", "h", "e", "l", "o", "he", "ll", "hell", "hello",
+             "\u0120", "w", "r", "d", ",", "!", "\u0120w", "or", "\u0120wor", "ld", "\u0120world"]
+BPE_MERGES = ["h e", "l l", "he ll", "hell o", "\u0120 w", "o r", "\u0120w or", "l d", "\u0120wor ld"]
+
+_ENCODER = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=37)
+
+
+def _save(model: Any, folder: Path) -> Path:
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def bert(folder: Path, architecture: str = "BertModel") -> Path:
+    """A tiny BERT of class ``architecture`` (``BertModel``, ``BertForMaskedLM``...)."""
+    import transformers
+
+    config = transformers.BertConfig(vocab_size=VOCAB, max_position_embeddings=64, **_ENCODER)
+    return _save(getattr(transformers, architecture)(config), folder)
+
+
+def roberta(folder: Path) -> Path:
+    """A tiny ``RobertaModel``."""
+    import transformers
+
+    config = transformers.RobertaConfig(vocab_size=VOCAB, max_position_embeddings=64, **_ENCODER)
+    return _save(transformers.RobertaModel(config), folder)
+
+
+def distilbert(folder: Path) -> Path:
+    """A tiny ``DistilBertModel``."""
+    import transformers
+
+    config = transformers.DistilBertConfig(
+        vocab_size=VOCAB, dim=HIDDEN, n_layers=LAYERS, n_heads=2, hidden_dim=37, max_position_embeddings=64
+    )
+    return _save(transformers.DistilBertModel(config), folder)
+
+
+def _clip_vision_config() -> dict[str, Any]:
+    return dict(image_size=30, patch_size=15, projection_dim=16, **_ENCODER)
+
+
+def _clip_text_config() -> dict[str, Any]:
+    return dict(
+        vocab_size=VOCAB, max_position_embeddings=16, projection_dim=16, bos_token_id=0, eos_token_id=2, **_ENCODER
+    )
+
+
+def clip(folder: Path) -> Path:
+    """A tiny ``CLIPModel``: both towers, both projections, ``logit_scale``."""
+    import transformers
+
+    config = transformers.CLIPConfig(
+        text_config=_clip_text_config(), vision_config=_clip_vision_config(), projection_dim=16
+    )
+    return _save(transformers.CLIPModel(config), folder)
+
+
+def clip_vision(folder: Path, architecture: str = "CLIPVisionModel") -> Path:
+    """A tiny vision-only CLIP: ``CLIPVisionModel`` or ``CLIPVisionModelWithProjection``."""
+    import transformers
+
+    config = transformers.CLIPVisionConfig(**_clip_vision_config())
+    return _save(getattr(transformers, architecture)(config), folder)
+
+
+def whisper(folder: Path, architecture: str = "WhisperForConditionalGeneration") -> Path:
+    """A tiny Whisper: ``WhisperForConditionalGeneration`` (``model.`` prefix) or ``WhisperModel``."""
+    import transformers
+
+    config = transformers.WhisperConfig(
+        vocab_size=VOCAB, d_model=HIDDEN, encoder_layers=LAYERS, decoder_layers=LAYERS,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37,
+        num_mel_bins=8, max_source_positions=16, max_target_positions=16,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3,
+    )
+    return _save(getattr(transformers, architecture)(config), folder)
+
+
+def llama_bf16(folder: Path) -> Path:
+    """A tiny ``LlamaForCausalLM`` stored in bfloat16."""
+    import torch
+    import transformers
+
+    config = transformers.LlamaConfig(vocab_size=VOCAB, num_key_value_heads=1, **_ENCODER)
+    return _save(transformers.LlamaForCausalLM(config).to(torch.bfloat16), folder)
+
+
+def sentence_transformer(folder: Path) -> Path:
+    """A tiny BERT laid out as sentence-transformers saves it, with CLS pooling, Dense, Normalize.
+
+    The module files are written by hand, in the format of sentence-transformers 5 (``pooling_mode``
+    as a string, max_seq_length in tokenizer_config.json).
+    """
+    bert(folder)
+    write_vocab(folder)
+    modules = [
+        ("", "sentence_transformers.models.Transformer"),
+        ("1_Pooling", "sentence_transformers.models.Pooling"),
+        ("2_Dense", "sentence_transformers.models.Dense"),
+        ("3_Normalize", "sentence_transformers.models.Normalize"),
+    ]
+    entries = [{"idx": i, "name": str(i), "path": p, "type": t} for i, (p, t) in enumerate(modules)]
+    write_json(folder / "modules.json", entries)
+    write_json(
+        folder / "config_sentence_transformers.json",
+        {"model_type": "SentenceTransformer", "similarity_fn_name": "dot"},
+    )
+    write_json(folder / "sentence_bert_config.json", {"transformer_task": "feature-extraction"})
+    write_json(folder / "tokenizer_config.json", {"tokenizer_class": "BertTokenizer", "model_max_length": 48})
+    write_json(
+        folder / "1_Pooling/config.json",
+        {"embedding_dimension": HIDDEN, "pooling_mode": "cls", "include_prompt": True},
+    )
+    write_json(
+        folder / "2_Dense/config.json",
+        {"in_features": HIDDEN, "out_features": 16, "bias": True, "activation_function": "torch.nn.modules.activation.Tanh"},
+    )
+    rng = np.random.default_rng(0)
+    dense = {
+        "linear.weight": rng.standard_normal((16, HIDDEN)).astype(np.float32),
+        "linear.bias": rng.standard_normal(16).astype(np.float32),
+    }
+    save_file(dense, folder / "2_Dense/model.safetensors")
+    write_json(folder / "3_Normalize/config.json", {})
+    return folder
+
+
+def write_vocab(folder: Path) -> Path:
+    """Write :data:`VOCAB_WORDS` as ``vocab.txt`` (a slow BERT tokenizer, no tokenizer.json)."""
+    path = folder / "vocab.txt"
+    path.write_text("\n".join(VOCAB_WORDS) + "\n", encoding="utf-8")
+    return path
+
+
+def write_bpe_vocab(folder: Path) -> Path:
+    """Write :data:`BPE_VOCAB` as ``vocab.json`` and :data:`BPE_MERGES` as ``merges.txt``."""
+    write_json(folder / "vocab.json", {token: i for i, token in enumerate(BPE_VOCAB)})
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(BPE_MERGES) + "\n", encoding="utf-8")
+    return folder
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write ``data`` as JSON, creating the parent folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def rewrite_weights(
+    folder: Path, keep: Callable[[str], bool] = lambda name: True, rename: Callable[[str], str] = lambda name: name
+) -> Path:
+    """Rewrite ``folder/model.safetensors`` keeping the tensors ``keep`` accepts, renamed by ``rename``."""
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    save_file({rename(name): array for name, array in tensors.items() if keep(name)}, path)
+    return folder
+
+
+def folder_with(folder: Path, config: dict[str, Any] | str | None, files: tuple[str, ...] = ()) -> Path:
+    """A folder with one tensor, ``config`` as config.json (text as is, None for none), empty ``files``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"weight": np.zeros(4, dtype=np.float32)}, folder / "model.safetensors")
+    if config is not None:
+        text = config if isinstance(config, str) else json.dumps(config)
+        (folder / "config.json").write_text(text, encoding="utf-8")
+    for name in files:
+        (folder / name).write_text("{}", encoding="utf-8")
+    return folder

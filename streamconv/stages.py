@@ -86,6 +86,8 @@ class TensorChunk:
     def data(self) -> np.ndarray:
         """The elements, 1-D, in the dtype to store (loaded on first access)."""
         self._resolve()
+        if self._data is None:
+            raise RuntimeError(f"{self!r}: its data was released after it was written")
         return self._data
 
     @property
@@ -99,6 +101,16 @@ class TensorChunk:
         return TensorChunk(
             self.ref, self.index, self.count, self.start, stop=self.stop, load=lambda: step(self.data)
         )
+
+    def release(self) -> tuple[np.dtype, int]:
+        """Load the piece if needed, drop its data, and return the data's dtype and byte size.
+
+        For consumers that keep pieces after using them (the writer's queue): the note stays,
+        the elements go. Reading :attr:`data` afterwards is an error.
+        """
+        data = self.data
+        self._data = None
+        return data.dtype, data.nbytes
 
     def _resolve(self) -> None:
         if self._load is not None:

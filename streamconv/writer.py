@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -56,6 +56,16 @@ STATISTICS_COLUMNS = ["name"]
 # a row group, a large chunk gets one of its own, and at most this much is buffered before writing.
 ROW_GROUP_BYTES = 1024 * 1024
 MAX_ROWS_PER_GROUP = 1024
+# Chunks queued per worker thread. A queued chunk holds nothing until a worker loads it, and only
+# its compressed payload once encoded; a deep queue keeps the workers busy while the main thread
+# writes a row group (on BERT-base: 0.60 s with 1 per worker, 0.46 s with 8).
+QUEUE_PER_WORKER = 8
+
+
+class _Encoded(NamedTuple):
+    dtype: str
+    nbytes: int
+    payload: bytes
 
 
 @dataclass
@@ -175,25 +185,28 @@ class WeightsWriter:
         """
         if self._writer is None:
             raise RuntimeError("use WeightsWriter as a context manager: `with WeightsWriter(...)`")
-        for piece, payload in self._encoded(chunks):
-            self._add(piece, payload)
+        for piece, encoded in self._encoded(chunks):
+            self._add(piece, encoded)
             if on_written is not None:
                 on_written(piece)
             del piece  # the next row must not keep this chunk's data alive
         return self.summary
 
-    def _encode(self, piece: TensorChunk) -> bytes:
-        # Runs in a worker thread: loading the lazy piece (read + cast) happens here too.
-        return codec.encode(piece.data, self.compression, self.level)
+    def _encode(self, piece: TensorChunk) -> _Encoded:
+        # Runs in a worker thread: loading the lazy piece (read + cast) happens here too, and its
+        # data is dropped as soon as it is compressed, so queued pieces hold only their payload.
+        payload = codec.encode(piece.data, self.compression, self.level)
+        dtype, nbytes = piece.release()
+        return _Encoded(DTYPE_NAMES[dtype], nbytes, payload)
 
-    def _encoded(self, chunks: Iterable[TensorChunk]) -> Iterator[tuple[TensorChunk, bytes]]:
+    def _encoded(self, chunks: Iterable[TensorChunk]) -> Iterator[tuple[TensorChunk, _Encoded]]:
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="streamconv-encode")
-        pending: deque[tuple[TensorChunk, Future[bytes]]] = deque()
+        pending: deque[tuple[TensorChunk, Future[_Encoded]]] = deque()
         try:
             for piece in chunks:
                 future = pool.submit(self._encode, piece)
                 pending.append((piece, future))
-                if len(pending) > self.workers:
+                if len(pending) > QUEUE_PER_WORKER * self.workers:
                     done, future = pending.popleft()
                     yield done, future.result()
             while pending:
@@ -202,31 +215,31 @@ class WeightsWriter:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _add(self, piece: TensorChunk, payload: bytes) -> None:
+    def _add(self, piece: TensorChunk, encoded: _Encoded) -> None:
         summary = self.summary
         assert summary.stored_dtypes is not None
         if piece.index == 0:
             summary.tensor_count += 1
             summary.parameter_count += piece.ref.numel
-            summary.stored_dtypes[piece.name] = DTYPE_NAMES[piece.data.dtype]
+            summary.stored_dtypes[piece.name] = encoded.dtype
         summary.chunk_count += 1
-        summary.raw_bytes += piece.data.nbytes
-        summary.data_bytes += len(payload)
+        summary.raw_bytes += encoded.nbytes
+        summary.data_bytes += len(encoded.payload)
         self._rows.append(
             (
                 piece.name,
                 piece.ref.source_name,
-                DTYPE_NAMES[piece.data.dtype],
+                encoded.dtype,
                 piece.ref.dtype_name,
                 list(piece.ref.shape),
                 piece.index,
                 piece.count,
                 piece.start,
                 piece.element_count,
-                payload,
+                encoded.payload,
             )
         )
-        self._pending_bytes += len(payload)
+        self._pending_bytes += len(encoded.payload)
         if self._pending_bytes >= self.row_group_bytes or len(self._rows) >= MAX_ROWS_PER_GROUP:
             self._flush()
 

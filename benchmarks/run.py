@@ -157,18 +157,19 @@ def read_stored(output: Path) -> Stored:
     """Read streamconv's output back one tensor at a time and measure it."""
     import streamconv
 
+    source_names = {t["name"]: t["source_name"] for t in streamconv.describe(output)}
     stored = Stored(tensors=0, parameters=0, raw_bytes=0, entropy_bytes=0.0, digests={})
     for name, array in streamconv.iter_tensors(output):
         stored.tensors += 1
         stored.parameters += array.size
         stored.raw_bytes += array.nbytes
         stored.entropy_bytes += plane_entropy_bytes(array)
-        stored.digests[name] = digest(np.ascontiguousarray(array).data)
+        stored.digests[source_names[name]] = digest(np.ascontiguousarray(array).data)
     return stored
 
 
 def read_naive_digests(output: Path) -> dict[str, str]:
-    """Content hash of every tensor in the naive Parquet file."""
+    """Content hash of every tensor in the naive Parquet file, by state-dict name."""
     digests = {}
     for batch in pq.ParquetFile(output).iter_batches(batch_size=8, columns=["name", "data"]):
         for name, data in zip(batch.column("name").to_pylist(), batch.column("data").to_pylist()):
@@ -223,7 +224,11 @@ def wall_cell(result: Result, tool: str) -> str:
 
 
 def same_tensors(result: Result) -> str:
-    """Whether both tools stored the same tensors with the same fp16 bytes."""
+    """Whether both tools stored the same fp16 tensors, matched by source (state-dict) name.
+
+    streamconv may store a tensor under another name (Whisper's plan drops ``model.``); its
+    ``source_name`` column is the name the naive path sees in ``state_dict()``.
+    """
     if result.stored is None or result.naive_digests is None:
         return "n/a"
     ours, theirs = result.stored.digests, result.naive_digests
@@ -381,8 +386,10 @@ def render(results: list[Result], runs: int, minutes: float) -> str:
         "- *streamconv* is `streamconv convert SRC -o OUT --dtype float16 --quiet --force --type PLAN`.",
         "- To keep outputs comparable, both keep the same tensors: for CLIP the vision tower and",
         "  `visual_projection` (`vision_model.*`, `visual_projection.*`), for Whisper the encoder (`model.encoder.*`),",
-        "  for BERT everything. \"Same fp16 tensors as naive\" checks that both outputs hold the same names and bytes.",
-        "- Sizes are in MB = 10^6 bytes; memory in MiB. *fp32 source* is the size of the checkpoint's",
+        "  for BERT everything. \"Same fp16 tensors as naive\" checks that both outputs hold the same tensors, byte",
+        "  for byte (compared by content, since streamconv's Whisper plan renames tensors).",
+        "- Sizes are in MB = 10^6 bytes; memory in MiB. *Output* is the naive Parquet file, or streamconv's whole",
+        "  output folder (weights.parquet, metadata.json, copied config). *fp32 source* is the size of the checkpoint's",
         "  `*.safetensors` files (the whole model, including towers a plan drops); *raw fp16* is 2 bytes per kept",
         "  parameter, read back from streamconv's output.",
         "- The *entropy bound*: each stored tensor's bytes are split into byte planes (plane j = byte j of each",

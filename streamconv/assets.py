@@ -25,6 +25,7 @@ __all__ = [
     "build_tokenizer",
     "copy_asset",
     "file_record",
+    "planned_assets",
     "write_assets",
     "write_json",
 ]
@@ -120,6 +121,23 @@ def write_assets(
                 raise
             warnings.append(str(exc))
     return records, warnings
+
+
+def planned_assets(root: Path, names: Sequence[str]) -> list[dict[str, Any]]:
+    """What :func:`write_assets` would write, without writing or checking anything (dry runs).
+
+    Returns:
+        ``{"path", "bytes"}`` for each file to copy, ``{"path", "built_from"}`` for a tokenizer.json
+        to build.
+    """
+    slow_files = [f for f in SLOW_TOKENIZER_FILES if (root / f).is_file()]
+    planned: list[dict[str, Any]] = []
+    for name in dict.fromkeys(names):
+        if (root / name).is_file():
+            planned.append({"path": name, "bytes": (root / name).stat().st_size})
+        elif name == TOKENIZER_FILE and slow_files:
+            planned.append({"path": name, "built_from": slow_files})
+    return planned
 
 
 def _check_json(path: Path) -> None:

@@ -218,6 +218,11 @@ def _summary(result: Any, requested: str) -> str:
         f"  {_size(result.source_bytes)} -> {_size(result.output_bytes)} {verb} "
         f"({result.ratio:.2f}x) in {result.seconds:.2f} s"
     )
+    if result.dry_run:
+        lines.extend(
+            f"  asset {a['path']}" + (f" (built from {', '.join(a['built_from'])})" if "built_from" in a else "")
+            for a in result.assets
+        )
     lines.extend(f"  warning: {w}" for w in result.warnings)
     return "\n".join(lines)
 

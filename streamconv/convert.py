@@ -13,7 +13,7 @@ from typing import Any
 
 from streamconv import codec
 from streamconv._version import __version__
-from streamconv.assets import COMMON_ASSETS, write_assets, write_json
+from streamconv.assets import COMMON_ASSETS, planned_assets, write_assets, write_json
 from streamconv.constants import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_COMPRESSION,
@@ -70,7 +70,8 @@ class ConversionResult:
         seconds: Wall time of the conversion.
         warnings: Things the user should know (fp16 overflow kept in float32, unmatched patterns,
             generic used as fallback, an asset that could not be copied or built).
-        assets: Files written next to the weights, with sha256.
+        assets: Files written next to the weights, with sha256 (for a dry run: the files that would
+            be copied, or built for a tokenizer.json, without sha256).
         dry_run: True if nothing was written.
         tensors: For a dry run, the planned tensors (name, source name, shape, dtypes, bytes).
     """
@@ -206,13 +207,13 @@ def convert(
         warnings=warnings,
         dry_run=dry_run,
     )
+    asset_names = [*COMMON_ASSETS, *plan.asset_files(checkpoint)]
     if dry_run:
         _estimate(result, refs, chunk_size, workers)
+        result.assets = planned_assets(checkpoint.root, asset_names)
     else:
         with staged_output(output, force) as staging:
-            result.assets, asset_warnings = write_assets(
-                checkpoint.root, staging, [*COMMON_ASSETS, *plan.asset_files(checkpoint)], strict=strict
-            )
+            result.assets, asset_warnings = write_assets(checkpoint.root, staging, asset_names, strict=strict)
             result.warnings.extend(asset_warnings)
             _write(result, checkpoint, plan, refs, staging, chunk_size, workers, progress, tqdm_class, started)
     result.seconds = round(time.perf_counter() - started, 3)

@@ -141,6 +141,9 @@ class Checkpoint:
         weight_files: The safetensors files, in the order their tensors are listed.
         tensors: Every tensor of every weight file, in file order.
         revision: The hub commit the files come from, for hub sources.
+        config: The parsed ``config.json``, or ``None`` when missing or not a JSON object.
+        config_problem: Why the config says nothing of the model (missing, not JSON, no
+            ``model_type``), or ``None``.
     """
 
     source: str
@@ -149,6 +152,7 @@ class Checkpoint:
     tensors: list[TensorRef]
     revision: str | None = None
     config: dict[str, Any] | None = field(default=None, repr=False)
+    config_problem: str | None = None
 
     def __iter__(self) -> Iterator[TensorRef]:
         return iter(self.tensors)
@@ -283,13 +287,15 @@ def open_checkpoint(source: str | os.PathLike[str], *, revision: str | None = No
         weight_files, tensors = _folder_weights(root)
     else:
         tensors = read_safetensors_header(weight_files[0])
+    config, config_problem = _read_config(root)
     return Checkpoint(
         source=text,
         root=root,
         weight_files=weight_files,
         tensors=tensors,
         revision=resolved_revision,
-        config=_read_config(root),
+        config=config,
+        config_problem=config_problem,
     )
 
 
@@ -368,15 +374,20 @@ def _short_list(items: list[str], limit: int = 8) -> str:
     return f"{shown} and {len(items) - limit} more" if len(items) > limit else shown
 
 
-def _read_config(root: Path) -> dict[str, Any] | None:
+def _read_config(root: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The folder's config.json, or ``None`` and why it says nothing about the model."""
     path = root / "config.json"
     if not path.is_file():
-        return None
+        return None, "the checkpoint has no config.json"
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return config if isinstance(config, dict) else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"config.json is not JSON ({exc})"
+    if not isinstance(config, dict):
+        return None, "config.json is not a JSON object"
+    if not config.get("model_type"):
+        return config, "config.json has no model_type"
+    return config, None
 
 
 def _download_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:

@@ -57,6 +57,8 @@ def test_tokenizer_json_is_built_from_vocab_txt_and_checked(vocab_bert: Path, tm
     assert tokenizer.encode("Hello, WORLD!").ids == [ids[w] for w in ("[CLS]", "hello", ",", "world", "!", "[SEP]")]
     assert tokenizer.encode("the quick fox").ids == [ids[w] for w in ("[CLS]", "the", "quick", "[UNK]", "[SEP]")]
     assert metadata(result.output_dir)["assets"] == result.assets
+    dry = streamconv.convert(vocab_bert, tmp_path / "dry", dry_run=True)
+    assert {"path": "tokenizer.json", "built_from": ["vocab.txt"]} in dry.assets
 
 
 def test_tokenizer_json_is_built_from_bpe_vocab_and_merges(tmp_path: Path) -> None:

@@ -243,8 +243,11 @@ def test_dry_run_writes_nothing_and_estimates(minilm_path: Path, tmp_path: Path)
     result = streamconv.convert(minilm_path, tmp_path / "out", dry_run=True)
     assert not (tmp_path / "out").exists()
     assert result.dry_run and len(result.tensors) == result.tensor_count == 104
+    planned = [a["path"] for a in result.assets]
+    assert planned[:2] == ["config.json", "tokenizer.json"] and "1_Pooling/config.json" in planned
     real = streamconv.convert(minilm_path, tmp_path / "out")
     assert abs(result.output_bytes / real.output_bytes - 1) < 0.1
+    assert [a["path"] for a in real.assets] == planned
 
 
 def test_load_tensor_reads_only_its_row_groups(minilm_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,6 @@ name of every tensor is kept beside its stored name.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +22,6 @@ from streamconv.source import Checkpoint, TensorRef
 from streamconv.stages import RenameRule, matches_any
 
 __all__ = ["Layout", "ModelInfo", "Part", "Plan", "Selection"]
-
-CONFIG_FILE = "config.json"
-
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -63,14 +59,13 @@ class ModelInfo:
         if not isinstance(architectures, list):
             architectures = []
         model_type = str(config.get("model_type") or "")
-        problem = None if model_type else _config_problem(checkpoint.root / CONFIG_FILE, checkpoint.config)
         return cls(
             root=checkpoint.root,
             config=config,
             model_type=model_type,
             architectures=tuple(a for a in architectures if isinstance(a, str)),
             files=frozenset(p.name for p in checkpoint.root.iterdir()),
-            config_problem=problem,
+            config_problem=checkpoint.config_problem,
         )
 
     def describe(self) -> str:
@@ -79,19 +74,6 @@ class ModelInfo:
             return self.config_problem
         architectures = f" and architectures {', '.join(self.architectures)}" if self.architectures else ""
         return f"config.json has model_type {self.model_type!r}{architectures}"
-
-
-def _config_problem(path: Path, config: dict[str, Any] | None) -> str:
-    if config is not None:
-        return "config.json has no model_type"
-    if not path.is_file():
-        return "the checkpoint has no config.json"
-    # The source reads a config.json that is not a JSON object as no config at all; say why here.
-    try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return f"config.json is not JSON ({exc})"
-    return "config.json is not a JSON object"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from streamconv import codec
 from streamconv._version import __version__
 from streamconv.assets import COMMON_ASSETS, planned_assets, write_assets, write_json
@@ -209,7 +211,7 @@ def convert(
     )
     asset_names = [*COMMON_ASSETS, *plan.asset_files(checkpoint)]
     if dry_run:
-        _estimate(result, refs, chunk_size, workers)
+        _estimate(result, refs, chunk_size)
         result.assets = planned_assets(checkpoint.root, asset_names)
     else:
         with staged_output(output, force) as staging:
@@ -400,7 +402,7 @@ def _metadata(
     }
 
 
-def _estimate(result: ConversionResult, refs: list[TensorRef], chunk_size: int, workers: int) -> None:
+def _estimate(result: ConversionResult, refs: list[TensorRef], chunk_size: int) -> None:
     """Fill a dry run's result: the planned tensors and an output size from a compressed sample."""
     raw_total = 0
     for ref in refs:
@@ -417,7 +419,7 @@ def _estimate(result: ConversionResult, refs: list[TensorRef], chunk_size: int, 
                 "bytes": nbytes,
             }
         )
-        result.chunk_count += max(1, -(-ref.numel * ref.dtype.itemsize // chunk_size))
+    result.chunk_count = sum(1 for _ in chunk(refs, chunk_size))  # lazy pieces: nothing is read
     sample_raw = sample_encoded = 0
     per_tensor = max(1, DRY_RUN_SAMPLE_BYTES // max(1, min(len(refs), 16)))
     for ref in sorted(refs, key=lambda r: r.nbytes, reverse=True)[:16]:
@@ -433,7 +435,7 @@ def _estimate(result: ConversionResult, refs: list[TensorRef], chunk_size: int, 
     result.ratio = round(result.source_bytes / result.output_bytes, 4) if result.output_bytes else 0.0
 
 
-def _planned_dtype(ref: TensorRef, dtype: str) -> Any:
+def _planned_dtype(ref: TensorRef, dtype: str) -> np.dtype:
     if dtype == "keep" or not ref.dtype_name.startswith(("float", "bfloat")):
         return ref.dtype
     return NUMPY_DTYPES[dtype]

@@ -248,6 +248,7 @@ def test_dry_run_writes_nothing_and_estimates(minilm_path: Path, tmp_path: Path)
     real = streamconv.convert(minilm_path, tmp_path / "out")
     assert abs(result.output_bytes / real.output_bytes - 1) < 0.1
     assert [a["path"] for a in real.assets] == planned
+    assert result.chunk_count == real.chunk_count
 
 
 def test_load_tensor_reads_only_its_row_groups(minilm_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

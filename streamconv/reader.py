@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from streamconv import codec
@@ -157,6 +156,8 @@ def load_tensor(path: str | os.PathLike[str], name: str) -> np.ndarray:
     Raises:
         TensorNotFoundError: no tensor has that name.
     """
+    import pyarrow.compute as pc  # here, not at the top: it costs `streamconv convert` 20 ms to import
+
     file, parquet, compression = _open(path)
     name_column = parquet.schema_arrow.get_field_index("name")
     groups = []
@@ -179,6 +180,8 @@ def describe(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
     Nothing is decompressed; one row group is held in memory at a time.
     """
+    import pyarrow.compute as pc  # see load_tensor
+
     _, parquet, _ = _open(path)
     tensors: dict[str, dict[str, Any]] = {}
     for group in range(parquet.num_row_groups):

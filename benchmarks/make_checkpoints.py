@@ -5,6 +5,8 @@ config alone (nothing is downloaded) and saved with ``save_pretrained``, which
 writes safetensors (sharded, with ``model.safetensors.index.json``, when a
 ``max_shard_size`` is given). The torch seed is fixed, so the weights are the
 same on every machine and run. A checkpoint already present is not rebuilt.
+An entry may reuse another entry's folder (``folder``) to convert the same
+checkpoint another way, e.g. the whole of Whisper rather than its encoder.
 
 Usage: python benchmarks/make_checkpoints.py [--workdir DIR] [--only a,b]
 """
@@ -23,7 +25,13 @@ SEED = 1234
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One benchmark checkpoint and how each tool is asked to convert it."""
+    """One benchmark checkpoint and how each tool is asked to convert it.
+
+    ``plan`` and ``parts`` go to streamconv (``--type``, ``--parts``; no parts: the plan's
+    default), ``keep`` to the naive script (state-dict name prefixes; empty: every tensor);
+    ``tools`` are the converters run on it; ``folder`` names the checkpoint folder when it is
+    another entry's (default: ``name``).
+    """
 
     name: str
     label: str
@@ -32,10 +40,13 @@ class Checkpoint:
     max_shard_size: str | None
     plan: str
     keep: tuple[str, ...]
+    parts: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ("naive", "streamconv")
+    folder: str | None = None
 
     def path(self, workdir: Path) -> Path:
         """Directory holding this checkpoint under ``workdir``."""
-        return workdir / "checkpoints" / self.name
+        return workdir / "checkpoints" / (self.folder or self.name)
 
 
 def _bert_base() -> object:
@@ -98,6 +109,20 @@ CHECKPOINTS: dict[str, Checkpoint] = {
             None,
             "whisper",
             ("model.encoder.",),
+        ),
+        # The whole model, as CTranslate2 converts it. "model." is every tensor in the file:
+        # state_dict() adds proj_out.weight, a tie to model.decoder.embed_tokens.weight.
+        Checkpoint(
+            "whisper-full",
+            "Whisper base (whole model)",
+            "WhisperForConditionalGeneration",
+            _whisper_base,
+            None,
+            "whisper",
+            ("model.",),
+            parts=("encoder", "decoder"),
+            tools=("naive", "streamconv", "ct2"),
+            folder="whisper",
         ),
     )
 }

@@ -31,7 +31,7 @@ from streamconv.constants import (
     WEIGHTS_FILENAME,
     progress_bars_disabled,
 )
-from streamconv.errors import InvalidOptionError, PlanError, UnsupportedDtypeError
+from streamconv.errors import CastOverflowError, InvalidOptionError, PlanError, UnsupportedDtypeError
 from streamconv.output import check_output, staged_output
 from streamconv.plans import ModelInfo, Plan, choose_plan
 from streamconv.plans.registry import FALLBACK
@@ -214,10 +214,21 @@ def convert(
         _estimate(result, refs, chunk_size)
         result.assets = planned_assets(checkpoint.root, asset_names)
     else:
-        with staged_output(output, force) as staging:
-            result.assets, asset_warnings = write_assets(checkpoint.root, staging, asset_names, strict=strict)
-            result.warnings.extend(asset_warnings)
-            _write(result, checkpoint, plan, refs, staging, chunk_size, workers, progress, tqdm_class, started)
+        plan_warnings = list(result.warnings)
+
+        def attempt(prescan: bool) -> None:
+            result.warnings = list(plan_warnings)
+            with staged_output(output, force) as staging:
+                result.assets, asset_warnings = write_assets(checkpoint.root, staging, asset_names, strict=strict)
+                result.warnings.extend(asset_warnings)
+                _write(result, checkpoint, plan, refs, staging, chunk_size, workers, progress, tqdm_class, started, prescan)
+
+        try:
+            attempt(prescan=False)
+        except CastOverflowError:
+            # A tensor of several chunks does not fit the target dtype and some of its chunks are
+            # written already: start again, scanning such tensors before casting them (rare).
+            attempt(prescan=True)
     result.seconds = round(time.perf_counter() - started, 3)
     return result
 
@@ -315,10 +326,11 @@ def _write(
     progress: bool,
     tqdm_class: Any,
     started: float,
+    prescan: bool,
 ) -> None:
     bar = _progress_bar(result.source_bytes, progress, tqdm_class)
     try:
-        chunks = cast(chunk(refs, chunk_size), result.dtype)
+        chunks = cast(chunk(refs, chunk_size), result.dtype, prescan=prescan)
         writer = WeightsWriter(
             staging / WEIGHTS_FILENAME,
             compression=result.compression,

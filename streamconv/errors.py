@@ -24,6 +24,7 @@ __all__ = [
     "AssetError",
     "MissingDependencyError",
     "InvalidOptionError",
+    "CastOverflowError",
 ]
 
 
@@ -182,3 +183,21 @@ class InvalidOptionError(StreamconvError, ValueError):
     """An option has a value streamconv cannot use."""
 
     exit_code = 2
+
+
+class CastOverflowError(StreamconvError, ArithmeticError):
+    """A tensor of several chunks does not fit the target dtype, found while casting without a scan.
+
+    Raised by :func:`streamconv.cast` with ``prescan=False`` once some of the tensor's chunks may
+    already have been cast; :func:`streamconv.convert` then starts again with ``prescan=True``.
+    """
+
+    exit_code = 3
+
+    def __init__(self, tensor: str, peak: float, dtype: str) -> None:
+        self.tensor = tensor
+        self.peak = peak
+        super().__init__(
+            f"tensor {tensor!r} has values up to {peak:.6g}, beyond {dtype}'s range, found after "
+            "casting had begun; cast with prescan=True so such tensors are scanned first"
+        )

@@ -22,7 +22,7 @@ import ml_dtypes
 import numpy as np
 
 from streamconv.constants import DEFAULT_CHUNK_SIZE, DTYPE_CHOICES, DTYPE_NAMES, NUMPY_DTYPES
-from streamconv.errors import InvalidOptionError, PlanError
+from streamconv.errors import CastOverflowError, InvalidOptionError, PlanError
 from streamconv.source import TensorRef
 
 __all__ = ["TensorChunk", "RenameRule", "select", "rename", "chunk", "cast", "matches_any"]
@@ -215,22 +215,29 @@ def _read(ref: TensorRef, start: int, stop: int) -> tuple[np.ndarray, None]:
     return ref.read(start, stop), None
 
 
-def cast(chunks: Iterable[TensorChunk], dtype: str) -> Iterator[TensorChunk]:
+def cast(chunks: Iterable[TensorChunk], dtype: str, *, prescan: bool = True) -> Iterator[TensorChunk]:
     """Cast floating-point pieces to ``dtype``; integer and bool pieces pass unchanged.
 
     The cast is numpy's (round to nearest even). A tensor with a finite value beyond the target's
     range (``|x| > 65504`` for float16) would become ``inf``; such a tensor is kept in float32
     instead (or its source dtype if that is float32 or wider and does not fit float32 either) and
     its first piece carries a ``note``. A tensor of one piece is checked when that piece is
-    loaded; a tensor of several pieces is scanned once, here, before its first piece is yielded,
-    so all its pieces share one dtype.
+    loaded. A tensor of several pieces must have one dtype for all of them, so with ``prescan``
+    it is read once more, here, before its first piece is yielded; without it, each piece is
+    checked as it is cast and the first that does not fit raises :class:`CastOverflowError`
+    (for callers that can start again, as :func:`streamconv.convert` does: overflow is rare,
+    and the scan re-reads most of a model whose tensors span several chunks).
 
     Args:
         chunks: Pieces from :func:`chunk`.
         dtype: ``float16``, ``bfloat16``, ``float32`` or ``keep``.
+        prescan: Scan tensors of several pieces before casting them.
 
     Returns:
         Lazy pieces whose data is in the stored dtype.
+
+    Raises:
+        CastOverflowError: with ``prescan=False``, when a piece is loaded.
     """
     if dtype not in DTYPE_CHOICES:
         raise InvalidOptionError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
@@ -245,6 +252,8 @@ def cast(chunks: Iterable[TensorChunk], dtype: str) -> Iterator[TensorChunk]:
             yield piece
         elif piece.count == 1:
             yield piece.then(functools.partial(_cast_whole, ref=piece.ref, target=target))
+        elif not prescan:
+            yield piece.then(functools.partial(_cast_checked, ref=piece.ref, target=target))
         else:
             if decided is None or decided[0] is not piece.ref:
                 peak = _tensor_peak(piece.ref, piece.element_count) if _may_overflow(source, target) else 0.0
@@ -257,6 +266,13 @@ def _cast_whole(data: np.ndarray, ref: TensorRef, target: np.dtype) -> tuple[np.
     peak = _finite_peak(data) if _may_overflow(data.dtype, target) else 0.0
     store, note = _decide(ref, data.dtype, target, peak)
     return _cast_to(data, store, note)
+
+
+def _cast_checked(data: np.ndarray, ref: TensorRef, target: np.dtype) -> tuple[np.ndarray, None]:
+    peak = _finite_peak(data) if _may_overflow(data.dtype, target) else 0.0
+    if peak > _finfo_max(target):
+        raise CastOverflowError(ref.source_name, peak, DTYPE_NAMES[target])
+    return _cast_to(data, target, None)
 
 
 def _cast_to(data: np.ndarray, store: np.dtype, note: str | None) -> tuple[np.ndarray, str | None]:

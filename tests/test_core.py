@@ -178,10 +178,25 @@ def test_fp16_overflow_keeps_float32_and_warns(tmp_path: Path) -> None:
     assert loaded["big"].dtype == np.float32 and bits(loaded["big"]) == bits(big)
     assert loaded["fine"].dtype == np.float16  # inf/nan in the source are not an overflow
     assert bits(loaded["fine"]) == bits(fine.astype(np.float16))
-    assert any("'big'" in w and "70000" in w and "float32" in w for w in result.warnings)
+    assert [w for w in result.warnings if "'big'" in w] == [
+        "tensor 'big' has values up to 70000, beyond float16's range; stored as float32 instead"
+    ]
     meta = json.loads(result.metadata_path.read_text())
     assert meta["warnings"] == result.warnings
     assert meta["stored_dtypes"] == {"float32": 1, "float16": 1}
+
+
+def test_cast_without_prescan_raises_on_a_late_overflow(tmp_path: Path) -> None:
+    big = np.zeros(600, dtype=np.float32)
+    big[-1] = 1e5
+    write_safetensors(tmp_path / "model.safetensors", {"big": big})
+    pieces = streamconv.cast(streamconv.chunk(streamconv.open_checkpoint(tmp_path), chunk_size=1200), "float16", prescan=False)
+    first, second = list(pieces)
+    assert first.data.dtype == np.float16  # cast before the overflow is seen
+    with pytest.raises(streamconv.errors.CastOverflowError, match="'big' has values up to 100000"):
+        second.data
+    scanned = list(streamconv.cast(streamconv.chunk(streamconv.open_checkpoint(tmp_path), chunk_size=1200), "float16"))
+    assert [p.data.dtype for p in scanned] == [np.float32, np.float32]
 
 
 def test_bfloat16_overflow_to_float16_keeps_float32(tmp_path: Path) -> None:

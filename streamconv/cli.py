@@ -24,7 +24,7 @@ from streamconv.constants import (
     DTYPE_CHOICES,
     progress_bars_disabled,
 )
-from streamconv.errors import StreamconvError
+from streamconv.errors import InvalidOptionError, StreamconvError
 
 __all__ = ["build_parser", "main"]
 
@@ -157,11 +157,12 @@ def _convert(args: argparse.Namespace) -> int:
     from streamconv.convert import convert
 
     if args.source and args.model and args.source != args.model:
-        raise _usage("give the checkpoint once: as SOURCE or as --model, not both")
+        raise InvalidOptionError("give the checkpoint once: as SOURCE or as --model, not both")
     source = args.source or args.model
     if not source:
-        raise _usage("missing SOURCE: `streamconv convert SOURCE -o OUTPUT`")
-    show_progress = not (args.quiet or args.json or args.dry_run) and sys.stderr.isatty() and not progress_bars_disabled()
+        raise InvalidOptionError("missing SOURCE: `streamconv convert SOURCE -o OUTPUT`")
+    quiet = args.quiet or args.json or args.dry_run
+    show_progress = not quiet and sys.stderr.isatty() and not progress_bars_disabled()
     result = convert(
         source,
         args.output,
@@ -185,12 +186,6 @@ def _convert(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print(_summary(result, args.model_type))
     return 0
-
-
-def _usage(message: str) -> StreamconvError:
-    from streamconv.errors import InvalidOptionError
-
-    return InvalidOptionError(message)
 
 
 def _summary(result: Any, requested: str) -> str:

@@ -37,7 +37,7 @@ from streamconv.plans import ModelInfo, Plan, choose_plan
 from streamconv.plans.registry import FALLBACK
 from streamconv.source import Checkpoint, TensorRef, open_checkpoint
 from streamconv.stages import TensorChunk, cast, chunk, matches_any, rename, select
-from streamconv.writer import WeightsWriter
+from streamconv.writer import WeightsWriter, check_codec
 
 __all__ = ["ConversionResult", "ModelConverter", "convert", "plan_tensors"]
 
@@ -175,6 +175,9 @@ def convert(
     started = time.perf_counter()
     if dtype not in DTYPE_CHOICES:
         raise InvalidOptionError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
+    if chunk_size < 1:
+        raise InvalidOptionError(f"chunk size must be at least 1 byte, got {chunk_size}")
+    check_codec(compression, level)
     output = Path(output).expanduser()
     checkpoint = open_checkpoint(source, revision=revision)
     model = ModelInfo.from_checkpoint(checkpoint)

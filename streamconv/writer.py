@@ -33,7 +33,7 @@ from streamconv.constants import (
 from streamconv.errors import InvalidOptionError
 from streamconv.stages import TensorChunk
 
-__all__ = ["SCHEMA", "WeightsWriter", "WriteSummary"]
+__all__ = ["SCHEMA", "WeightsWriter", "WriteSummary", "check_codec"]
 
 SCHEMA = pa.schema(
     [
@@ -89,6 +89,16 @@ class WriteSummary:
     stored_dtypes: dict[str, str] | None = None
 
 
+def check_codec(compression: str, level: int) -> None:
+    """Raise :class:`InvalidOptionError` for a compression or zstd level the writer cannot use."""
+    if compression not in COMPRESSION_CHOICES:
+        raise InvalidOptionError(
+            f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSION_CHOICES)}"
+        )
+    if compression == "zstd" and not -7 <= level <= 22:
+        raise InvalidOptionError(f"zstd level must be between -7 and 22, got {level}")
+
+
 class WeightsWriter:
     """Writes a streamconv weights file.
 
@@ -113,12 +123,7 @@ class WeightsWriter:
         workers: int = DEFAULT_WORKERS,
         row_group_bytes: int = ROW_GROUP_BYTES,
     ) -> None:
-        if compression not in COMPRESSION_CHOICES:
-            raise InvalidOptionError(
-                f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSION_CHOICES)}"
-            )
-        if compression == "zstd" and not -7 <= level <= 22:
-            raise InvalidOptionError(f"zstd level must be between -7 and 22, got {level}")
+        check_codec(compression, level)
         if workers < 1:
             raise InvalidOptionError(f"workers must be at least 1, got {workers}")
         self.path = Path(path)

@@ -237,3 +237,10 @@ def test_output_location_not_writable(tiny_checkpoint: Path, tmp_path: Path) -> 
     done = run("convert", str(tiny_checkpoint), "-o", str(blocker / "out"))
     assert_one_line_error(done, "cannot write the output here", "choose a writable location")
     assert blocker.read_text() == "not a folder"
+
+
+def test_bad_options_fail_before_anything_is_written(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    for options in (["--level", "30", "--dry-run"], ["--workers", "0"], ["--chunk-size", "0"]):
+        done = run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"), *options)
+        assert_one_line_error(done)
+        assert not (tmp_path / "out").exists(), options

@@ -157,11 +157,6 @@ class Checkpoint:
     def __iter__(self) -> Iterator[TensorRef]:
         return iter(self.tensors)
 
-    @property
-    def source_bytes(self) -> int:
-        """Total size of the weight files on disk."""
-        return sum(p.stat().st_size for p in self.weight_files)
-
 
 def read_safetensors_header(path: Path, prefix: str = "") -> list[TensorRef]:
     """Parse one safetensors file's header and check it against the file's size.

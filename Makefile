@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# These machines keep the CPU wheel of torch 2.13.0 in /opt/wheels; PyPI's is a multi-GB CUDA build.
+PIP_FIND_LINKS_OPT := $(if $(wildcard /opt/wheels/torch-*.whl),--find-links /opt/wheels,)
 DEMO_OUT := demo-output/all-MiniLM-L6-v2
 
 .PHONY: demo test bench setup clean
@@ -14,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt -e '.[validate]'
+	$(PY) -m pip install --quiet $(PIP_FIND_LINKS_OPT) -r requirements-dev.txt -e '.[validate]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -225,7 +225,10 @@ def _probes(torch: Any, model: Any, output: Path, loaded: list[str]) -> list[tup
     """Inputs that exercise the converted parts of ``model``, as functions of a model."""
     generator = torch.Generator().manual_seed(0)
     config = model.config
-    touched = lambda *prefixes: any(n.startswith(prefixes) for n in loaded)  # noqa: E731
+
+    def touched(*prefixes: str) -> bool:
+        return any(name.startswith(prefixes) for name in loaded)
+
     probes: list[tuple[str, Probe]] = []
 
     if config.model_type == "whisper":

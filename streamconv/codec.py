@@ -58,7 +58,7 @@ def encode(data: np.ndarray, compression: str, level: int) -> bytes:
     stream = _compressor(level).compressobj(size=planes.size)
     parts = []
     for plane in planes.reshape(data.dtype.itemsize, -1):
-        parts.append(stream.compress(plane))
+        parts.append(stream.compress(plane.data))
         parts.append(stream.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
     parts.append(stream.flush())
     return b"".join(parts)

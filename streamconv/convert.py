@@ -365,7 +365,9 @@ def _progress_bar(total: int, progress: bool, tqdm_class: Any) -> Any:
     if not progress or progress_bars_disabled():
         return None
     if tqdm_class is None:
-        from tqdm.auto import tqdm as tqdm_class
+        from tqdm.auto import tqdm
+
+        tqdm_class = tqdm
     return tqdm_class(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="converting")
 
 

@@ -187,7 +187,7 @@ def describe(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     for group in range(parquet.num_row_groups):
         table = parquet.read_row_group(group)
         stored = pc.binary_length(table["data"]).to_pylist()
-        for row, nbytes in zip(table.drop_columns(["data"]).to_pylist(), stored):
+        for row, nbytes in zip(table.drop_columns(["data"]).to_pylist(), stored, strict=True):
             entry = tensors.setdefault(
                 row["name"],
                 {

@@ -115,7 +115,7 @@ class TensorRef:
             raise IndexError(f"element range [{start}, {stop}) outside tensor of {self.numel}")
         dtype = self.dtype
         out = np.empty(stop - start, dtype=dtype)
-        view = memoryview(out.view(np.uint8))
+        view = out.view(np.uint8).data
         with open(self.path, "rb", buffering=0) as f:
             f.seek(self.offset + start * dtype.itemsize)
             filled = 0

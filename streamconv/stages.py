@@ -66,10 +66,10 @@ class TensorChunk:
         stop: int | None = None,
         load: Loader | None = None,
     ) -> None:
-        if (data is None) == (load is None):
-            raise ValueError("give a TensorChunk either data or a load function")
+        if (data is None) == (load is None) or (load is not None and stop is None):
+            raise ValueError("give a TensorChunk either data, or a load function and stop")
         self.ref, self.index, self.count, self.start = ref, index, count, start
-        self.stop = start + len(data) if data is not None else stop
+        self.stop: int = start + len(data) if data is not None else stop  # type: ignore[assignment]
         self._load, self._data, self._note = load, data, note
 
     @property
@@ -268,7 +268,7 @@ def _cast_whole(data: np.ndarray, ref: TensorRef, target: np.dtype) -> tuple[np.
     return _cast_to(data, store, note)
 
 
-def _cast_checked(data: np.ndarray, ref: TensorRef, target: np.dtype) -> tuple[np.ndarray, None]:
+def _cast_checked(data: np.ndarray, ref: TensorRef, target: np.dtype) -> tuple[np.ndarray, str | None]:
     peak = _finite_peak(data) if _may_overflow(data.dtype, target) else 0.0
     if peak > _finfo_max(target):
         raise CastOverflowError(ref.source_name, peak, DTYPE_NAMES[target])

@@ -251,8 +251,9 @@ class WeightsWriter:
     def _flush(self) -> None:
         if not self._rows:
             return
-        columns = list(zip(*self._rows))
-        table = pa.table([pa.array(values, field.type) for values, field in zip(columns, SCHEMA)], schema=SCHEMA)
+        columns = list(zip(*self._rows, strict=True))
+        arrays = [pa.array(values, field.type) for values, field in zip(columns, SCHEMA, strict=True)]
+        table = pa.table(arrays, schema=SCHEMA)
         assert self._writer is not None
         self._writer.write_table(table, row_group_size=len(self._rows))
         self._rows.clear()

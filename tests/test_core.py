@@ -224,6 +224,16 @@ def test_failure_while_writing_leaves_nothing(tiny_checkpoint: Path, tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # no output, no staging folder
 
 
+def test_interrupt_while_writing_leaves_nothing(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(codec, "encode", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        streamconv.convert(tiny_checkpoint, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+
+
 def test_force_replaces_only_after_success(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
     out.mkdir()

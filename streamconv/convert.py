@@ -37,7 +37,7 @@ from streamconv.plans import ModelInfo, Plan, choose_plan
 from streamconv.plans.registry import FALLBACK
 from streamconv.source import Checkpoint, TensorRef, open_checkpoint
 from streamconv.stages import TensorChunk, cast, chunk, matches_any, rename, select
-from streamconv.writer import WeightsWriter, check_codec
+from streamconv.writer import WeightsWriter, check_codec, row_group_bytes_for
 
 __all__ = ["ConversionResult", "ModelConverter", "convert", "plan_tensors"]
 
@@ -339,6 +339,7 @@ def _write(
             compression=result.compression,
             level=result.level,
             workers=workers,
+            row_group_bytes=row_group_bytes_for(result.source_bytes),
         )
         def on_written(piece: TensorChunk) -> None:
             if piece.note:

@@ -373,3 +373,14 @@ def test_readme_generator_example_runs(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.chdir(tmp_path)
     exec(compile(example, "README.md", "exec"), {})
     assert (tmp_path / "minilm-encoder.parquet").is_file()
+
+
+def test_row_groups_follow_the_writer_setting_and_grow_only_for_huge_models(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from streamconv.writer import ROW_GROUP_BYTES, row_group_bytes_for
+
+    checkpoint = streamconv.open_checkpoint(tiny_checkpoint)
+    with streamconv.WeightsWriter(tmp_path / "one-per-row.parquet", row_group_bytes=1) as writer:
+        summary = writer.write(streamconv.chunk(checkpoint, chunk_size=16))
+    assert pq.ParquetFile(tmp_path / "one-per-row.parquet").num_row_groups == summary.chunk_count > 12
+    assert row_group_bytes_for(1_340_000_000) == ROW_GROUP_BYTES  # BERT-large
+    assert row_group_bytes_for(140 * 10**9) == 140 * 10**9 // 16384  # 70B parameters in bf16

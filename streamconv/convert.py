@@ -170,7 +170,7 @@ def convert(
     Example:
         >>> result = streamconv.convert("all-MiniLM-L6-v2", "minilm-parquet", dtype="float16")
         >>> result.ratio
-        1.94
+        2.3562
     """
     started = time.perf_counter()
     if dtype not in DTYPE_CHOICES:
@@ -299,14 +299,10 @@ def plan_tensors(
             "loosen the patterns (they match source tensor names, see `streamconv convert --dry-run`)"
         )
     refs = list(rename(kept, rules.renames))
-    unsupported = [r for r in refs if r.dtype_code not in list(SAFETENSORS_DTYPES)]
+    unsupported = [r for r in refs if r.dtype_code not in SAFETENSORS_DTYPES]
     if unsupported:
-        first = unsupported[0]
         raise UnsupportedDtypeError(
-            first.path,
-            ", ".join(r.source_name for r in unsupported[:5]) + ("..." if len(unsupported) > 5 else ""),
-            "/".join(sorted({r.dtype_code for r in unsupported})),
-            list(SAFETENSORS_DTYPES),
+            unsupported[0].path, {r.source_name: r.dtype_code for r in unsupported}, list(SAFETENSORS_DTYPES)
         )
     return refs, warnings
 
@@ -341,6 +337,7 @@ def _write(
             workers=workers,
             row_group_bytes=row_group_bytes_for(result.source_bytes),
         )
+
         def on_written(piece: TensorChunk) -> None:
             if piece.note:
                 result.warnings.append(piece.note)
@@ -357,7 +354,7 @@ def _write(
     result.ratio = round(result.source_bytes / result.output_bytes, 4) if result.output_bytes else 0.0
     result.seconds = round(time.perf_counter() - started, 3)
     stored: dict[str, int] = {}
-    for name in (summary.stored_dtypes or {}).values():
+    for name in summary.stored_dtypes.values():
         stored[name] = stored.get(name, 0) + 1
     write_json(_metadata(result, checkpoint, plan, refs, stored, chunk_size), staging / METADATA_FILENAME)
 

@@ -19,6 +19,7 @@ __all__ = [
     "OutputExistsError",
     "OutputNotWritableError",
     "FormatError",
+    "NotConvertedError",
     "TensorNotFoundError",
     "PlanError",
     "AssetError",
@@ -91,17 +92,19 @@ class ShardIndexError(StreamconvError, ValueError):
 
 
 class UnsupportedDtypeError(StreamconvError, TypeError):
-    """A tensor's dtype is not one streamconv can store."""
+    """Tensors whose dtype streamconv cannot store (all of them, in one error)."""
 
     exit_code = 3
 
-    def __init__(self, path: Path, tensor: str, dtype: str, supported: list[str]) -> None:
+    def __init__(self, path: Path, dtypes: dict[str, str], supported: list[str]) -> None:
         self.path = path
-        self.tensor = tensor
-        self.dtype = dtype
+        self.dtypes = dtypes  # tensor source name -> safetensors dtype code
+        named = ", ".join(f"{name!r} ({code})" for name, code in list(dtypes.items())[:5])
+        more = f" and {len(dtypes) - 5} more" if len(dtypes) > 5 else ""
+        excludes = " ".join(f"--exclude {name!r}" for name in list(dtypes)[:5])
         super().__init__(
-            f"{path}: tensor {tensor!r} has dtype {dtype}, which streamconv does not support "
-            f"(supported: {', '.join(supported)}); drop it with --exclude {tensor!r} or re-save it"
+            f"{path}: streamconv cannot store the dtype of tensor {named}{more} "
+            f"(supported: {', '.join(supported)}); drop it with {excludes} or re-save the checkpoint"
         )
 
 
@@ -136,6 +139,16 @@ class FormatError(StreamconvError, ValueError):
         self.path = path
         self.problem = problem
         super().__init__(f"{path}: {problem}; re-run `streamconv convert` to rebuild the output")
+
+
+class NotConvertedError(StreamconvError, FileNotFoundError):
+    """A path given as a converted output holds no streamconv weights or metadata."""
+
+    exit_code = 2
+
+    def __init__(self, path: Path, missing: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: no {missing} here; pass a folder written by `streamconv convert`")
 
 
 class TensorNotFoundError(StreamconvError, KeyError):

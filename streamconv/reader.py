@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from streamconv import codec
 from streamconv.constants import FORMAT_VERSION, METADATA_FILENAME, NUMPY_DTYPES, WEIGHTS_FILENAME
-from streamconv.errors import FormatError, TensorNotFoundError
+from streamconv.errors import FormatError, NotConvertedError, TensorNotFoundError
 
 __all__ = ["describe", "iter_tensors", "load", "load_tensor", "read_metadata", "weights_path"]
 
@@ -28,9 +28,7 @@ def weights_path(path: str | os.PathLike[str]) -> Path:
     if path.is_dir():
         path = path / WEIGHTS_FILENAME
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no converted weights here; pass a folder written by `streamconv convert`"
-        )
+        raise NotConvertedError(path, "converted weights")
     return path
 
 
@@ -42,9 +40,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         return json.loads(meta_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{meta_path}: missing; pass a folder written by `streamconv convert`"
-        ) from None
+        raise NotConvertedError(meta_path, "metadata") from None
     except json.JSONDecodeError as exc:
         raise FormatError(meta_path, f"metadata is not JSON ({exc})") from exc
 

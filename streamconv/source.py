@@ -78,7 +78,7 @@ class TensorRef:
             return SAFETENSORS_DTYPES[self.dtype_code]
         except KeyError:
             raise UnsupportedDtypeError(
-                self.path, self.source_name, self.dtype_code, list(SAFETENSORS_DTYPES)
+                self.path, {self.source_name: self.dtype_code}, list(SAFETENSORS_DTYPES)
             ) from None
 
     @property

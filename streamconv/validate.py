@@ -131,6 +131,8 @@ def _module_ref(root: Path, source_name: str) -> Any:
 
 
 def _documented_cast(original: np.ndarray, stored: np.dtype) -> np.ndarray:
+    # Written from docs/format.md's casting rules, not by calling stages.cast: the check must not
+    # trust the code it checks.
     if original.dtype == stored or original.dtype.kind in "iub":
         return original
     if original.dtype == NUMPY_DTYPES["bfloat16"]:

@@ -12,7 +12,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -90,7 +90,7 @@ class WriteSummary:
     parameter_count: int = 0
     raw_bytes: int = 0
     data_bytes: int = 0
-    stored_dtypes: dict[str, str] | None = None
+    stored_dtypes: dict[str, str] = field(default_factory=dict)
 
 
 def check_codec(compression: str, level: int) -> None:
@@ -114,7 +114,7 @@ class WeightsWriter:
     Args:
         path: Final path of the Parquet file.
         compression: ``zstd`` or ``none``.
-        level: zstd level (1-22, or negative for faster levels).
+        level: zstd level, -7 to 22 (negative levels are faster and larger).
         workers: Threads that encode chunks.
         row_group_bytes: Pending encoded bytes that close a row group.
 
@@ -140,7 +140,7 @@ class WeightsWriter:
         self.level = level
         self.workers = workers
         self.row_group_bytes = row_group_bytes
-        self.summary = WriteSummary(stored_dtypes={})
+        self.summary = WriteSummary()
         self._partial = self.path.with_name(self.path.name + ".incomplete")
         self._writer: pq.ParquetWriter | None = None
         self._rows: list[tuple[Any, ...]] = []
@@ -231,7 +231,6 @@ class WeightsWriter:
 
     def _add(self, piece: TensorChunk, encoded: _Encoded) -> None:
         summary = self.summary
-        assert summary.stored_dtypes is not None
         if piece.index == 0:
             summary.tensor_count += 1
             summary.parameter_count += piece.ref.numel

@@ -32,6 +32,7 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], *needles: str)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error: ")
+    assert "unexpected" not in lines[0]  # every expected failure is a StreamconvError
     for needle in needles:
         assert needle in lines[0], lines[0]
 
@@ -80,7 +81,8 @@ def test_inspect(tiny_checkpoint: Path, tmp_path: Path) -> None:
     data = json.loads(run("inspect", str(tmp_path / "out"), "--json").stdout)
     assert data["metadata"]["tensor_count"] == 12
     assert {t["name"]: t["dtype"] for t in data["tensors"]}["i8"] == "int8"
-    assert_one_line_error(run("inspect", str(tmp_path)), "no converted weights")
+    assert_one_line_error(run("inspect", str(tmp_path)), "no converted weights", "streamconv convert")
+    assert_one_line_error(run("validate", str(tmp_path / "nowhere")), "no metadata", "streamconv convert")
 
 
 def test_progress_bar_env_switch(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,17 +3,21 @@
 Three ways in:
 
 - ``streamconv convert MODEL -o OUT`` on the command line;
-- :func:`convert` (or :class:`ModelConverter`) from Python, returning a :class:`ConversionResult`;
+- :func:`convert` (or :class:`ModelConverter`) from Python, with :class:`ConvertOptions`,
+  returning a :class:`ConversionResult`;
 - the generator stages :func:`select`, :func:`rename`, :func:`chunk`, :func:`cast` over
   :func:`open_checkpoint`, written with :class:`WeightsWriter`.
 
-Read the result back with :func:`load`, :func:`iter_tensors` or :func:`load_tensor`.
+Read the result back with :func:`load`, :func:`iter_tensors` (records with names, dtypes and
+arrays), :func:`load_tensor` or :func:`describe`.
 """
 
 from streamconv._version import __version__
-from streamconv.convert import ConversionResult, ModelConverter, convert, plan_tensors
+from streamconv.convert import ModelConverter, convert
 from streamconv.errors import StreamconvError
-from streamconv.reader import describe, iter_tensors, load, load_tensor, read_metadata
+from streamconv.options import ConvertOptions
+from streamconv.reader import TensorInfo, TensorRecord, describe, iter_tensors, load, load_tensor, read_metadata
+from streamconv.result import ConversionResult
 from streamconv.source import Checkpoint, TensorRef, open_checkpoint, read_safetensors_header
 from streamconv.stages import TensorChunk, cast, chunk, rename, select
 from streamconv.writer import WeightsWriter
@@ -22,9 +26,12 @@ __all__ = [
     "__version__",
     "Checkpoint",
     "ConversionResult",
+    "ConvertOptions",
     "ModelConverter",
     "StreamconvError",
     "TensorChunk",
+    "TensorInfo",
+    "TensorRecord",
     "TensorRef",
     "WeightsWriter",
     "cast",
@@ -35,7 +42,6 @@ __all__ = [
     "load",
     "load_tensor",
     "open_checkpoint",
-    "plan_tensors",
     "read_metadata",
     "read_safetensors_header",
     "rename",

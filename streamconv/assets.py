@@ -81,7 +81,7 @@ def write_json(data: Any, path: Path) -> None:
 
 
 def write_assets(
-    root: Path, out_dir: Path, names: Sequence[str], *, strict: bool = False
+    root: Path, out_dir: Path, names: Sequence[str], *, strict: bool = False, expected: Sequence[str] = ()
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Copy the assets ``names`` that ``root`` has into ``out_dir``; build a missing tokenizer.json.
 
@@ -95,6 +95,8 @@ def write_assets(
         out_dir: The (staging) output folder.
         names: Asset paths relative to ``root``; missing ones are skipped.
         strict: Raise instead of warning.
+        expected: Assets the model family needs; one the checkpoint lacks is a warning (an error
+            with ``strict``) naming it.
 
     Returns:
         The records of the files written (``path``, ``bytes``, ``sha256``; a built tokenizer also
@@ -106,6 +108,7 @@ def write_assets(
     """
     records: list[dict[str, Any]] = []
     warnings: list[str] = []
+    failed: set[str] = set()
     slow_files = [f for f in SLOW_TOKENIZER_FILES if (root / f).is_file()]
     for name in dict.fromkeys(names):
         source = root / name
@@ -120,6 +123,14 @@ def write_assets(
             if strict:
                 raise
             warnings.append(str(exc))
+            failed.add(name)
+    written = {record["path"] for record in records}
+    for name in expected:
+        if name not in written and name not in failed:
+            error = AssetError(root / name, "is missing, and the model's inputs are prepared with it", f"add {name} to the checkpoint")
+            if strict:
+                raise error
+            warnings.append(str(error))
     return records, warnings
 
 

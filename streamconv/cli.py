@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -14,21 +15,15 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from streamconv._version import __version__
-from streamconv.constants import (
-    COMPRESSION_CHOICES,
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_COMPRESSION,
-    DEFAULT_DTYPE,
-    DEFAULT_WORKERS,
-    DEFAULT_ZSTD_LEVEL,
-    DTYPE_CHOICES,
-    progress_bars_disabled,
-)
-from streamconv.errors import InvalidOptionError, StreamconvError
+from streamconv.constants import COMPRESSION_CHOICES, DEFAULT_ZSTD_LEVEL, DTYPE_CHOICES, progress_bars_disabled
+from streamconv.errors import NOVALUE, InvalidOptionError, StreamconvError
+from streamconv.options import ConvertOptions, option_names
 
 __all__ = ["build_parser", "main"]
 
 VALIDATION_FAILED = 6
+#: Longest tensor name shown in a table; longer ones are cut in the middle (``--json`` keeps them).
+MAX_NAME_WIDTH = 96
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 
 
@@ -70,36 +65,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert a checkpoint to Parquet weights",
         description="Convert a safetensors checkpoint (folder, .safetensors file or hub repo id) "
         "into OUTPUT/weights.parquet, metadata.json and the model's assets.",
+        argument_default=argparse.SUPPRESS,  # unset options keep ConvertOptions' defaults
     )
     conv.add_argument("source", nargs="?", metavar="SOURCE", help="checkpoint folder, .safetensors file, or hub repo id")
     conv.add_argument("--model", dest="model", metavar="SOURCE", help="same as SOURCE (the old tool's spelling)")
     conv.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="output folder to create")
-    conv.add_argument("--type", dest="model_type", default="auto", metavar="TYPE",
+    # Every dest below is a field of ConvertOptions: _convert passes them on by name.
+    conv.add_argument("--type", dest="model_type", metavar="TYPE",
                       help="model plan: auto (default) or one listed by `streamconv types`")
     conv.add_argument("--parts", type=lambda s: [p for p in s.split(",") if p], metavar="A,B",
                       help="plan parts to convert, e.g. vision,text for CLIP (default: the plan's)")
-    conv.add_argument("--dtype", choices=DTYPE_CHOICES, default=DEFAULT_DTYPE,
-                      help=f"float target; int and bool tensors are never cast (default {DEFAULT_DTYPE})")
-    conv.add_argument("--compression", choices=COMPRESSION_CHOICES, default=DEFAULT_COMPRESSION,
-                      help=f"codec of the data column (default {DEFAULT_COMPRESSION})")
-    conv.add_argument("--level", type=int, default=DEFAULT_ZSTD_LEVEL,
-                      help=f"zstd level (default {DEFAULT_ZSTD_LEVEL})")
-    conv.add_argument("--include", action="append", default=[], metavar="GLOB",
+    conv.add_argument("--dtype", choices=DTYPE_CHOICES,
+                      help=f"float target; int and bool tensors are never cast (default {_default('dtype')})")
+    conv.add_argument("--compression", choices=COMPRESSION_CHOICES,
+                      help=f"codec of the data column (default {_default('compression')})")
+    conv.add_argument("--level", type=int, help=f"zstd level, -7 to 22 (default {DEFAULT_ZSTD_LEVEL})")
+    conv.add_argument("--include", action="append", metavar="GLOB",
                       help="keep only tensors whose source name matches (repeatable)")
-    conv.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+    conv.add_argument("--exclude", action="append", metavar="GLOB",
                       help="drop tensors whose source name matches (repeatable)")
-    conv.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_SIZE, metavar="SIZE",
+    conv.add_argument("--chunk-size", type=parse_size, metavar="SIZE",
                       help="largest chunk (one Parquet row), e.g. 4MiB (default 2MiB)")
     conv.add_argument("--revision", help="hub branch, tag or commit (hub sources)")
-    conv.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                      help=f"compression threads (default {DEFAULT_WORKERS})")
+    conv.add_argument("--workers", type=int, help=f"compression threads (default {_default('workers')})")
     conv.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     conv.add_argument("--strict", action="store_true",
-                      help="fail instead of warning when an asset cannot be copied or built "
-                      "(a tokenizer that cannot be converted, a config file that is not JSON)")
+                      help="fail instead of warning when an asset is missing or cannot be copied or built")
     conv.add_argument("--dry-run", action="store_true", help="show what would be written and its estimated size")
-    conv.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-    conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+    conv.add_argument("--json", action="store_true", default=False, help="print the result as JSON on stdout")
+    conv.add_argument("-q", "--quiet", action="store_true", default=False, help="no progress bar and no summary")
 
     insp = commands.add_parser("inspect", parents=[common], help="show a converted output's tensors and metadata")
     insp.add_argument("output", metavar="OUTPUT", help="a folder written by `streamconv convert`")
@@ -121,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _default(name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(ConvertOptions) if f.name == name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 on success)."""
     parser = build_parser()
@@ -140,11 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # every error becomes one line; --debug shows the traceback
         if args.debug:
             raise
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"error: {_one_line(exc, parser)}", file=sys.stderr)
         return exc.exit_code if isinstance(exc, StreamconvError) else 1
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, parser: argparse.ArgumentParser) -> str:
+    if isinstance(exc, InvalidOptionError):
+        return exc.render(_flag_labeller(parser))
     if isinstance(exc, StreamconvError):
         return str(exc)
     if isinstance(exc, OSError) and exc.filename:
@@ -153,38 +153,49 @@ def _one_line(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: {text}; rerun with --debug and report it"
 
 
+def _flag_labeller(parser: argparse.ArgumentParser) -> Any:
+    """``label(name, value)`` for error messages: an option as its flag, ``--level 5``."""
+    flags: dict[str, str] = {}
+    for sub in _subparsers(parser):
+        for action in sub._actions:
+            if action.option_strings:
+                flags.setdefault(action.dest, max(action.option_strings, key=len))
+
+    def label(name: str, value: Any) -> str:
+        flag = flags.get(name, name)
+        if value is NOVALUE:
+            return flag
+        if isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
+        return f"{flag} {value}"
+
+    return label
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found.extend(action.choices.values())
+    return found
+
+
 def _convert(args: argparse.Namespace) -> int:
     from streamconv.convert import convert
 
-    if args.source and args.model and args.source != args.model:
-        raise InvalidOptionError("give the checkpoint once: as SOURCE or as --model, not both")
-    source = args.source or args.model
+    if getattr(args, "source", None) and getattr(args, "model", None) and args.source != args.model:
+        raise InvalidOptionError("give the checkpoint once: as SOURCE or as {model}, not both")
+    source = getattr(args, "source", None) or getattr(args, "model", None)
     if not source:
         raise InvalidOptionError("missing SOURCE: `streamconv convert SOURCE -o OUTPUT`")
-    quiet = args.quiet or args.json or args.dry_run
-    show_progress = not quiet and sys.stderr.isatty() and not progress_bars_disabled()
-    result = convert(
-        source,
-        args.output,
-        model_type=args.model_type,
-        parts=args.parts,
-        dtype=args.dtype,
-        compression=args.compression,
-        level=args.level,
-        include=args.include,
-        exclude=args.exclude,
-        chunk_size=args.chunk_size,
-        force=args.force,
-        dry_run=args.dry_run,
-        revision=args.revision,
-        workers=args.workers,
-        progress=show_progress,
-        strict=args.strict,
-    )
+    fields = {k: v for k, v in vars(args).items() if k in option_names()}
+    quiet = args.quiet or args.json or fields.get("dry_run", False)
+    fields["progress"] = not quiet and sys.stderr.isatty() and not progress_bars_disabled()
+    result = convert(source, args.output, ConvertOptions(**fields))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     elif not args.quiet:
-        print(_summary(result, args.model_type))
+        print(_summary(result, fields.get("model_type", "auto")))
     return 0
 
 
@@ -203,7 +214,7 @@ def _summary(result: Any, requested: str) -> str:
     else:
         how = "detected" if result.detected else "no plan recognised the checkpoint"
     lines.append(f"  model type {result.model_type} ({how}), parts {','.join(result.parts)}")
-    codec = f"zstd-{result.level}" if result.compression == "zstd" else "no compression"
+    codec = _codec_label(result.compression, result.level)
     lines.append(
         f"  {result.tensor_count} tensors, {result.parameter_count:,} parameters, "
         f"{result.chunk_count} chunks, {result.dtype}, {codec}"
@@ -222,6 +233,12 @@ def _summary(result: Any, requested: str) -> str:
     return "\n".join(lines)
 
 
+def _codec_label(compression: Any, level: Any) -> str:
+    if isinstance(compression, dict):  # format 1: {"codec": ..., "level": ...}
+        compression, level = compression.get("codec"), compression.get("level")
+    return f"zstd-{level}" if compression == "zstd" else "none"
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
@@ -237,14 +254,13 @@ def _inspect(args: argparse.Namespace) -> int:
     metadata = read_metadata(args.output)
     tensors = describe(weights)
     if args.json:
-        print(json.dumps({"metadata": metadata, "tensors": tensors}, indent=2))
+        print(json.dumps({"metadata": metadata, "tensors": [t.to_dict() for t in tensors]}, indent=2))
         return 0
-    stored = sum(t["stored_bytes"] for t in tensors)
+    stored = sum(t.stored_bytes for t in tensors)
     print(f"{weights}")
     print(
         f"  format {metadata.get('format_version')}, model type {metadata.get('model_type')}, "
-        f"dtype {metadata.get('dtype')}, compression {metadata.get('compression', {}).get('codec')}"
-        f"-{metadata.get('compression', {}).get('level')}"
+        f"dtype {metadata.get('dtype')}, compression {_codec_label(metadata.get('compression'), metadata.get('level'))}"
     )
     print(
         f"  {len(tensors)} tensors, {metadata.get('parameter_count', 0):,} parameters, "
@@ -252,16 +268,27 @@ def _inspect(args: argparse.Namespace) -> int:
         f"({metadata.get('ratio', 0):.2f}x)"
     )
     for warning in metadata.get("warnings", []):
-        print(f"  warning: {warning}")
+        print(f"  warning: {_printable(str(warning), 400)}")
     for asset in metadata.get("assets", []):
-        print(f"  asset {asset['path']} ({_size(asset['bytes'])}, sha256 {asset['sha256'][:12]}...)")
-    width = max((len(t["name"]) for t in tensors), default=4)
+        print(f"  asset {_printable(str(asset.get('path')))} ({_size(asset.get('bytes', 0))}, "
+              f"sha256 {str(asset.get('sha256'))[:12]}...)")
+    names = [_printable(t.name) for t in tensors]
+    width = max((len(n) for n in names), default=4)
     print(f"\n  {'name':<{width}}  {'shape':>16}  {'dtype':<8}  {'chunks':>6}  {'stored':>10}")
-    for t in tensors:
-        shape = "x".join(map(str, t["shape"])) or "scalar"
-        print(f"  {t['name']:<{width}}  {shape:>16}  {t['dtype']:<8}  {t['chunks']:>6}  {_size(t['stored_bytes']):>10}")
+    for name, t in zip(names, tensors, strict=True):
+        shape = "x".join(map(str, t.shape)) or "scalar"
+        print(f"  {name:<{width}}  {shape:>16}  {t.dtype:<8}  {t.chunk_count:>6}  {_size(t.stored_bytes):>10}")
     print(f"\n  data column: {_size(stored)}")
     return 0
+
+
+def _printable(text: str, limit: int = MAX_NAME_WIDTH) -> str:
+    """``text`` safe for a terminal table: control characters escaped, long text cut in the middle."""
+    safe = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    if len(safe) <= limit:
+        return safe
+    keep = (limit - 3) // 2
+    return f"{safe[:keep]}...{safe[-keep:]}"
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -279,10 +306,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _types(args: argparse.Namespace) -> int:
-    from streamconv.plans import PLANS, plan_names
+    from streamconv.plans import PLANS
 
-    for name in plan_names():
-        plan = PLANS[name]
+    for plan in PLANS:
+        name = plan.name
         parts = ", ".join(f"{p}{'*' if p in plan.default_parts else ''}" for p in plan.parts)
         print(f"{name}: {plan.summary}")
         print(f"  detects: {plan.detection()}")

@@ -7,7 +7,10 @@ The CLI prints ``error: <message>`` for these and exits non-zero without a trace
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "StreamconvError",
@@ -193,9 +196,46 @@ class MissingDependencyError(StreamconvError, ImportError):
 
 
 class InvalidOptionError(StreamconvError, ValueError):
-    """An option has a value streamconv cannot use."""
+    """An option has a value streamconv cannot use.
+
+    The message names options through placeholders, so that Python callers read the argument
+    (``level=5``) and the CLI its flag (``--level 5``): ``{name}`` is the option, ``{name=}`` the
+    option with the value given in ``values``, ``{name=text}`` the option with a literal value.
+
+    Attributes:
+        argument: The option at fault (a field of :class:`streamconv.options.ConvertOptions`, or a
+            keyword of the function called).
+        values: The values the message quotes, by option name.
+    """
 
     exit_code = 2
+
+    def __init__(self, template: str, argument: str | None = None, **values: Any) -> None:
+        self.template = template
+        self.argument = argument
+        self.values = values
+        super().__init__(self.render(python_label))
+
+    def render(self, label: Callable[[str, Any], str]) -> str:
+        """The message with every option written by ``label(name, value_or_NOVALUE)``."""
+
+        def replace(match: re.Match[str]) -> str:
+            name, has_value, literal = match.group(1), match.group(2), match.group(3)
+            if not has_value:
+                return label(name, NOVALUE)
+            return label(name, literal if literal else self.values.get(name))
+
+        return _PLACEHOLDER.sub(replace, self.template)
+
+
+#: Marks an option mentioned without a value in an :class:`InvalidOptionError` message.
+NOVALUE: Any = object()
+_PLACEHOLDER = re.compile(r"\{(\w+)(=([^}]*))?\}")
+
+
+def python_label(name: str, value: Any) -> str:
+    """How a Python caller reads an option in a message: ``level`` or ``level=5``."""
+    return name if value is NOVALUE else f"{name}={value!r}"
 
 
 class CastOverflowError(StreamconvError, ArithmeticError):

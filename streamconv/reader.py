@@ -1,29 +1,99 @@
-"""Read converted weights back as numpy arrays.
+"""Read converted weights back: tensor records with their names, dtypes, shapes and arrays.
 
-``iter_tensors`` streams one tensor at a time; ``load_tensor`` reads only the row groups whose
-``name`` statistics can hold the tensor asked for.
+A weights file is opened once into a table of contents built from its metadata columns only (never
+the ``data`` column), and every tensor's chunks are checked to tile its shape before anything is
+decoded or allocated. Chunks are then decoded on worker threads, checked against their stored
+checksum (format 2), and written straight into the tensor's final array.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamconv import codec
-from streamconv.constants import FORMAT_VERSION, METADATA_FILENAME, NUMPY_DTYPES, WEIGHTS_FILENAME
+from streamconv.constants import DEFAULT_WORKERS, FORMAT_VERSION, METADATA_FILENAME, WEIGHTS_FILENAME
+from streamconv.dtypes import DType, by_name
 from streamconv.errors import FormatError, NotConvertedError, TensorNotFoundError
+from streamconv.writer import checksum
 
-__all__ = ["describe", "iter_tensors", "load", "load_tensor", "read_metadata", "weights_path"]
+__all__ = [
+    "TensorInfo",
+    "TensorRecord",
+    "describe",
+    "iter_tensors",
+    "load",
+    "load_tensor",
+    "read_metadata",
+    "weights_path",
+]
+
+#: Which name keys :func:`load` and labels records: the stored name or the source checkpoint's.
+NameKind = Literal["stored", "source"]
+_META_COLUMNS = ["name", "source_name", "dtype", "source_dtype", "shape", "chunk_index", "chunk_count",
+                 "element_offset", "element_count"]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One stored tensor, as the file's metadata columns describe it (nothing decoded).
+
+    Attributes:
+        name: The stored name.
+        source_name: The tensor's name in the source checkpoint.
+        dtype: The stored dtype (``float16``...).
+        source_dtype: The source checkpoint's dtype.
+        shape: The tensor's shape.
+        chunk_count: Rows (chunks) holding it.
+        stored_bytes: Bytes of its ``data`` values (compressed size).
+        file: The weights file holding it.
+    """
+
+    name: str
+    source_name: str
+    dtype: str
+    source_dtype: str
+    shape: tuple[int, ...]
+    chunk_count: int
+    stored_bytes: int
+    file: Path = field(repr=False)
+
+    @property
+    def numel(self) -> int:
+        """Number of elements."""
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (for ``inspect --json``)."""
+        return {
+            "name": self.name, "source_name": self.source_name, "shape": list(self.shape),
+            "dtype": self.dtype, "source_dtype": self.source_dtype, "chunks": self.chunk_count,
+            "stored_bytes": self.stored_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class TensorRecord(TensorInfo):
+    """A stored tensor with its data: :class:`TensorInfo` plus ``array``, in the stored dtype and shape."""
+
+    array: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
 
 
 def weights_path(path: str | os.PathLike[str]) -> Path:
-    """The weights file of a converted output: ``path`` itself, or ``path/weights.parquet``."""
+    """The weights file of a converted output: ``path`` itself, or ``path/weights.parquet``.
+
+    Raises:
+        NotConvertedError: no weights file there.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHTS_FILENAME
@@ -33,117 +103,257 @@ def weights_path(path: str | os.PathLike[str]) -> Path:
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``metadata.json`` of a converted output folder."""
+    """The ``metadata.json`` of a converted output folder (or of the folder of a weights file).
+
+    Raises:
+        NotConvertedError: no metadata.json.
+        FormatError: it is not a JSON object.
+    """
     folder = Path(path)
     folder = folder if folder.is_dir() else folder.parent
     meta_path = folder / METADATA_FILENAME
     try:
-        return json.loads(meta_path.read_text(encoding="utf-8"))
+        data = json.loads(meta_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise NotConvertedError(meta_path, "metadata") from None
-    except json.JSONDecodeError as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(meta_path, f"metadata is not JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise FormatError(meta_path, "metadata is not a JSON object")
+    return data
 
 
-def _open(path: str | os.PathLike[str]) -> tuple[Path, pq.ParquetFile, str]:
-    file = weights_path(path)
-    try:
-        parquet = pq.ParquetFile(file)
-    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError subclasses for bad files
-        raise FormatError(file, f"not a readable Parquet file ({exc})") from exc
-    meta = parquet.schema_arrow.metadata or {}
-    version = meta.get(b"streamconv.format_version")
-    if version is None:
-        raise FormatError(file, "not a streamconv weights file (no streamconv.format_version)")
-    if int(version) > FORMAT_VERSION:
-        raise FormatError(
-            file, f"written in format version {int(version)}, newer than this reader's {FORMAT_VERSION}; "
-            "upgrade streamconv"
-        )
-    return file, parquet, meta[b"streamconv.compression"].decode()
+@dataclass
+class _Entry:
+    """A tensor of the table of contents, filled row by row, and the row groups holding it."""
+
+    row: dict[str, Any]
+    dtype: DType
+    shape: tuple[int, ...]
+    file: Path
+    stored_bytes: int = 0
+    groups: list[int] = field(default_factory=list)
+
+    @property
+    def info(self) -> TensorInfo:
+        row = self.row
+        return TensorInfo(row["name"], row["source_name"], self.dtype.name, row["source_dtype"], self.shape,
+                          row["chunk_count"], self.stored_bytes, self.file)
 
 
-class _Assembler:
-    """Collects one tensor's chunks and checks that they tile it exactly."""
+class WeightsFile:
+    """One open weights file: its format version, codec and checked table of contents."""
 
-    def __init__(self, file: Path, name: str, dtype: str, shape: list[int], chunk_count: int) -> None:
-        self.file, self.name, self.shape, self.chunk_count = file, name, tuple(shape), chunk_count
-        if dtype not in NUMPY_DTYPES:
-            raise FormatError(file, f"tensor {name!r} has unknown dtype {dtype!r}")
-        self.dtype = NUMPY_DTYPES[dtype]
-        self.out = np.empty(int(np.prod(self.shape, dtype=np.int64)), dtype=self.dtype)
-        self.seen = 0
-        self.filled = 0
-
-    def add(self, row: dict[str, Any], compression: str) -> None:
-        if row["chunk_index"] != self.seen or row["element_offset"] != self.filled:
-            raise FormatError(self.file, f"tensor {self.name!r}: chunks out of order or missing")
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = weights_path(path)
         try:
-            values = codec.decode(row["data"], self.dtype, row["element_count"], compression)
-        except Exception as exc:  # zstd errors, size mismatches
-            raise FormatError(self.file, f"tensor {self.name!r}: chunk {self.seen} is damaged ({exc})") from exc
-        end = self.filled + len(values)
-        if end > self.out.size:
-            raise FormatError(self.file, f"tensor {self.name!r}: chunks hold more elements than its shape")
-        self.out[self.filled:end] = values
-        self.filled, self.seen = end, self.seen + 1
+            self.parquet = pq.ParquetFile(self.path)
+            meta = self.parquet.schema_arrow.metadata or {}
+        except (pa.ArrowException, OSError) as exc:
+            raise FormatError(self.path, f"not a readable Parquet file ({exc})") from exc
+        version = meta.get(b"streamconv.format_version")
+        if version is None or not version.isdigit():
+            raise FormatError(self.path, "not a streamconv weights file (no streamconv.format_version)")
+        self.version = int(version)
+        if self.version > FORMAT_VERSION:
+            raise FormatError(
+                self.path,
+                f"written in format version {self.version}, newer than this reader's {FORMAT_VERSION}; "
+                "upgrade streamconv",
+            )
+        self.compression = meta.get(b"streamconv.compression", b"").decode()
+        if self.compression not in ("zstd", "none"):
+            raise FormatError(self.path, f"unknown compression {self.compression!r}")
+        self.has_checksums = self.version >= 2
+        self.entries = self._table_of_contents()
 
-    def result(self) -> np.ndarray:
-        if self.seen != self.chunk_count or self.filled != self.out.size:
-            raise FormatError(self.file, f"tensor {self.name!r}: {self.chunk_count - self.seen} chunk(s) missing")
-        return self.out.reshape(self.shape)
+    def _read(self, group: int, columns: Sequence[str]) -> pa.Table:
+        try:
+            return self.parquet.read_row_group(group, columns=list(columns))
+        except (pa.ArrowException, OSError) as exc:
+            raise FormatError(self.path, f"row group {group} is damaged ({exc})") from exc
 
+    def _table_of_contents(self) -> dict[str, _Entry]:
+        # One read of the metadata columns of every row group; the data column is never touched.
+        sizes = ["data_bytes"] if self.has_checksums else ["data"]
+        try:
+            table = self.parquet.read(columns=[*_META_COLUMNS, *sizes])
+        except (pa.ArrowException, OSError) as exc:
+            raise FormatError(self.path, f"the metadata columns are damaged ({exc})") from exc
+        stored = table.column(sizes[0])
+        if not self.has_checksums:
+            import pyarrow.compute as pc  # here: it costs every `streamconv convert` 20 ms
 
-def _assemble(file: Path, rows: Iterator[dict[str, Any]], compression: str) -> Iterator[tuple[str, np.ndarray]]:
-    current: _Assembler | None = None
-    for row in rows:
+            stored = pc.binary_length(stored)
+        rows = table.drop_columns(sizes).to_pylist()
+        metadata = self.parquet.metadata
+        group_of_row = [g for g in range(metadata.num_row_groups) for _ in range(metadata.row_group(g).num_rows)]
+        if len(group_of_row) != len(rows):
+            raise FormatError(self.path, "the row groups do not add up to the rows")
+        entries: dict[str, _Entry] = {}
+        expected: tuple[str, int, int] | None = None  # (name, next chunk index, next element offset)
+        for row, nbytes, group in zip(rows, stored.to_pylist(), group_of_row, strict=True):
+            expected = self._check_row(entries, row, nbytes, group, expected)
+        if expected is not None:
+            self._finish(entries[expected[0]], expected)
+        return entries
+
+    def _check_row(
+        self, entries: dict[str, _Entry], row: dict[str, Any], nbytes: int, group: int,
+        expected: tuple[str, int, int] | None,
+    ) -> tuple[str, int, int]:
+        """Check one row against the tensor it continues; returns what the next row must be."""
+        name = row["name"]
         if row["chunk_index"] == 0:
-            if current is not None:
-                yield current.name, current.result()
-            current = _Assembler(file, row["name"], row["dtype"], row["shape"], row["chunk_count"])
-        elif current is None or row["name"] != current.name:
-            raise FormatError(file, f"tensor {row['name']!r}: chunk {row['chunk_index']} without chunk 0")
-        current.add(row, compression)
-    if current is not None:
-        yield current.name, current.result()
+            if expected is not None:
+                self._finish(entries[expected[0]], expected)
+            if name in entries:
+                raise FormatError(self.path, f"tensor {name!r} is stored twice")
+            entries[name] = self._new_entry(row)
+            expected = (name, 0, 0)
+        if expected is None or name != expected[0] or row["chunk_index"] != expected[1] \
+                or row["element_offset"] != expected[2]:
+            raise FormatError(self.path, f"tensor {name!r}: chunk {row['chunk_index']} out of order or missing")
+        entry = entries[name]
+        if row["chunk_count"] != entry.row["chunk_count"] or row["element_count"] < 0:
+            raise FormatError(self.path, f"tensor {name!r}: chunk {row['chunk_index']} disagrees with chunk 0")
+        if not entry.groups or entry.groups[-1] != group:
+            entry.groups.append(group)
+        entry.stored_bytes += nbytes
+        return name, expected[1] + 1, expected[2] + row["element_count"]
+
+    def _new_entry(self, row: dict[str, Any]) -> _Entry:
+        name, dtype = row["name"], by_name(row["dtype"])
+        if dtype is None:
+            raise FormatError(self.path, f"tensor {name!r} has unknown dtype {row['dtype']!r}")
+        shape = tuple(row["shape"] or ())
+        if any(d < 0 for d in shape) or row["chunk_count"] < 1:
+            raise FormatError(self.path, f"tensor {name!r} has an impossible shape {list(shape)} or chunk count")
+        return _Entry(row, dtype, shape, self.path)
+
+    def _finish(self, entry: _Entry, expected: tuple[str, int, int]) -> None:
+        _, chunks, elements = expected
+        # Checked before any array is allocated: a damaged shape is an error, never a huge allocation.
+        if chunks != entry.row["chunk_count"] or elements != _numel(entry.shape):
+            raise FormatError(
+                self.path,
+                f"tensor {entry.row['name']!r}: {chunks} of {entry.row['chunk_count']} chunks holding {elements} "
+                f"elements, but its shape {list(entry.shape)} needs {_numel(entry.shape)}",
+            )
+
+    def records(self, names: Sequence[str] | None = None, workers: int = DEFAULT_WORKERS) -> Iterator[TensorRecord]:
+        """Decode the tensors (all, or those named), in file order, one at a time."""
+        wanted = [self.entries[n] for n in names] if names is not None else list(self.entries.values())
+        groups = sorted({g for entry in wanted for g in entry.groups})
+        wanted_names = {entry.row["name"] for entry in wanted}
+        pending: dict[str, np.ndarray] = {}
+        with ThreadPoolExecutor(workers, thread_name_prefix="streamconv-decode") as pool:
+            for group in groups:
+                table = self._read(group, ["name", "chunk_index", "element_offset", "element_count", "data",
+                                           *(["data_xxh3"] if self.has_checksums else [])])
+                finished = self._decode_group(table, wanted_names, pending, pool)
+                for name in finished:
+                    entry = self.entries[name]
+                    yield TensorRecord(**vars(entry.info), array=pending.pop(name).reshape(entry.shape))
+
+    def _decode_group(
+        self, table: pa.Table, wanted: set[str], pending: dict[str, np.ndarray], pool: ThreadPoolExecutor
+    ) -> list[str]:
+        """Decode a row group's chunks into their tensors' arrays; returns the tensors completed."""
+        names = table.column("name").to_pylist()
+        index = table.column("chunk_index").to_pylist()
+        offsets = table.column("element_offset").to_pylist()
+        counts = table.column("element_count").to_pylist()
+        sums = table.column("data_xxh3").to_pylist() if self.has_checksums else [None] * len(names)
+        data = table.column("data").combine_chunks()
+        jobs, finished = [], []
+        for row, name in enumerate(names):
+            if name not in wanted:
+                continue
+            entry = self.entries[name]
+            if index[row] == 0:
+                pending[name] = np.empty(_numel(entry.shape), dtype=entry.dtype.numpy)
+            out = pending[name][offsets[row]:offsets[row] + counts[row]]
+            jobs.append(pool.submit(self._decode, name, index[row], data[row].as_buffer(), sums[row], out))
+            if index[row] == entry.row["chunk_count"] - 1:
+                finished.append(name)
+        for job in jobs:
+            job.result()
+        return finished
+
+    def _decode(self, name: str, chunk: int, payload: pa.Buffer, expected_sum: int | None, out: np.ndarray) -> None:
+        if expected_sum is not None and checksum(memoryview(payload)) != expected_sum:
+            raise FormatError(self.path, f"tensor {name!r}: chunk {chunk} is damaged (checksum mismatch)")
+        try:
+            out[:] = codec.decode(memoryview(payload), out.dtype, out.size, self.compression)
+        except Exception as exc:  # zstd errors, size mismatches: all mean a damaged chunk
+            raise FormatError(self.path, f"tensor {name!r}: chunk {chunk} is damaged ({exc})") from exc
 
 
-def iter_tensors(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(name, array)`` for every tensor, one at a time, in file order.
+def _numel(shape: tuple[int, ...]) -> int:
+    total = 1
+    for d in shape:
+        total *= d
+    return total
 
-    Memory holds one row group and one tensor at a time.
+
+def describe(path: str | os.PathLike[str]) -> list[TensorInfo]:
+    """Every tensor's name, source name, dtypes, shape, chunks and stored bytes, in file order.
+
+    Only the metadata columns are read (a format-1 file has no ``data_bytes`` column, so its
+    ``data`` column is read for the sizes).
+
+    Raises:
+        NotConvertedError, FormatError: no weights file, or a damaged one.
+    """
+    return [entry.info for entry in WeightsFile(path).entries.values()]
+
+
+def iter_tensors(
+    path: str | os.PathLike[str], *, workers: int = DEFAULT_WORKERS
+) -> Iterator[TensorRecord]:
+    """Yield a :class:`TensorRecord` for every tensor, one at a time, in file order.
+
+    Memory holds one row group and the tensors it completes.
 
     Args:
         path: A folder written by ``streamconv convert``, or its ``weights.parquet``.
+        workers: Threads that decompress chunks.
 
     Returns:
-        An iterator of names and arrays in the stored dtype and original shape.
+        Records with name, source name, dtypes, shape and the array.
 
     Raises:
         FormatError: the file is not a streamconv weights file or is damaged.
+
+    Example:
+        >>> for record in streamconv.iter_tensors("minilm-parquet"):
+        ...     print(record.name, record.source_name, record.array.shape)
     """
-    file, parquet, compression = _open(path)
-
-    def rows() -> Iterator[dict[str, Any]]:
-        for group in range(parquet.num_row_groups):
-            yield from parquet.read_row_group(group).to_pylist()
-
-    yield from _assemble(file, rows(), compression)
+    yield from WeightsFile(path).records(workers=workers)
 
 
-def load(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+def load(path: str | os.PathLike[str], *, names: NameKind = "stored") -> dict[str, np.ndarray]:
     """Load every tensor into a dict of numpy arrays (needs memory for the whole model).
+
+    Args:
+        path: A converted output folder or its weights file.
+        names: ``stored`` keys the dict by stored names, ``source`` by the source checkpoint's
+            names (a Hugging Face state dict).
 
     Example:
         >>> weights = streamconv.load("minilm-parquet")
         >>> weights["embeddings.word_embeddings.weight"].shape
         (30522, 384)
     """
-    return dict(iter_tensors(path))
+    if names not in ("stored", "source"):
+        raise ValueError(f"names={names!r}: choose 'stored' or 'source'")
+    key = "name" if names == "stored" else "source_name"
+    return {getattr(record, key): record.array for record in iter_tensors(path)}
 
 
 def load_tensor(path: str | os.PathLike[str], name: str) -> np.ndarray:
-    """Read one tensor, touching only the row groups that can hold it.
+    """Read one tensor, touching only the row groups that hold it.
 
     Args:
         path: A converted output folder or its weights file.
@@ -152,50 +362,7 @@ def load_tensor(path: str | os.PathLike[str], name: str) -> np.ndarray:
     Raises:
         TensorNotFoundError: no tensor has that name.
     """
-    import pyarrow.compute as pc  # here, not at the top: it costs `streamconv convert` 20 ms to import
-
-    file, parquet, compression = _open(path)
-    name_column = parquet.schema_arrow.get_field_index("name")
-    groups = []
-    for group in range(parquet.num_row_groups):
-        stats = parquet.metadata.row_group(group).column(name_column).statistics
-        if stats is None or not stats.has_min_max or stats.min <= name <= stats.max:
-            groups.append(group)
-    rows: list[dict[str, Any]] = []
-    for group in groups:
-        table = parquet.read_row_group(group)
-        rows.extend(table.filter(pc.equal(table["name"], name)).to_pylist())
-    if not rows:
-        raise TensorNotFoundError(file, name)
-    rows.sort(key=lambda r: r["chunk_index"])
-    return next(_assemble(file, iter(rows), compression))[1]
-
-
-def describe(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """One entry per tensor: name, source name, shape, dtypes, chunks, elements, stored bytes.
-
-    Nothing is decompressed; one row group is held in memory at a time.
-    """
-    import pyarrow.compute as pc  # see load_tensor
-
-    _, parquet, _ = _open(path)
-    tensors: dict[str, dict[str, Any]] = {}
-    for group in range(parquet.num_row_groups):
-        table = parquet.read_row_group(group)
-        stored = pc.binary_length(table["data"]).to_pylist()
-        for row, nbytes in zip(table.drop_columns(["data"]).to_pylist(), stored, strict=True):
-            entry = tensors.setdefault(
-                row["name"],
-                {
-                    "name": row["name"],
-                    "source_name": row["source_name"],
-                    "shape": row["shape"],
-                    "dtype": row["dtype"],
-                    "source_dtype": row["source_dtype"],
-                    "chunks": 0,
-                    "stored_bytes": 0,
-                },
-            )
-            entry["chunks"] += 1
-            entry["stored_bytes"] += nbytes
-    return list(tensors.values())
+    weights = WeightsFile(path)
+    if name not in weights.entries:
+        raise TensorNotFoundError(weights.path, name)
+    return next(weights.records([name])).array

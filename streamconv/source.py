@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from streamconv.constants import DTYPE_NAMES, SAFETENSORS_DTYPES
+from streamconv.dtypes import CODES, by_code
 from streamconv.errors import (
     CorruptCheckpointError,
     NoWeightsError,
@@ -74,17 +74,18 @@ class TensorRef:
         Raises:
             UnsupportedDtypeError: for safetensors dtypes streamconv does not store (F8, U32...).
         """
-        try:
-            return SAFETENSORS_DTYPES[self.dtype_code]
-        except KeyError:
-            raise UnsupportedDtypeError(
-                self.path, {self.source_name: self.dtype_code}, list(SAFETENSORS_DTYPES)
-            ) from None
+        row = by_code(self.dtype_code)
+        if row is None:
+            raise UnsupportedDtypeError(self.path, {self.source_name: self.dtype_code}, list(CODES))
+        return row.numpy
 
     @property
     def dtype_name(self) -> str:
         """The dtype as written in the Parquet ``dtype`` column (``float32``, ``bfloat16``...)."""
-        return DTYPE_NAMES[self.dtype]
+        row = by_code(self.dtype_code)
+        if row is None:
+            raise UnsupportedDtypeError(self.path, {self.source_name: self.dtype_code}, list(CODES))
+        return row.name
 
     @property
     def numel(self) -> int:
@@ -223,7 +224,7 @@ def _parse_entry(
             f"data offsets [{begin}, {end}] of tensor {name!r} lie outside the file's "
             f"{data_size}-byte data section",
         )
-    dtype = SAFETENSORS_DTYPES.get(dtype_code)
+    dtype = by_code(dtype_code)
     if dtype is not None:
         expected = math.prod(shape) * dtype.itemsize
         if expected != end - begin:

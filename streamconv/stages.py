@@ -1,27 +1,30 @@
 """The pipeline's stages: pure generators that take an iterable and return an iterator.
 
 ``select`` and ``rename`` work on lazy :class:`~streamconv.source.TensorRef` handles and read
-nothing. ``chunk`` cuts each tensor into lazy :class:`TensorChunk` pieces of at most
-``chunk_size`` bytes, and ``cast`` converts pieces; a piece's bytes are read and cast when its
-``data`` is first asked for (by the writer's worker threads). Compose them::
+nothing. ``chunk`` cuts each tensor into :class:`TensorChunk` values of at most ``chunk_size``
+bytes, and ``cast`` says which dtype each is stored in. A chunk is an immutable description: its
+bytes are read and cast only by :meth:`TensorChunk.load`, which the writer's worker threads call.
+Compose them::
 
     chunks = cast(chunk(rename(select(checkpoint, include=["encoder.*"]), RULES)), "float16")
 
-Memory stays bounded by a few chunks whatever the size of the model.
+Memory stays bounded by the writer's queue of chunks, whatever the size of the model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 import re
-import functools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
-import ml_dtypes
 import numpy as np
 
-from streamconv.constants import DEFAULT_CHUNK_SIZE, DTYPE_CHOICES, DTYPE_NAMES, NUMPY_DTYPES
+from streamconv.constants import DEFAULT_CHUNK_SIZE, DTYPE_CHOICES
+from streamconv.dtypes import DType, by_name, by_numpy
 from streamconv.errors import CastOverflowError, InvalidOptionError, PlanError
 from streamconv.source import TensorRef
 
@@ -30,47 +33,35 @@ __all__ = ["TensorChunk", "RenameRule", "select", "rename", "chunk", "cast", "ma
 #: A rename rule: a regular expression and its replacement, as for :func:`re.sub`.
 RenameRule = tuple[str, str]
 
+#: How a chunk meets a target dtype its values may not fit: ``store`` casts to ``store_as``
+#: (decided for the whole tensor beforehand), ``decide`` checks the chunk's own values (a tensor of
+#: one chunk), ``check`` raises :class:`CastOverflowError` when they do not fit.
+CastMode = Literal["store", "decide", "check"]
 
-Loader = Callable[[], tuple[np.ndarray, "str | None"]]
 
-
+@dataclass(frozen=True)
 class TensorChunk:
-    """A contiguous piece of one tensor's flattened (C-order) elements.
+    """A contiguous piece of one tensor's flattened (C-order) elements, and how to store it.
 
-    A piece is lazy: its data is read and converted the first time :attr:`data` (or
-    :attr:`note`) is asked for, so the writer's worker threads, not the generator that made the
-    piece, do the reading, casting and compressing, in parallel.
-
-    Args:
-        ref: The tensor this piece belongs to (name, source name, shape, source dtype).
+    Attributes:
+        ref: The tensor (name, source name, shape, source dtype).
         index: Position of this piece among the tensor's pieces, from 0.
         count: How many pieces the tensor has.
         start: Index of the first element of this piece in the flattened tensor.
-        data: The elements, for a piece built from data in hand.
-        note: A warning about this piece, for a piece built from data in hand.
-        stop: One past the last element, for a lazy piece.
-        load: For a lazy piece, a function returning ``(data, note)``.
+        stop: One past its last element.
+        store_as: The dtype to store; ``None`` keeps the source dtype.
+        mode: How a float cast meets values beyond ``store_as``'s range (see ``CastMode``).
+        note: A warning decided before loading (a tensor kept in float32 for its range).
     """
 
-    __slots__ = ("ref", "index", "count", "start", "stop", "_load", "_data", "_note")
-
-    def __init__(
-        self,
-        ref: TensorRef,
-        index: int,
-        count: int,
-        start: int,
-        data: np.ndarray | None = None,
-        note: str | None = None,
-        *,
-        stop: int | None = None,
-        load: Loader | None = None,
-    ) -> None:
-        if (data is None) == (load is None) or (load is not None and stop is None):
-            raise ValueError("give a TensorChunk either data, or a load function and stop")
-        self.ref, self.index, self.count, self.start = ref, index, count, start
-        self.stop: int = start + len(data) if data is not None else stop  # type: ignore[assignment]
-        self._load, self._data, self._note = load, data, note
+    ref: TensorRef
+    index: int
+    count: int
+    start: int
+    stop: int
+    store_as: DType | None = None
+    mode: CastMode = "store"
+    note: str | None = None
 
     @property
     def name(self) -> str:
@@ -79,47 +70,36 @@ class TensorChunk:
 
     @property
     def element_count(self) -> int:
-        """Number of elements in this piece (known without loading it)."""
+        """Number of elements in this piece."""
         return self.stop - self.start
 
-    @property
-    def data(self) -> np.ndarray:
-        """The elements, 1-D, in the dtype to store (loaded on first access)."""
-        self._resolve()
-        if self._data is None:
-            raise RuntimeError(f"{self!r}: its data was released after it was written")
-        return self._data
+    def load(self) -> np.ndarray:
+        """Read the piece and cast it: a new 1-D array in the stored dtype.
 
-    @property
-    def note(self) -> str | None:
-        """A warning for the user, e.g. a tensor kept in float32 because it overflows float16."""
-        self._resolve()
-        return self._note
-
-    def then(self, step: Callable[[np.ndarray], tuple[np.ndarray, str | None]]) -> TensorChunk:
-        """A lazy piece whose data is ``step`` applied to this piece's data."""
-        return TensorChunk(
-            self.ref, self.index, self.count, self.start, stop=self.stop, load=lambda: step(self.data)
-        )
-
-    def release(self) -> tuple[np.dtype, int]:
-        """Load the piece if needed, drop its data, and return the data's dtype and byte size.
-
-        For consumers that keep pieces after using them (the writer's queue): the note stays,
-        the elements go. Reading :attr:`data` afterwards is an error.
+        Raises:
+            CastOverflowError: in ``check`` mode, values beyond the target's range.
         """
-        data = self.data
-        self._data = None
-        return data.dtype, data.nbytes
+        data = self.ref.read(self.start, self.stop)
+        if self.store_as is None or data.dtype == self.store_as.numpy:
+            return data
+        source = by_numpy(data.dtype)
+        if self.mode == "store":
+            return _cast_to(data, self.store_as)
+        peak = _finite_peak(data) if self.store_as.max < source.max else 0.0
+        if peak <= self.store_as.max:
+            return _cast_to(data, self.store_as)
+        if self.mode == "check":
+            raise CastOverflowError(self.ref.source_name, peak, self.store_as.name)
+        return _cast_to(data, _fallback(source, peak))
 
-    def _resolve(self) -> None:
-        if self._load is not None:
-            self._data, self._note = self._load()
-            self._load = None
+    def note_for(self, stored: np.ndarray) -> str | None:
+        """The warning for the user once the piece is loaded as ``stored``, if any."""
+        if self.note or self.mode != "decide" or self.store_as is None or stored.dtype == self.store_as.numpy:
+            return self.note
+        return _overflow_note(self.ref, self.store_as, by_numpy(stored.dtype), _finite_peak(stored))
 
     def __repr__(self) -> str:
         return f"TensorChunk({self.name!r}, {self.index + 1}/{self.count}, elements [{self.start}, {self.stop}))"
-
 
 def matches_any(name: str, patterns: Iterable[str]) -> bool:
     """True if ``name`` matches one of the shell-style glob ``patterns`` (case-sensitive)."""
@@ -188,10 +168,9 @@ def rename(refs: Iterable[TensorRef], rules: Sequence[RenameRule]) -> Iterator[T
 
 
 def chunk(refs: Iterable[TensorRef], chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[TensorChunk]:
-    """Cut each tensor into lazy pieces of at most ``chunk_size`` bytes.
+    """Cut each tensor into pieces of at most ``chunk_size`` bytes; nothing is read.
 
-    A tensor smaller than ``chunk_size`` is one piece; an empty tensor is one empty piece. A
-    piece's bytes are read only when its data is asked for.
+    A tensor smaller than ``chunk_size`` is one piece; an empty tensor is one empty piece.
 
     Args:
         refs: Tensor handles.
@@ -199,34 +178,32 @@ def chunk(refs: Iterable[TensorRef], chunk_size: int = DEFAULT_CHUNK_SIZE) -> It
 
     Returns:
         The pieces, tensor after tensor, in element order.
+
+    Raises:
+        InvalidOptionError: ``chunk_size`` below 1.
     """
     if chunk_size < 1:
-        raise InvalidOptionError(f"chunk size must be positive, got {chunk_size}")
+        raise InvalidOptionError("{chunk_size=} must be at least 1 byte", "chunk_size", chunk_size=chunk_size)
     for ref in refs:
         per_chunk = max(1, chunk_size // ref.dtype.itemsize)
         count = max(1, math.ceil(ref.numel / per_chunk))
         for index in range(count):
             start = index * per_chunk
-            stop = min(ref.numel, start + per_chunk)
-            yield TensorChunk(ref, index, count, start, stop=stop, load=functools.partial(_read, ref, start, stop))
-
-
-def _read(ref: TensorRef, start: int, stop: int) -> tuple[np.ndarray, None]:
-    return ref.read(start, stop), None
+            yield TensorChunk(ref, index, count, start, min(ref.numel, start + per_chunk))
 
 
 def cast(chunks: Iterable[TensorChunk], dtype: str, *, prescan: bool = True) -> Iterator[TensorChunk]:
-    """Cast floating-point pieces to ``dtype``; integer and bool pieces pass unchanged.
+    """Say which dtype each floating-point piece is stored in; integer and bool pieces pass unchanged.
 
     The cast is numpy's (round to nearest even). A tensor with a finite value beyond the target's
     range (``|x| > 65504`` for float16) would become ``inf``; such a tensor is kept in float32
     instead (or its source dtype if that is float32 or wider and does not fit float32 either) and
-    its first piece carries a ``note``. A tensor of one piece is checked when that piece is
-    loaded. A tensor of several pieces must have one dtype for all of them, so with ``prescan``
-    it is read once more, here, before its first piece is yielded; without it, each piece is
-    checked as it is cast and the first that does not fit raises :class:`CastOverflowError`
-    (for callers that can start again, as :func:`streamconv.convert` does: overflow is rare,
-    and the scan re-reads most of a model whose tensors span several chunks).
+    its first piece carries a note. A tensor of one piece is checked when that piece is loaded. A
+    tensor of several pieces must have one dtype for all of them, so with ``prescan`` it is read
+    once more, here, before its first piece is yielded; without it, each piece is checked as it is
+    loaded and the first that does not fit raises :class:`CastOverflowError` (for callers that can
+    start again, as :func:`streamconv.convert` does: overflow is rare, and the scan re-reads most
+    of a model whose tensors span several chunks).
 
     Args:
         chunks: Pieces from :func:`chunk`.
@@ -234,69 +211,47 @@ def cast(chunks: Iterable[TensorChunk], dtype: str, *, prescan: bool = True) -> 
         prescan: Scan tensors of several pieces before casting them.
 
     Returns:
-        Lazy pieces whose data is in the stored dtype.
+        Pieces that say the dtype to store.
 
     Raises:
-        CastOverflowError: with ``prescan=False``, when a piece is loaded.
+        InvalidOptionError: an unknown ``dtype``.
     """
     if dtype not in DTYPE_CHOICES:
-        raise InvalidOptionError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
-    if dtype == "keep":
-        yield from chunks
-        return
-    target = NUMPY_DTYPES[dtype]
-    decided: tuple[TensorRef, np.dtype, str | None] | None = None
+        raise InvalidOptionError(
+            f"{{dtype=}} is not a dtype; choose one of {', '.join(DTYPE_CHOICES)}", "dtype", dtype=dtype
+        )
+    target = by_name(dtype)
+    decided: tuple[TensorRef, DType, str | None] | None = None
     for piece in chunks:
-        source = piece.ref.dtype
-        if source == target or not _is_float(source):
+        source = by_numpy(piece.ref.dtype)
+        if target is None or source == target or not source.is_float:
             yield piece
         elif piece.count == 1:
-            yield piece.then(functools.partial(_cast_whole, ref=piece.ref, target=target))
+            yield dataclasses.replace(piece, store_as=target, mode="decide")
         elif not prescan:
-            yield piece.then(functools.partial(_cast_checked, ref=piece.ref, target=target))
+            yield dataclasses.replace(piece, store_as=target, mode="check")
         else:
             if decided is None or decided[0] is not piece.ref:
-                peak = _tensor_peak(piece.ref, piece.element_count) if _may_overflow(source, target) else 0.0
-                decided = (piece.ref, *_decide(piece.ref, source, target, peak))
-            store, note = decided[1], decided[2] if piece.index == 0 else None
-            yield piece.then(functools.partial(_cast_to, store=store, note=note))
+                peak = _tensor_peak(piece.ref, piece.element_count) if target.max < source.max else 0.0
+                store = target if peak <= target.max else _fallback(source, peak)
+                note = None if store == target else _overflow_note(piece.ref, target, store, peak)
+                decided = (piece.ref, store, note)
+            note = decided[2] if piece.index == 0 else None
+            yield dataclasses.replace(piece, store_as=decided[1], mode="store", note=note)
 
 
-def _cast_whole(data: np.ndarray, ref: TensorRef, target: np.dtype) -> tuple[np.ndarray, str | None]:
-    peak = _finite_peak(data) if _may_overflow(data.dtype, target) else 0.0
-    store, note = _decide(ref, data.dtype, target, peak)
-    return _cast_to(data, store, note)
-
-
-def _cast_checked(data: np.ndarray, ref: TensorRef, target: np.dtype) -> tuple[np.ndarray, str | None]:
-    peak = _finite_peak(data) if _may_overflow(data.dtype, target) else 0.0
-    if peak > _finfo_max(target):
-        raise CastOverflowError(ref.source_name, peak, DTYPE_NAMES[target])
-    return _cast_to(data, target, None)
-
-
-def _cast_to(data: np.ndarray, store: np.dtype, note: str | None) -> tuple[np.ndarray, str | None]:
-    if data.dtype == store:
-        return data, note
-    if data.dtype == NUMPY_DTYPES["bfloat16"] and store != NUMPY_DTYPES["float32"]:
+def _cast_to(data: np.ndarray, store: DType) -> np.ndarray:
+    if data.dtype == by_name("bfloat16").numpy and store.name != "float32":  # type: ignore[union-attr]
         # bfloat16 -> float32 is exact, so this equals a direct cast and works in every numpy.
         data = data.astype(np.float32)
-    return data.astype(store), note
+    return data.astype(store.numpy)
 
 
-def _decide(ref: TensorRef, source: np.dtype, target: np.dtype, peak: float) -> tuple[np.dtype, str | None]:
-    """The dtype to store and a warning, given the tensor's largest finite magnitude."""
-    if peak <= _finfo_max(target):
-        return target, None
-    store = _fallback(source, peak)
-    return store, (
-        f"tensor {ref.source_name!r} has values up to {peak:.6g}, beyond {DTYPE_NAMES[target]}'s "
-        f"range; stored as {DTYPE_NAMES[store]} instead"
+def _overflow_note(ref: TensorRef, target: DType, store: DType, peak: float) -> str:
+    return (
+        f"tensor {ref.source_name!r} has values up to {peak:.6g}, beyond {target.name}'s "
+        f"range; stored as {store.name} instead"
     )
-
-
-def _may_overflow(source: np.dtype, target: np.dtype) -> bool:
-    return _finfo_max(target) < _finfo_max(source)
 
 
 def _tensor_peak(ref: TensorRef, step: int) -> float:
@@ -308,14 +263,10 @@ def _tensor_peak(ref: TensorRef, step: int) -> float:
     )
 
 
-def _is_float(dtype: np.dtype) -> bool:
-    return dtype in DTYPE_NAMES and DTYPE_NAMES[dtype].startswith(("float", "bfloat"))
-
-
 def _finite_peak(data: np.ndarray) -> float:
     if data.size == 0:
         return 0.0
-    values = data.astype(np.float32) if data.dtype == NUMPY_DTYPES["bfloat16"] else data
+    values = data.astype(np.float32) if data.dtype == by_name("bfloat16").numpy else data  # type: ignore[union-attr]
     lo, hi = float(values.min()), float(values.max())
     if math.isfinite(lo) and math.isfinite(hi):
         return max(-lo, hi)
@@ -323,12 +274,10 @@ def _finite_peak(data: np.ndarray) -> float:
     return float(np.abs(finite).max()) if finite.size else 0.0
 
 
-def _finfo_max(dtype: np.dtype) -> float:
-    return float(ml_dtypes.finfo(dtype).max)
-
-
-def _fallback(source: np.dtype, peak: float) -> np.dtype:
-    float32 = NUMPY_DTYPES["float32"]
-    if source.itemsize < 4 or (source.itemsize > 4 and peak <= _finfo_max(float32)):
+def _fallback(source: DType, peak: float) -> DType:
+    """float32 when it holds the values; otherwise the (wider) source dtype itself."""
+    float32 = by_name("float32")
+    assert float32 is not None
+    if source.itemsize < 4 or (source.itemsize > 4 and peak <= float32.max):
         return float32
     return source

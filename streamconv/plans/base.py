@@ -13,15 +13,19 @@ name of every tensor is kept beside its stored name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from streamconv.assets import COMMON_ASSETS, SAMPLE_TEXTS
+from streamconv.dtypes import CODES, by_code
+from streamconv.errors import PlanError, UnsupportedDtypeError
 from streamconv.source import Checkpoint, TensorRef
-from streamconv.stages import RenameRule, matches_any
+from streamconv.stages import RenameRule, matches_any, rename, select
 
-__all__ = ["Layout", "ModelInfo", "Part", "Plan", "Selection"]
+__all__ = ["Layout", "ModelInfo", "Part", "Plan", "Probe", "ProbeContext", "Resolution"]
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -105,49 +109,106 @@ class Part:
 
 
 @dataclass(frozen=True)
-class Selection:
-    """The rules of a plan for the parts asked for, as data for the select/rename stages.
+class Resolution:
+    """What a plan keeps of a checkpoint: the tensors to write, checked before any data is read.
 
     Attributes:
-        include: Glob patterns over canonical names; a tensor matching one is kept.
-        exclude: Glob patterns over canonical names; a tensor matching one is dropped.
-        required: Glob patterns that must each match at least one kept tensor.
-        renames: ``(regex, replacement)`` rules from canonical names to stored names.
+        refs: The tensors, under their stored names (each keeps its ``source_name``).
+        parts: The parts converted (the plan's defaults when none were asked for).
+        layout: The checkpoint's layout within the family.
+        candidates: Every tensor the plan could have kept, under its source name.
+        warnings: Patterns that matched nothing, for the user.
     """
 
-    include: tuple[str, ...]
-    exclude: tuple[str, ...] = ()
-    required: tuple[str, ...] = ()
-    renames: tuple[RenameRule, ...] = ()
+    refs: tuple[TensorRef, ...]
+    parts: tuple[str, ...]
+    layout: Layout
+    candidates: tuple[TensorRef, ...]
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One batch of inputs that validation feeds the model, and how to read its output.
+
+    Attributes:
+        label: What the output is (``text``, ``image``, ``encoder``...).
+        run: ``run(model)`` returns the output tensor to compare; it holds its inputs.
+        needs: Source-name prefixes; the probe runs only if a converted tensor starts with one.
+    """
+
+    label: str
+    run: Callable[[Any], Any]
+    needs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProbeContext:
+    """What a plan's probes can use: torch, the reference model, the output folder, a seed.
+
+    Attributes:
+        torch: The torch module (plans never import torch themselves).
+        model: The reference model (its ``config`` says sizes).
+        output: The converted output folder (its ``tokenizer.json`` and processor configs).
+        metadata: The output's ``metadata.json``.
+        seed: The seed every random input is drawn from.
+    """
+
+    torch: Any
+    model: Any
+    output: Path
+    metadata: dict[str, Any]
+    seed: int = 0
+
+    def generator(self) -> Any:
+        """A fresh torch generator seeded with :attr:`seed`."""
+        return self.torch.Generator().manual_seed(self.seed)
+
+    def token_ids(self, vocab_size: int) -> Any:
+        """Token ids of a sample sentence through the output's ``tokenizer.json`` (random without one)."""
+        tokenizer_file = self.output / "tokenizer.json"
+        if tokenizer_file.is_file():
+            from tokenizers import Tokenizer
+
+            encoding = Tokenizer.from_file(str(tokenizer_file)).encode(SAMPLE_TEXTS[1])
+            ids = [i for i in encoding.ids if i < vocab_size]
+            if ids:
+                return self.torch.tensor([ids])
+        return self.torch.randint(0, vocab_size, (1, 16), generator=self.generator())
 
 
 class Plan:
-    """A model family. Subclass it in a module of :mod:`streamconv.plans` and register it.
+    """A model family. Subclass it in a module of :mod:`streamconv.plans` and list it in ``PLANS``.
 
     Class attributes are the plan's data:
 
-    - ``name`` and a one-line ``summary`` of what it keeps;
+    - ``name``, old spellings in ``aliases``, and a one-line ``summary`` of what it keeps;
     - detection: ``model_types`` (values of config.json's ``model_type``), ``architectures``
       (prefixes of class names in ``architectures``, used when ``model_type`` is missing) and
       ``files`` (a file of these names beside the weights claims the checkpoint outright);
-    - ``priority``: plans with a lower number are tried first (sentence-transformers before bert);
     - ``layouts``: tried in order, the first with a tensor matching its markers applies, the last
       one otherwise;
     - ``parts``, ``default_parts``, ``exclude`` (for every part) and ``renames`` (canonical to
-      stored names).
+      stored names);
+    - ``expected_assets``: files the family's users need (a tokenizer, a processor config); a
+      checkpoint without one converts with a warning naming it, or fails with ``strict``.
+
+    Methods a family may override: :meth:`tensors` (weights from other files), :meth:`asset_files`,
+    :meth:`metadata`, :meth:`model_class` and :meth:`probes` (what validation builds and feeds).
     """
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
     model_types: ClassVar[frozenset[str]] = frozenset()
     architectures: ClassVar[tuple[str, ...]] = ()
     files: ClassVar[tuple[str, ...]] = ()
-    priority: ClassVar[int] = 100
     layouts: ClassVar[tuple[Layout, ...]] = (Layout("as saved"),)
     parts: ClassVar[dict[str, Part]] = {"all": Part(include=("*",))}
     default_parts: ClassVar[tuple[str, ...]] = ("all",)
     exclude: ClassVar[tuple[str, ...]] = ()
     renames: ClassVar[tuple[RenameRule, ...]] = ()
+    expected_assets: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def detect(cls, model: ModelInfo) -> bool:
@@ -174,6 +235,11 @@ class Plan:
             clues.append(f"architectures {_or([a + '*' for a in cls.architectures])} when there is no model_type")
         return ", or ".join(clues) or "nothing: used when no other plan claims the checkpoint"
 
+    @classmethod
+    def chosen_parts(cls, parts: Sequence[str] | None) -> tuple[str, ...]:
+        """``parts``, or the plan's defaults when none were asked for."""
+        return tuple(parts) if parts else cls.default_parts
+
     def tensors(self, checkpoint: Checkpoint) -> list[TensorRef]:
         """Every tensor the plan may keep, under its source name.
 
@@ -189,28 +255,118 @@ class Plan:
                 return layout
         return self.layouts[-1]
 
-    def selection(self, parts: Sequence[str] | None = None) -> Selection:
-        """The rules for the chosen parts (the plan's default parts if ``None``)."""
-        chosen = [self.parts[p] for p in (parts or self.default_parts)]
-        return Selection(
-            include=tuple(p for part in chosen for p in part.include),
-            exclude=self.exclude,
-            required=tuple(p for part in chosen for p in part.required),
-            renames=self.renames,
-        )
+    def stored_name(self, layout: Layout, source_name: str) -> str:
+        """The name a tensor of ``layout`` called ``source_name`` is stored under."""
+        name = source_name
+        for pattern, replacement in (*layout.renames, *self.renames):
+            name = re.sub(pattern, replacement, name)
+        return name
+
+    def resolve(
+        self,
+        checkpoint: Checkpoint,
+        parts: Sequence[str] | None = None,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+    ) -> Resolution:
+        """The tensors a conversion writes, renamed, with every check done before any data is read.
+
+        The plan's tensors are renamed by the checkpoint's layout onto canonical names, selected by
+        the parts' patterns, checked against the parts' required patterns, filtered by the user's
+        ``include``/``exclude`` (over source names), then renamed by the plan's table.
+
+        Args:
+            checkpoint: The opened checkpoint.
+            parts: Plan parts (the plan's defaults if ``None``).
+            include: Glob patterns over source names; keep only tensors matching one.
+            exclude: Glob patterns over source names; drop tensors matching one.
+
+        Returns:
+            The :class:`Resolution`.
+
+        Raises:
+            PlanError: tensors the plan requires are missing, a rename collision, or nothing left.
+            UnsupportedDtypeError: a kept tensor has a dtype streamconv cannot store.
+        """
+        chosen = self.chosen_parts(parts)
+        layout = self.layout(checkpoint)
+        candidates = self.tensors(checkpoint)
+        canonical = list(rename(candidates, layout.renames))
+        kept = list(select(canonical, include=self._included(chosen), exclude=self.exclude))
+        self._check_required(checkpoint, chosen, canonical, kept)
+        warnings = tuple(_unmatched(include, exclude, kept, candidates))
+        wanted = {r.source_name for r in select(candidates, include=include, exclude=exclude)}
+        kept = [r for r in kept if r.source_name in wanted]
+        if not kept:
+            raise PlanError(
+                f"{checkpoint.root}: no tensor left to convert after --include/--exclude; "
+                "loosen the patterns (they match source tensor names, see `streamconv convert --dry-run`)"
+            )
+        refs = tuple(rename(kept, self.renames))
+        unsupported = [r for r in refs if by_code(r.dtype_code) is None]
+        if unsupported:
+            raise UnsupportedDtypeError(
+                unsupported[0].path, {r.source_name: r.dtype_code for r in unsupported}, list(CODES)
+            )
+        return Resolution(refs, chosen, layout, tuple(candidates), warnings)
+
+    def _included(self, parts: Sequence[str]) -> tuple[str, ...]:
+        return tuple(p for part in parts for p in self.parts[part].include)
+
+    def _check_required(
+        self, checkpoint: Checkpoint, parts: Sequence[str], canonical: list[TensorRef], kept: list[TensorRef]
+    ) -> None:
+        required = [p for part in parts for p in self.parts[part].required]
+        missing = [p for p in required if not any(matches_any(r.name, [p]) for r in kept)]
+        if missing:
+            raise PlanError(
+                f"{checkpoint.root}: this checkpoint lacks tensors the {self.name!r} plan needs for parts "
+                f"{','.join(parts)}: none matches {', '.join(missing)} "
+                f"(it has {_name_groups(canonical)}); "
+                f"choose other --parts ({', '.join(self.parts)}) or another --type"
+            )
 
     def asset_files(self, checkpoint: Checkpoint) -> list[str]:
-        """Files of the plan's own to copy beside the weights, relative to the checkpoint folder.
-
-        The files every plan ships (config, tokenizer, processor) are listed in
-        :data:`streamconv.assets.COMMON_ASSETS`; this adds the family's own (sentence-transformers
-        module configs).
-        """
-        return []
+        """Files to copy beside the weights, relative to the checkpoint folder (missing ones skipped)."""
+        return list(COMMON_ASSETS)
 
     def metadata(self, checkpoint: Checkpoint) -> dict[str, Any]:
         """Extra keys for metadata.json (pooling mode for sentence-transformers...)."""
         return {}
+
+    def model_class(self, metadata: dict[str, Any]) -> str:
+        """The transformers class validation builds: the checkpoint's architecture, else AutoModel."""
+        # Format 1 kept architectures at the top level; format 2 keeps them with the source.
+        architectures = metadata.get("source", {}).get("architectures") or metadata.get("architectures") or []
+        return architectures[0] if architectures else "AutoModel"
+
+    def probes(self, context: ProbeContext) -> list[Probe]:
+        """Inputs that exercise the converted model; by default, token ids when it has a vocabulary."""
+        torch, config = context.torch, context.model.config
+        vocab = getattr(config, "vocab_size", None)
+        if not vocab:
+            return []
+        ids = context.token_ids(vocab)
+        return [Probe("text", lambda m: m(input_ids=ids, attention_mask=torch.ones_like(ids))[0])]
+
+
+def _unmatched(
+    include: Sequence[str], exclude: Sequence[str], kept: list[TensorRef], candidates: list[TensorRef]
+) -> list[str]:
+    warnings = []
+    for pattern in [*include, *exclude]:
+        if not any(matches_any(r.source_name, [pattern]) for r in kept):
+            anywhere = any(matches_any(r.source_name, [pattern]) for r in candidates)
+            where = "only tensors outside the converted parts" if anywhere else "no tensor"
+            warnings.append(f"pattern {pattern!r} matched {where}")
+    return warnings
+
+
+def _name_groups(refs: list[TensorRef], limit: int = 12) -> str:
+    """The tensors' top-level names, ``text_model.*, logit_scale``, for error messages."""
+    groups = list(dict.fromkeys(r.name.split(".")[0] + (".*" if "." in r.name else "") for r in refs))
+    shown = ", ".join(groups[:limit])
+    return f"{shown} and {len(groups) - limit} more" if len(groups) > limit else shown or "no tensors"
 
 
 def _or(words: Sequence[str]) -> str:

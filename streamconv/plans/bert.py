@@ -8,12 +8,10 @@ MiniLM checkpoints are BERTs (``model_type`` ``bert``).
 from __future__ import annotations
 
 from streamconv.plans.base import Part, Plan
-from streamconv.plans.registry import register
 
 __all__ = ["BertPlan"]
 
 
-@register
 class BertPlan(Plan):
     """BERT-family encoders, task heads included."""
 
@@ -22,6 +20,7 @@ class BertPlan(Plan):
         "BERT-style encoders (BERT, RoBERTa, XLM-RoBERTa, DistilBERT, CamemBERT, MPNet, MiniLM): "
         "every tensor, names unchanged"
     )
+    expected_assets = ("tokenizer.json",)
     model_types = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "camembert", "mpnet"})
     architectures = ("Bert", "Roberta", "XLMRoberta", "DistilBert", "Camembert", "MPNet")
     # The word embeddings, with or without a task model's prefix (``bert.``, ``roberta.``...).

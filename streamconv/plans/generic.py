@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from streamconv.plans.base import Plan
-from streamconv.plans.registry import register
 
 __all__ = ["GenericPlan"]
 
 
-@register
 class GenericPlan(Plan):
     """The fallback: a Llama-style decoder or any checkpoint no other plan claims."""
 

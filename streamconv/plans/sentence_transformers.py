@@ -17,7 +17,6 @@ from typing import Any
 
 from streamconv.errors import PlanError
 from streamconv.plans.base import Plan
-from streamconv.plans.registry import register
 from streamconv.source import Checkpoint, TensorRef, read_safetensors_header
 
 __all__ = ["Module", "SentenceTransformersPlan", "read_modules"]
@@ -82,17 +81,17 @@ def read_modules(root: Path) -> list[Module]:
     return modules
 
 
-@register
 class SentenceTransformersPlan(Plan):
     """A sentence-transformers model: its Transformer, Dense modules and pooling settings."""
 
     name = "sentence-transformers"
+    aliases = ("sentence_transformer", "sentence_transformers")
     summary = (
         "sentence-transformers models: the Transformer's tensors, names unchanged, plus each Dense "
         "module's as <path>.<name>; pooling, normalize, max_seq_length, similarity in metadata"
     )
+    expected_assets = ("tokenizer.json",)
     files = (MODULES_FILE, ST_CONFIG_FILE)
-    priority = 10
 
     def tensors(self, checkpoint: Checkpoint) -> list[TensorRef]:
         """The Transformer's tensors, then each Dense module's under its prefix.
@@ -110,7 +109,7 @@ class SentenceTransformersPlan(Plan):
         """The module list, the sentence-transformers configs, and each module folder's config."""
         modules = read_modules(checkpoint.root)
         module_configs = [f"{m.path}/{MODULE_CONFIG_FILE}" for m in modules if m.path]
-        return [MODULES_FILE, SBERT_CONFIG_FILE, ST_CONFIG_FILE, *module_configs]
+        return [*super().asset_files(checkpoint), MODULES_FILE, SBERT_CONFIG_FILE, ST_CONFIG_FILE, *module_configs]
 
     def metadata(self, checkpoint: Checkpoint) -> dict[str, Any]:
         """``{"sentence_transformers": {pooling_mode, normalize, max_seq_length, ...}}``."""

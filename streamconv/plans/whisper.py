@@ -9,13 +9,13 @@ removed, so the encoder's tensors are ``encoder.*`` and the decoder's ``decoder.
 
 from __future__ import annotations
 
-from streamconv.plans.base import Layout, Part, Plan
-from streamconv.plans.registry import register
+from typing import Any
+
+from streamconv.plans.base import Layout, Part, Plan, Probe, ProbeContext
 
 __all__ = ["WhisperPlan"]
 
 
-@register
 class WhisperPlan(Plan):
     """Whisper speech encoder (and decoder)."""
 
@@ -24,6 +24,7 @@ class WhisperPlan(Plan):
         "Whisper (WhisperForConditionalGeneration, WhisperModel): encoder.*, embed_positions "
         "renamed position_embedding; decoder.* and proj_out with --parts encoder,decoder"
     )
+    expected_assets = ("preprocessor_config.json",)
     model_types = frozenset({"whisper"})
     architectures = ("Whisper",)
     layouts = (
@@ -51,3 +52,22 @@ class WhisperPlan(Plan):
     }
     default_parts = ("encoder",)
     renames = ((r"\.embed_positions\.", ".position_embedding."),)
+
+    def probes(self, context: ProbeContext) -> list[Probe]:
+        """Log-mel-shaped noise through the encoder; with the decoder, its start token too."""
+        torch, config = context.torch, context.model.config
+        features = torch.randn(
+            1, config.num_mel_bins, 2 * config.max_source_positions, generator=context.generator()
+        )
+        start = torch.tensor([[config.decoder_start_token_id]])
+
+        def encoder(model: Any) -> Any:
+            return model.get_encoder()(input_features=features).last_hidden_state
+
+        def decoder(model: Any) -> Any:
+            return model(input_features=features, decoder_input_ids=start)[0]
+
+        return [
+            Probe("encoder", encoder, needs=("model.encoder.", "encoder.")),
+            Probe("decoder", decoder, needs=("model.decoder.", "decoder.")),
+        ]

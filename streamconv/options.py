@@ -1,0 +1,168 @@
+"""Every option of a conversion, as one frozen value checked completely when it is made.
+
+The CLI's flags are these field names (``--chunk-size`` is ``chunk_size``; ``--type`` is
+``model_type``), so the CLI, :func:`streamconv.convert` and :class:`streamconv.ModelConverter`
+build the same object, and nothing is read or written before every option has been checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamconv.constants import (
+    COMPRESSION_CHOICES,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_COMPRESSION,
+    DEFAULT_DTYPE,
+    DEFAULT_WORKERS,
+    DEFAULT_ZSTD_LEVEL,
+    DTYPE_CHOICES,
+    ZSTD_LEVELS,
+)
+from streamconv.errors import InvalidOptionError
+
+__all__ = ["ConvertOptions"]
+
+#: More threads than this only adds queued memory: encoding is bound by the cores.
+MAX_WORKERS = 256
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How to convert a checkpoint.
+
+    Attributes:
+        model_type: ``auto`` or a plan name (``streamconv types``), or an old spelling of one
+            (``sentence_transformer``).
+        parts: Plan parts to convert (``vision``, ``text``...); ``None`` for the plan's defaults.
+        dtype: ``float16``, ``bfloat16``, ``float32`` or ``keep``. Integer and bool tensors are
+            never cast; a tensor with values beyond float16's range is kept in float32.
+        compression: ``zstd`` or ``none``.
+        level: zstd level, -7 to 22; ``None`` for the default. Refused with ``compression='none'``.
+        include: Glob patterns over source tensor names; keep only tensors matching one.
+        exclude: Glob patterns over source tensor names; drop tensors matching one.
+        chunk_size: Largest chunk (one Parquet row), in source bytes.
+        workers: Threads that read, cast and compress chunks.
+        revision: Hub branch, tag or commit, for hub sources.
+        force: Replace the output if it exists.
+        dry_run: Plan and estimate only; write nothing.
+        strict: Fail, instead of warning, when an asset cannot be copied or built.
+        progress: Show a progress bar on stderr (unless ``STREAMCONV_DISABLE_PROGRESS_BARS``).
+        tqdm_class: The tqdm class for the bar (``tqdm.auto.tqdm`` by default).
+
+    Raises:
+        InvalidOptionError: any field out of range, naming the argument.
+    """
+
+    model_type: str = "auto"
+    parts: tuple[str, ...] | None = None
+    dtype: str = DEFAULT_DTYPE
+    compression: str = DEFAULT_COMPRESSION
+    level: int | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    workers: int = DEFAULT_WORKERS
+    revision: str | None = None
+    force: bool = False
+    dry_run: bool = False
+    strict: bool = False
+    progress: bool = False
+    tqdm_class: Any = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        # Lists become tuples (the value stays hashable and frozen); a lone string is one pattern.
+        for name in ("parts", "include", "exclude"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = [p for p in value.split(",") if p] if name == "parts" else [value]
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+        _check_types(self)
+        _check_values(self)
+
+    @classmethod
+    def build(cls, base: ConvertOptions | None = None, overrides: Mapping[str, Any] | None = None) -> ConvertOptions:
+        """``base`` (or the defaults) with ``overrides`` applied, refusing unknown names.
+
+        Raises:
+            InvalidOptionError: an override that is not an option.
+        """
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise InvalidOptionError(
+                f"unknown option {', '.join(map(repr, unknown))}; the options are "
+                f"{', '.join(f.name for f in dataclasses.fields(cls))}",
+                unknown[0],
+            )
+        return dataclasses.replace(base, **overrides) if base is not None else cls(**overrides)
+
+    @property
+    def zstd_level(self) -> int:
+        """The level zstd compresses with (the default when ``level`` is ``None``)."""
+        return DEFAULT_ZSTD_LEVEL if self.level is None else self.level
+
+
+def _check_types(options: ConvertOptions) -> None:
+    expected: dict[str, tuple[type, ...]] = {
+        "model_type": (str,), "dtype": (str,), "compression": (str,), "chunk_size": (int,),
+        "workers": (int,), "force": (bool,), "dry_run": (bool,), "strict": (bool,), "progress": (bool,),
+    }
+    optional = {"level": (int,), "revision": (str,)}
+    for name, types in {**expected, **optional}.items():
+        value = getattr(options, name)
+        if value is None and name in optional:
+            continue
+        wrong_bool = isinstance(value, bool) and bool not in types
+        if not isinstance(value, types) or wrong_bool:
+            raise InvalidOptionError(
+                f"{{{name}=}} is a {type(value).__name__}; give a {types[0].__name__}", name, **{name: value}
+            )
+    for name in ("parts", "include", "exclude"):
+        value = getattr(options, name)
+        if value is not None and not all(isinstance(p, str) and p for p in value):
+            raise InvalidOptionError(f"{{{name}=}} must be non-empty strings", name, **{name: value})
+
+
+def _check_values(options: ConvertOptions) -> None:
+    from streamconv.plans import check_plan_options  # plans import nothing heavy
+
+    if options.dtype not in DTYPE_CHOICES:
+        raise InvalidOptionError(
+            f"{{dtype=}} is not a dtype; choose one of {', '.join(DTYPE_CHOICES)}", "dtype", dtype=options.dtype
+        )
+    if options.compression not in COMPRESSION_CHOICES:
+        raise InvalidOptionError(
+            f"{{compression=}} is not a codec; choose one of {', '.join(COMPRESSION_CHOICES)}",
+            "compression",
+            compression=options.compression,
+        )
+    if options.level is not None and options.compression == "none":
+        raise InvalidOptionError(
+            "{level=} has no effect with {compression=none}; drop {level}, or use {compression=zstd}",
+            "level",
+            level=options.level,
+        )
+    if options.level is not None and options.level not in ZSTD_LEVELS:
+        raise InvalidOptionError(
+            f"{{level=}} is outside zstd's levels; choose {ZSTD_LEVELS.start} to {ZSTD_LEVELS.stop - 1}",
+            "level",
+            level=options.level,
+        )
+    if options.chunk_size < 1:
+        raise InvalidOptionError("{chunk_size=} must be at least 1 byte", "chunk_size", chunk_size=options.chunk_size)
+    if not 1 <= options.workers <= MAX_WORKERS:
+        raise InvalidOptionError(
+            f"{{workers=}} must be between 1 and {MAX_WORKERS}", "workers", workers=options.workers
+        )
+    # An old spelling (sentence_transformer) becomes the plan's name.
+    object.__setattr__(options, "model_type", check_plan_options(options.model_type, options.parts))
+
+
+def option_names() -> Sequence[str]:
+    """The field names, in order (the CLI's argument names)."""
+    return [f.name for f in dataclasses.fields(ConvertOptions)]

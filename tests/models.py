@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +191,29 @@ def folder_with(folder: Path, config: dict[str, Any] | str | None, files: tuple[
     for name in files:
         (folder / name).write_text("{}", encoding="utf-8")
     return folder
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family as the family-wide tests see it: how to build a tiny one, what its plan keeps.
+
+    Attributes:
+        plan: The plan that must detect it.
+        build: Writes the tiny checkpoint into a folder.
+        default: Glob patterns over source names: exactly the tensors the default parts keep.
+        parts: Every part of the plan (together they keep every tensor).
+    """
+
+    plan: str
+    build: Callable[[Path], Path]
+    default: tuple[str, ...]
+    parts: tuple[str, ...]
+
+
+#: Every family, for the tests that run on all of them (tests/test_families.py). A new family adds
+#: its builder above and one line here.
+FAMILIES: dict[str, Family] = {
+    "bert": Family("bert", bert, ("*",), ("all",)),
+    "clip": Family("clip", clip, ("vision_model.*", "visual_projection.*"), ("vision", "text")),
+    "whisper": Family("whisper", whisper, ("model.encoder.*",), ("encoder", "decoder")),
+}

@@ -193,6 +193,20 @@ def folder_with(folder: Path, config: dict[str, Any] | str | None, files: tuple[
     return folder
 
 
+def siglip(folder: Path, architecture: str = "SiglipModel") -> Path:
+    """A tiny SigLIP (``SiglipModel`` or ``SiglipVisionModel``) with its image processor config."""
+    import transformers
+
+    vision = dict(image_size=30, patch_size=6, **_ENCODER)
+    if architecture == "SiglipVisionModel":
+        model = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**vision))
+    else:
+        text = dict(vocab_size=VOCAB, max_position_embeddings=16, bos_token_id=None, eos_token_id=None, **_ENCODER)
+        model = transformers.SiglipModel(transformers.SiglipConfig(text_config=text, vision_config=vision))
+    transformers.SiglipImageProcessor(size={"height": 30, "width": 30}).save_pretrained(folder)
+    return _save(model, folder)
+
+
 @dataclass(frozen=True)
 class Family:
     """A model family as the family-wide tests see it: how to build a tiny one, what its plan keeps.
@@ -216,4 +230,8 @@ FAMILIES: dict[str, Family] = {
     "bert": Family("bert", bert, ("*",), ("all",)),
     "clip": Family("clip", clip, ("vision_model.*", "visual_projection.*"), ("vision", "text")),
     "whisper": Family("whisper", whisper, ("model.encoder.*",), ("encoder", "decoder")),
+    "siglip": Family("siglip", siglip, ("vision_model.*",), ("vision", "text")),
+    "siglip-vision": Family(
+        "siglip", lambda folder: siglip(folder, "SiglipVisionModel"), ("*",), ("vision",)
+    ),
 }

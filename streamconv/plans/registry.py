@@ -10,6 +10,7 @@ from streamconv.plans.bert import BertPlan
 from streamconv.plans.clip import ClipPlan
 from streamconv.plans.generic import GenericPlan
 from streamconv.plans.sentence_transformers import SentenceTransformersPlan
+from streamconv.plans.siglip import SiglipPlan
 from streamconv.plans.whisper import WhisperPlan
 
 __all__ = ["PLANS", "FALLBACK", "check_plan_options", "get_plan", "detect_plan", "choose_plan", "plan_names"]
@@ -20,6 +21,7 @@ PLANS: tuple[type[Plan], ...] = (
     SentenceTransformersPlan,  # before bert: a sentence-transformers folder is also a BERT
     BertPlan,
     ClipPlan,
+    SiglipPlan,
     WhisperPlan,
     GenericPlan,  # the fallback: claims nothing, used when no other plan does
 )

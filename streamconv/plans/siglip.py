@@ -1,0 +1,78 @@
+"""SigLIP: the vision tower with its attention-pooling head by default, the text tower on request.
+
+Stored names are ``SiglipModel``'s: ``vision_model.*`` (its ``head.*`` pools the patches into the
+image embedding; SigLIP has no separate projection), ``text_model.*`` (with its own ``head``),
+``logit_scale`` and ``logit_bias``. ``SiglipVisionModel`` saves the vision tower without the
+``vision_model.`` prefix, so its layout adds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamconv.plans.base import Layout, Part, Plan, Probe, ProbeContext
+
+__all__ = ["SiglipPlan"]
+
+
+class SiglipPlan(Plan):
+    """SigLIP image (and text) encoders."""
+
+    name = "siglip"
+    summary = (
+        "SigLIP (SiglipModel, SiglipVisionModel): vision tower with its pooling head; text tower, "
+        "logit_scale and logit_bias with --parts vision,text"
+    )
+    expected_assets = ("preprocessor_config.json",)
+    model_types = frozenset({"siglip", "siglip_vision_model"})
+    architectures = ("Siglip",)
+    layouts = (
+        Layout(
+            "SiglipVisionModel",
+            markers=("embeddings.patch_embedding.weight",),
+            renames=((r"^", "vision_model."),),
+        ),
+        Layout("SiglipModel"),
+    )
+    parts = {
+        "vision": Part(
+            include=("vision_model.*",),
+            required=(
+                "vision_model.embeddings.patch_embedding.weight",
+                "vision_model.encoder.layers.*",
+                "vision_model.post_layernorm.weight",
+            ),
+        ),
+        "text": Part(
+            include=("text_model.*", "logit_scale", "logit_bias"),
+            required=(
+                "text_model.embeddings.token_embedding.weight",
+                "text_model.encoder.layers.*",
+                "text_model.final_layer_norm.weight",
+            ),
+        ),
+    }
+    default_parts = ("vision",)
+
+    def probes(self, context: ProbeContext) -> list[Probe]:
+        """Pooled image embeddings of a seeded batch; text embeddings when the text tower was converted."""
+        torch, config = context.torch, context.model.config
+        vision_only = config.model_type == "siglip_vision_model"
+        vision = config if vision_only else config.vision_config
+        pixels = torch.randn(8, vision.num_channels, vision.image_size, vision.image_size, generator=context.generator())
+
+        def image(model: Any) -> Any:
+            if vision_only:
+                return model(pixel_values=pixels).pooler_output
+            return _pooled(model.get_image_features(pixel_values=pixels))
+
+        probes = [Probe("image", image, needs=() if vision_only else ("vision_model.",))]
+        if not vision_only:
+            ids = context.token_ids(config.text_config.vocab_size)
+            probes.append(Probe("text", lambda m: _pooled(m.get_text_features(input_ids=ids)), needs=("text_model.",)))
+        return probes
+
+
+def _pooled(value: Any) -> Any:
+    # transformers 5 returns an output object from get_*_features; the embedding is its pooled output.
+    return value if hasattr(value, "shape") else value.pooler_output

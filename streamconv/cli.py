@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--type", dest="model_type", metavar="TYPE",
                       help="model plan: auto (default) or one listed by `streamconv types`")
     conv.add_argument("--parts", type=lambda s: [p for p in s.split(",") if p], metavar="A,B",
-                      help="plan parts to convert, e.g. vision,text for CLIP (default: the plan's)")
+                      help="plan parts to convert, e.g. vision,text (default: the plan's; see `streamconv types`)")
     conv.add_argument("--dtype", choices=DTYPE_CHOICES,
                       help=f"float target; int and bool tensors are never cast (default {_default('dtype')})")
     conv.add_argument("--compression", choices=COMPRESSION_CHOICES,

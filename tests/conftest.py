@@ -113,3 +113,22 @@ def rewrite_weights(out: Path, arrays: dict[str, np.ndarray], source_names: dict
     refs = [ref.renamed(stored[ref.source_name]) for ref in streamconv.open_checkpoint(scratch / "rewrite.safetensors")]
     with streamconv.WeightsWriter(out / "weights.parquet") as writer:
         writer.write(streamconv.chunk(refs))
+
+
+@pytest.fixture(scope="session")
+def minilm_converted(minilm_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``minilm_converted(dtype)``: the real MiniLM converted once per session per dtype.
+
+    The outputs are shared: tests must only read them (copy one to damage it).
+    """
+    import streamconv
+
+    outputs: dict[str, Path] = {}
+
+    def converted(dtype: str = "float16") -> Path:
+        if dtype not in outputs:
+            out = tmp_path_factory.mktemp(f"minilm-{dtype}") / "out"
+            outputs[dtype] = streamconv.convert(minilm_path, out, dtype=dtype).output_dir
+        return outputs[dtype]
+
+    return converted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -114,7 +115,7 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 def test_parse_size() -> None:
     assert parse_size("4MiB") == parse_size("4M") == 4 * 1024 * 1024
     assert parse_size("512k") == 512 * 1024 and parse_size("100") == 100
-    with pytest.raises(Exception):
+    with pytest.raises(argparse.ArgumentTypeError, match="'lots' is not a size"):
         parse_size("lots")
 
 

@@ -269,20 +269,20 @@ def test_include_exclude_and_unmatched_pattern_warning(tiny_checkpoint: Path, tm
     assert "pattern 'nothing*' matched no tensor" in result.warnings
 
 
-def test_dry_run_writes_nothing_and_estimates(minilm_path: Path, tmp_path: Path) -> None:
+def test_dry_run_writes_nothing_and_estimates(minilm_path: Path, minilm_converted, tmp_path: Path) -> None:
     result = streamconv.convert(minilm_path, tmp_path / "out", dry_run=True)
     assert not (tmp_path / "out").exists()
     assert result.dry_run and len(result.tensors) == result.tensor_count == 104
     planned = [a["path"] for a in result.assets]
     assert planned[:2] == ["config.json", "tokenizer.json"] and "1_Pooling/config.json" in planned
-    real = streamconv.convert(minilm_path, tmp_path / "out")
-    assert abs(result.output_bytes / real.output_bytes - 1) < 0.1
-    assert [a["path"] for a in real.assets] == planned
-    assert result.chunk_count == real.chunk_count
+    real = streamconv.read_metadata(minilm_converted())
+    assert abs(result.output_bytes / real["output_bytes"] - 1) < 0.1
+    assert [a["path"] for a in real["assets"]] == planned
+    assert result.chunk_count == real["chunk_count"]
 
 
-def test_load_tensor_reads_only_its_row_groups(minilm_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    out = streamconv.convert(minilm_path, tmp_path / "out").output_dir
+def test_load_tensor_reads_only_its_row_groups(minilm_converted, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = minilm_converted()
     groups = pq.ParquetFile(out / "weights.parquet").num_row_groups
     read = []
     real = pq.ParquetFile.read_row_group
@@ -295,15 +295,16 @@ def test_load_tensor_reads_only_its_row_groups(minilm_path: Path, tmp_path: Path
 
 
 @pytest.mark.parametrize("dtype", ["keep", "float16"])
-def test_real_minilm_round_trip(minilm_path: Path, tmp_path: Path, dtype: str) -> None:
+def test_real_minilm_round_trip(minilm_path: Path, minilm_converted, dtype: str) -> None:
     source = load_file(str(minilm_path / "model.safetensors"))
-    result = streamconv.convert(minilm_path, tmp_path / "out", dtype=dtype)
+    out = minilm_converted(dtype)
+    meta = streamconv.read_metadata(out)
     count = 0
-    for record in streamconv.iter_tensors(result.output_dir):
+    for record in streamconv.iter_tensors(out):
         assert bits(record.array) == bits(expected_cast(source[record.source_name], dtype)), record.name
         count += 1
-    assert count == len(source) == result.tensor_count
-    assert result.output_bytes < (minilm_path / "model.safetensors").stat().st_size / (2 if dtype == "float16" else 1)
+    assert count == len(source) == meta["tensor_count"]
+    assert meta["output_bytes"] < (minilm_path / "model.safetensors").stat().st_size / (2 if dtype == "float16" else 1)
 
 
 def test_model_converter_has_the_old_shape(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -359,9 +360,9 @@ def test_convert_does_not_import_torch_or_transformers(tiny_checkpoint: Path, tm
     assert done.stdout.strip() == "0 []", done.stderr
 
 
-def test_format_doc_snippet_reads_a_tensor(minilm_path: Path, tmp_path: Path) -> None:
+def test_format_doc_snippet_reads_a_tensor(minilm_converted) -> None:
     """The plain pyarrow + numpy + zstandard reader in docs/format.md works as written."""
-    out = streamconv.convert(minilm_path, tmp_path / "out").output_dir
+    out = minilm_converted()
     doc = (Path(__file__).parents[1] / "docs" / "format.md").read_text()
     snippet = doc.split("```python\n", 1)[1].split("```", 1)[0]
     namespace: dict = {}

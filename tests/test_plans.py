@@ -305,15 +305,15 @@ def test_generic_bf16_model_keeps_names_and_dtype(built, tmp_path: Path) -> None
     assert weight.dtype == np.dtype(ml_dtypes.bfloat16)
 
 
-def test_real_minilm(minilm_path: Path, tmp_path: Path) -> None:
-    result = streamconv.convert(minilm_path, tmp_path / "out")
-    assert (result.model_type, result.detected, result.warnings) == ("sentence-transformers", True, [])
-    names = stored(result.output_dir)
+def test_real_minilm(minilm_path: Path, minilm_converted) -> None:
+    out = minilm_converted()
+    meta = metadata(out)
+    assert (meta["model_type"], meta["detected"], meta["warnings"]) == ("sentence-transformers", True, [])
+    names = stored(out)
     assert set(names) == bert_names(6) | {"embeddings.position_ids"}
-    position_ids = streamconv.load_tensor(result.output_dir, "embeddings.position_ids")
+    position_ids = streamconv.load_tensor(out, "embeddings.position_ids")
     assert position_ids.dtype == np.int64
     np.testing.assert_array_equal(position_ids, np.arange(512).reshape(1, 512))
-    meta = metadata(result.output_dir)
     st = meta["sentence_transformers"]
     assert (st["pooling_mode"], st["normalize"], st["max_seq_length"], st["similarity_function"]) == ("mean", True, 256, "cosine")
     assets = [a["path"] for a in meta["assets"]]
@@ -322,7 +322,7 @@ def test_real_minilm(minilm_path: Path, tmp_path: Path) -> None:
         "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json",
     ]
     for asset in assets:
-        assert (result.output_dir / asset).read_bytes() == (minilm_path / asset).read_bytes()
+        assert (out / asset).read_bytes() == (minilm_path / asset).read_bytes()
 
 
 def test_real_minilm_as_plain_bert(minilm_path: Path, tmp_path: Path) -> None:
@@ -445,7 +445,7 @@ def test_include_exclude_match_source_names_after_a_layout_rename(built, tmp_pat
 
 
 def test_registry_order_and_cli_types(capsys: pytest.CaptureFixture[str]) -> None:
-    assert plan_names() == ["sentence-transformers", "bert", "clip", "whisper", "generic"]
+    assert plan_names() == ["sentence-transformers", "bert", "clip", "siglip", "whisper", "generic"]
     assert main(["types"]) == 0
     out = capsys.readouterr().out
     for name in plan_names():
@@ -467,3 +467,32 @@ def test_pattern_matching_only_dropped_tensors_is_named(built, tmp_path: Path) -
     result = streamconv.convert(built("clip"), tmp_path / "out", include=["vision_model.*", "text_model.*"])
     assert "pattern 'text_model.*' matched only tensors outside the converted parts" in result.warnings
     assert all(name.startswith("vision_model.") for name in stored(result.output_dir))
+
+
+def test_every_plan_module_is_listed_in_the_registry() -> None:
+    """A plan class written in streamconv/plans/ but left out of PLANS would be silently unused."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import streamconv.plans as package
+    from streamconv.plans import PLANS, Plan
+
+    defined = set()
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"streamconv.plans.{info.name}")
+        defined |= {
+            obj for obj in vars(module).values()
+            if inspect.isclass(obj) and issubclass(obj, Plan) and obj is not Plan and obj.__module__ == module.__name__
+        }
+    assert defined == set(PLANS)
+    assert PLANS[-1].name == "generic"
+
+
+def test_old_model_type_spellings_are_accepted(minilm_path: Path, tmp_path: Path) -> None:
+    for spelling in ("sentence_transformer", "sentence-transformers", "sentence_transformers"):
+        options = streamconv.ConvertOptions(model_type=spelling)
+        assert options.model_type == "sentence-transformers"
+    assert {streamconv.ConvertOptions(model_type=t).model_type for t in ("bert", "clip", "whisper")} == {
+        "bert", "clip", "whisper"
+    }

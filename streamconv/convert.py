@@ -32,7 +32,7 @@ from streamconv.constants import (
     progress_bars_disabled,
 )
 from streamconv.errors import CastOverflowError, InvalidOptionError, PlanError, UnsupportedDtypeError
-from streamconv.output import check_output, staged_output
+from streamconv.output import check_output, clean_leftovers, staged_output
 from streamconv.plans import ModelInfo, Plan, choose_plan
 from streamconv.plans.registry import FALLBACK
 from streamconv.source import Checkpoint, TensorRef, open_checkpoint
@@ -217,11 +217,14 @@ def convert(
         _estimate(result, refs, chunk_size)
         result.assets = planned_assets(checkpoint.root, asset_names)
     else:
+        # Folders that killed runs on this output left behind; a live run's are never touched.
+        result.warnings.extend(f"removed {p.name}, left by an interrupted run" for p in clean_leftovers(output))
         plan_warnings = list(result.warnings)
+        expected = sum(r.numel * _planned_dtype(r, dtype).itemsize for r in refs)  # for a full disk
 
         def attempt(prescan: bool) -> None:
             result.warnings = list(plan_warnings)
-            with staged_output(output, force) as staging:
+            with staged_output(output, force, expected_bytes=expected) as staging:
                 result.assets, asset_warnings = write_assets(checkpoint.root, staging, asset_names, strict=strict)
                 result.warnings.extend(asset_warnings)
                 _write(result, checkpoint, plan, refs, staging, chunk_size, workers, progress, tqdm_class, started, prescan)

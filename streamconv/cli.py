@@ -6,11 +6,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from streamconv._version import __version__
@@ -123,25 +126,91 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 on success)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+    args: argparse.Namespace | None = None
+    before = None
     try:
-        handlers = {"convert": _convert, "inspect": _inspect, "validate": _validate, "types": _types}
-        return handlers[args.command](args)
+        with _sigterm_raises():
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if args.command is None:
+                parser.print_help()
+                return 2
+            before = _output_identity(args)
+            handlers = {"convert": _convert, "inspect": _inspect, "validate": _validate, "types": _types}
+            return handlers[args.command](args)
     except BrokenPipeError:  # `streamconv inspect OUT | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written under the output name", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see _sigterm_raises)
+        print(_interrupt_line(args, before, exc), file=sys.stderr)
+        return SIGTERM_EXIT if isinstance(exc, _Terminated) else SIGINT_EXIT
     except Exception as exc:  # every error becomes one line; --debug shows the traceback
-        if args.debug:
+        if args is not None and args.debug:
             raise
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code if isinstance(exc, StreamconvError) else 1
+
+
+# Interrupts. SIGTERM raises like Ctrl-C, so the same clean-up runs (the staging folder is
+# removed, an old output stays), and exits 128 + 15 = 143 as a process killed by SIGTERM does by
+# shell convention, so supervisors (systemd, Kubernetes, `timeout`) see what ended it.
+SIGINT_EXIT = 130
+SIGTERM_EXIT = 143
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: raised by the handler :func:`_sigterm_raises` installs."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> NoReturn:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Make SIGTERM raise :class:`_Terminated` while the block runs (main thread; an ignored SIGTERM stays ignored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        if previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _output_identity(args: argparse.Namespace | None) -> tuple[int, int] | None:
+    """(device, inode) of ``convert``'s output name now, None if nothing is there."""
+    if args is None or args.command != "convert" or not args.output:
+        return None
+    try:
+        st = os.lstat(os.path.expanduser(args.output))
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _interrupt_line(args: argparse.Namespace | None, before: tuple[int, int] | None, exc: BaseException) -> str:
+    """The one line for an interrupt, saying truly what the output name holds now.
+
+    It compares the output name's inode now with the one before the conversion: the new output
+    (and an atomic --force exchange) brings another inode under the name, an untouched old
+    output keeps its own.
+    """
+    how = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
+    if args is None or args.command != "convert" or not args.output or args.dry_run:
+        return f"error: {how}; nothing was written"
+    now, output = _output_identity(args), args.output
+    if now is None:
+        state = f"nothing was written under {output}" if before is None else f"nothing is under {output} now"
+    elif now == before:
+        state = f"{output} still holds the old output, unchanged"
+    else:
+        state = f"{output} holds the new output, complete"
+    return f"error: {how}; {state}"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -17,16 +17,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from streamconv._version import __version__
-from streamconv.constants import (
-    COMPRESSION_CHOICES,
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_COMPRESSION,
-    DEFAULT_DTYPE,
-    DEFAULT_WORKERS,
-    DEFAULT_ZSTD_LEVEL,
-    DTYPE_CHOICES,
-    progress_bars_disabled,
-)
 from streamconv.errors import InvalidOptionError, StreamconvError
 
 __all__ = ["build_parser", "main"]
@@ -56,6 +46,17 @@ def parse_size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``streamconv`` argument parser with its subcommands."""
+    from streamconv.constants import (  # numpy: imported here, after main catches Ctrl-C
+        COMPRESSION_CHOICES,
+        DEFAULT_CHUNK_SIZE,
+        DEFAULT_COMPRESSION,
+        DEFAULT_DTYPE,
+        DEFAULT_WORKERS,
+        DEFAULT_ZSTD_LEVEL,
+        DTYPE_CHOICES,
+        progress_bars_disabled,
+    )
+
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
@@ -130,8 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     before = None
     try:
         with _sigterm_raises():
-            parser = build_parser()
-            args = parser.parse_args(argv)
+            with _interrupts_held():  # start-up: parse, and import numpy, pyarrow... (see there)
+                parser = build_parser()
+                args = parser.parse_args(argv)
+                _import_command(args.command)
             if args.command is None:
                 parser.print_help()
                 return 2
@@ -182,6 +185,34 @@ def _sigterm_raises() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while the block runs; one that came is raised when it ends.
+
+    numpy, interrupted while importing, prints a traceback of its own and raises ImportError
+    instead of KeyboardInterrupt; held, the interrupt comes after the import (at most ~0.3 s late)
+    and gives the usual one line.
+    """
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _import_command(command: str | None) -> None:
+    """Import the modules ``command`` needs now, while interrupts are held."""
+    import importlib
+
+    module = {"convert": "streamconv.convert", "inspect": "streamconv.reader",
+              "validate": "streamconv.validate", "types": "streamconv.plans"}.get(command or "")
+    if module:
+        importlib.import_module(module)
+
+
 def _output_identity(args: argparse.Namespace | None) -> tuple[int, int] | None:
     """(device, inode) of ``convert``'s output name now, None if nothing is there."""
     if args is None or args.command != "convert" or not args.output:
@@ -223,6 +254,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from streamconv.constants import progress_bars_disabled
     from streamconv.convert import convert
 
     if args.source and args.model and args.source != args.model:

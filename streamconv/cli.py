@@ -134,11 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             with _interrupts_held():  # start-up: parse, and import numpy, pyarrow... (see there)
                 parser = build_parser()
                 args = parser.parse_args(argv)
+                before = _output_identity(args)  # with args, so an interrupt line can compare
                 _import_command(args.command)
             if args.command is None:
                 parser.print_help()
                 return 2
-            before = _output_identity(args)
             handlers = {"convert": _convert, "inspect": _inspect, "validate": _validate, "types": _types}
             return handlers[args.command](args)
     except BrokenPipeError:  # `streamconv inspect OUT | head`: the reader left, nothing to report

@@ -54,7 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
         DEFAULT_WORKERS,
         DEFAULT_ZSTD_LEVEL,
         DTYPE_CHOICES,
-        progress_bars_disabled,
     )
 
     common = _Parser(add_help=False)

@@ -23,7 +23,7 @@ import pytest
 
 import streamconv
 from streamconv import output as output_module
-from streamconv.errors import OutputExistsError
+from streamconv.errors import DiskFullError, OutputExistsError
 from streamconv.output import clean_leftovers, staged_output, staging_path
 from tests.conftest import write_safetensors
 
@@ -255,9 +255,8 @@ def test_full_disk_is_exit_4_and_leaves_nothing(checkpoint: Path, tmp_path: Path
 
 def test_disk_full_error_in_process(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    with pytest.raises(streamconv.errors.DiskFullError) as caught:
-        with staged_output(out, force=False, expected_bytes=3 << 20):
-            raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(DiskFullError) as caught, staged_output(out, force=False, expected_bytes=3 << 20):
+        raise OSError(errno.ENOSPC, "No space left on device")
     err = caught.value
     assert isinstance(err, OSError) and err.errno == errno.ENOSPC and err.exit_code == 4
     assert err.output == out and err.needed == 3 << 20 and err.free > 0
@@ -298,7 +297,6 @@ def test_exchange_swaps_and_its_fallbacks_replace(tmp_path: Path, monkeypatch: p
     assert (out / "weights.parquet").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "out"]
 
-    with pytest.raises(OutputExistsError):  # appeared meanwhile, no --force: nothing replaced
-        with staged_output(out, force=False):
-            pass
+    with pytest.raises(OutputExistsError), staged_output(out, force=False):  # appeared meanwhile: kept
+        pass
     assert (out / "weights.parquet").read_text() == "new"

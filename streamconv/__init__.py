@@ -3,24 +3,94 @@
 Three ways in:
 
 - ``streamconv convert MODEL -o OUT`` on the command line;
-- :func:`convert` (or :class:`ModelConverter`) from Python, with :class:`ConvertOptions`,
-  returning a :class:`ConversionResult`;
+- :func:`convert` (or :class:`ModelConverter`) from Python, with :class:`ConvertOptions` or its
+  fields, returning a :class:`ConversionResult`;
 - the generator stages :func:`select`, :func:`rename`, :func:`chunk`, :func:`cast` over
   :func:`open_checkpoint`, written with :class:`WeightsWriter`.
-
 Read the result back with :func:`load`, :func:`iter_tensors` (records with names, dtypes and
 arrays), :func:`load_tensor` or :func:`describe`.
 """
 
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
 from streamconv._version import __version__
-from streamconv.convert import ModelConverter, convert
-from streamconv.errors import StreamconvError
-from streamconv.options import ConvertOptions
-from streamconv.reader import TensorInfo, TensorRecord, describe, iter_tensors, load, load_tensor, read_metadata
-from streamconv.result import ConversionResult
-from streamconv.source import Checkpoint, TensorRef, open_checkpoint, read_safetensors_header
-from streamconv.stages import TensorChunk, cast, chunk, rename, select
-from streamconv.writer import WeightsWriter
+
+# The names below are imported on first use, not with the package, so `streamconv` on the command
+# line starts without numpy and pyarrow and a Ctrl-C during their import is caught by the CLI
+# (one line, exit 130) instead of printing a traceback from here.
+_LAZY = {
+    "ConversionResult": "streamconv.result",
+    "ConvertOptions": "streamconv.options",
+    "ModelConverter": "streamconv.convert",
+    "convert": "streamconv.convert",
+    "StreamconvError": "streamconv.errors",
+    "TensorInfo": "streamconv.reader",
+    "TensorRecord": "streamconv.reader",
+    "describe": "streamconv.reader",
+    "iter_tensors": "streamconv.reader",
+    "load": "streamconv.reader",
+    "load_tensor": "streamconv.reader",
+    "read_metadata": "streamconv.reader",
+    "Checkpoint": "streamconv.source",
+    "TensorRef": "streamconv.source",
+    "open_checkpoint": "streamconv.source",
+    "read_safetensors_header": "streamconv.source",
+    "TensorChunk": "streamconv.stages",
+    "cast": "streamconv.stages",
+    "chunk": "streamconv.stages",
+    "rename": "streamconv.stages",
+    "select": "streamconv.stages",
+    "WeightsWriter": "streamconv.writer",
+}
+
+if TYPE_CHECKING:
+    from streamconv.convert import ModelConverter, convert
+    from streamconv.errors import StreamconvError
+    from streamconv.options import ConvertOptions
+    from streamconv.reader import TensorInfo, TensorRecord, describe, iter_tensors, load, load_tensor, read_metadata
+    from streamconv.result import ConversionResult
+    from streamconv.source import Checkpoint, TensorRef, open_checkpoint, read_safetensors_header
+    from streamconv.stages import TensorChunk, cast, chunk, rename, select
+    from streamconv.writer import WeightsWriter
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'streamconv' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+class _Package(types.ModuleType):
+    """Keeps ``streamconv.convert`` the function once the submodule of that name is imported.
+
+    The import system binds a submodule on its package (``streamconv.convert = <module>``); the
+    eager ``from streamconv.convert import convert`` used to overwrite that, the lazy one cannot.
+    """
+
+    @property
+    def convert(self) -> Any:
+        override = self.__dict__.get("_convert_override")
+        return override if override is not None else importlib.import_module("streamconv.convert").convert
+
+    @convert.setter
+    def convert(self, value: Any) -> None:
+        if not isinstance(value, types.ModuleType):  # the submodule binding is ignored
+            self.__dict__["_convert_override"] = value
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "__version__",

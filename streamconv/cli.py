@@ -17,6 +17,15 @@ from typing import Any, NoReturn
 from streamconv._version import __version__
 from streamconv.constants import COMPRESSION_CHOICES, DEFAULT_ZSTD_LEVEL, DTYPE_CHOICES, progress_bars_disabled
 from streamconv.errors import NOVALUE, InvalidOptionError, StreamconvError
+from streamconv.interrupts import (
+    SIGINT_EXIT,
+    SIGTERM_EXIT,
+    Terminated,
+    interrupt_line,
+    interrupts_held,
+    output_identity,
+    sigterm_raises,
+)
 from streamconv.options import ConvertOptions, option_names
 
 __all__ = ["build_parser", "main"]
@@ -121,25 +130,41 @@ def _default(name: str) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 on success)."""
+    args: argparse.Namespace | None = None
+    before = None
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
     try:
-        handlers = {"convert": _convert, "inspect": _inspect, "validate": _validate, "types": _types}
-        return handlers[args.command](args)
+        with sigterm_raises():
+            with interrupts_held():  # start-up: parse, and import numpy, pyarrow... (see there)
+                args = parser.parse_args(argv)
+                before = output_identity(args)  # with args, so an interrupt line can compare
+                _import_command(args.command)
+            if args.command is None:
+                parser.print_help()
+                return 2
+            handlers = {"convert": _convert, "inspect": _inspect, "validate": _validate, "types": _types}
+            return handlers[args.command](args)
     except BrokenPipeError:  # `streamconv inspect OUT | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written under the output name", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see sigterm_raises)
+        print(interrupt_line(args, before, exc), file=sys.stderr)
+        return SIGTERM_EXIT if isinstance(exc, Terminated) else SIGINT_EXIT
     except Exception as exc:  # every error becomes one line; --debug shows the traceback
-        if args.debug:
+        if args is not None and args.debug:
             raise
         print(f"error: {_one_line(exc, parser)}", file=sys.stderr)
         return exc.exit_code if isinstance(exc, StreamconvError) else 1
+
+
+def _import_command(command: str | None) -> None:
+    """Import the modules ``command`` needs now, while interrupts are held."""
+    import importlib
+
+    module = {"convert": "streamconv.convert", "inspect": "streamconv.reader",
+              "validate": "streamconv.validate", "types": "streamconv.plans"}.get(command or "")
+    if module:
+        importlib.import_module(module)
 
 
 def _one_line(exc: BaseException, parser: argparse.ArgumentParser) -> str:

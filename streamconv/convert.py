@@ -13,7 +13,7 @@ from streamconv.constants import METADATA_FILENAME, WEIGHTS_FILENAME, progress_b
 from streamconv.dtypes import by_name
 from streamconv.errors import CastOverflowError
 from streamconv.options import ConvertOptions
-from streamconv.output import check_output, staged_output
+from streamconv.output import check_output, clean_leftovers, staged_output
 from streamconv.plans import FALLBACK, ModelInfo, Plan, Resolution, choose_plan
 from streamconv.result import ConversionResult
 from streamconv.source import Checkpoint, TensorRef, open_checkpoint
@@ -79,7 +79,10 @@ def convert(
         result.assets = planned_assets(checkpoint.root, plan.asset_files(checkpoint))
         result.seconds = round(time.perf_counter() - started, 3)
     else:
-        with staged_output(output, options.force) as staging:
+        # Folders that killed runs on this output left behind; a live run's are never touched.
+        result.warnings.extend(f"removed {p.name}, left by an interrupted run" for p in clean_leftovers(output))
+        expected = sum(r.numel * _planned_dtype(r, options.dtype).itemsize for r in resolution.refs)  # for a full disk
+        with staged_output(output, options.force, expected_bytes=expected) as staging:
             _write_assets(result, checkpoint, plan, staging, options.strict)
             _write_weights(result, resolution.refs, staging / WEIGHTS_FILENAME, options)
             result.files = [file_record(staging / WEIGHTS_FILENAME, staging)]

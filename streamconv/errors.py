@@ -21,6 +21,7 @@ __all__ = [
     "UnsupportedDtypeError",
     "OutputExistsError",
     "OutputNotWritableError",
+    "DiskFullError",
     "FormatError",
     "NotConvertedError",
     "TensorNotFoundError",
@@ -131,6 +132,32 @@ class OutputNotWritableError(StreamconvError, PermissionError):
         super().__init__(
             f"{output}: cannot write the output here ({reason}); choose a writable location with -o"
         )
+
+
+class DiskFullError(StreamconvError, OSError):
+    """The disk (or a quota, or a file-size limit) ran out while the output was being written.
+
+    Nothing is left behind: the partial output is removed before this is raised. ``errno`` is
+    the original one (``ENOSPC``, ``EDQUOT`` or ``EFBIG``).
+    """
+
+    exit_code = 4
+
+    def __init__(self, output: Path, needed: int, free: int, errno: int, reason: str) -> None:
+        self.output = output
+        self.needed = needed  # bytes the output is expected to take (an estimate; 0 if unknown)
+        self.free = free  # bytes free on the output's filesystem once the partial output is gone
+        mib = 1024 * 1024
+        need = f"needs about {needed / mib:.1f} MiB, " if needed else ""
+        super().__init__(
+            f"{output}: cannot write the output ({reason}); it {need}{free / mib:.1f} MiB free; "
+            "free some space, raise the limit (quota, `ulimit -f`) or choose another -o"
+        )
+        self.errno = errno
+        self.strerror = reason
+
+    def __str__(self) -> str:  # OSError would otherwise print "[Errno 28] ..." only
+        return str(self.args[0])
 
 
 class FormatError(StreamconvError, ValueError):

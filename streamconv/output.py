@@ -1,16 +1,50 @@
-"""The output folder: built under a temporary name beside it, moved into place only when complete."""
+"""The output folder: built under a temporary name beside it, moved into place only when complete.
+
+What a reader of ``OUTPUT`` can rely on (docs/reliability.md, "Atomicity", lists each with its test):
+
+- the output is written under ``.OUTPUT.streamconv-incomplete-PID`` and takes the output name in
+  one rename, so the name never holds a partial output, whatever kills the process;
+- ``--force`` swaps the new output with the old one in one step where the OS has one (Linux
+  ``renameat2(RENAME_EXCHANGE)``), so the name holds the old or the new output at every instant;
+- folders left by killed runs (their PID no longer alive) are removed by the next run on the
+  same output, which says so;
+- a full disk (or quota, or file-size limit) is a :class:`DiskFullError` naming the output and
+  the space needed, with the partial output removed.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import logging
 import os
+import platform
+import re
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from streamconv.errors import InvalidOptionError, OutputExistsError, OutputNotWritableError
+from streamconv.errors import DiskFullError, InvalidOptionError, OutputExistsError, OutputNotWritableError
 
-__all__ = ["check_output", "staged_output"]
+__all__ = ["check_output", "clean_leftovers", "staged_output", "staging_path"]
+
+log = logging.getLogger(__name__)
+
+STAGING_TAG = "streamconv-incomplete"
+OLD_TAG = "streamconv-old"  # only the fallback replacement (no atomic exchange) uses this name
+DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+# renameat2(2) flags and the syscall's number where glibc lacks the wrapper (glibc < 2.28).
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276, "riscv64": 276, "i686": 353, "i386": 353,
+                  "armv7l": 382, "ppc64le": 357, "ppc64": 357, "s390x": 347}
+# The kernel or the filesystem has no exchange (EINVAL: e.g. some FUSE/NFS, ENOSYS: kernel < 3.15,
+# EPERM: a seccomp filter): replace in two renames instead. A real permission problem is then
+# reported by those renames.
+_NO_EXCHANGE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP})
 
 
 def check_output(output: Path, source_root: Path, force: bool) -> None:
@@ -30,43 +64,199 @@ def check_output(output: Path, source_root: Path, force: bool) -> None:
             raise OutputExistsError(output)
 
 
+def staging_path(output: Path, pid: int | None = None, tag: str = STAGING_TAG) -> Path:
+    """The hidden name beside ``output`` under which process ``pid`` (default: this one) builds it."""
+    return output.parent / f".{output.name}.{tag}-{os.getpid() if pid is None else pid}"
+
+
 @contextlib.contextmanager
-def staged_output(output: Path, force: bool) -> Iterator[Path]:
+def staged_output(output: Path, force: bool, expected_bytes: int = 0) -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``output``; on success move it to ``output``.
 
     On any error (or interrupt) the temporary folder is removed and ``output`` is left as it was.
-    With ``force`` an existing ``output`` is replaced only after the new one is complete.
+    With ``force`` an existing ``output`` is replaced only after the new one is complete, and
+    atomically where the OS allows (see :func:`_replace`).
+
+    Args:
+        output: The output folder.
+        force: Replace an existing ``output``.
+        expected_bytes: About how many bytes the output will take, for the disk-full message.
 
     Raises:
         OutputNotWritableError: the parent folder cannot be created or written.
+        DiskFullError: no space, quota or file-size limit (ENOSPC, EDQUOT, EFBIG) while writing.
     """
     parent = output.parent
-    staging = parent / f".{output.name}.streamconv-incomplete-{os.getpid()}"
+    staging = staging_path(output)
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        if staging.exists():
-            shutil.rmtree(staging)
+        _remove(staging)  # our PID's, so left by a dead process that had it before us
         staging.mkdir()
     except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise _disk_full(exc, output, expected_bytes) from exc
         raise OutputNotWritableError(output, exc.strerror or str(exc)) from exc
     try:
         yield staging
         _replace(staging, output, force)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException as exc:
+        # Also after the exchange, when the staging name holds the old output being removed.
+        _remove(staging, ignore_errors=True)
+        full = _disk_full_errno(exc)
+        if full is not None:
+            raise _disk_full(full, output, expected_bytes) from exc
         raise
 
 
 def _replace(staging: Path, output: Path, force: bool) -> None:
+    """Move the complete ``staging`` folder to ``output``, replacing it with ``force``."""
     if not (output.exists() or output.is_symlink()):
         os.rename(staging, output)
         return
     if not force:  # appeared while we were converting
         raise OutputExistsError(output)
-    old = output.parent / f".{output.name}.streamconv-old-{os.getpid()}"
+    if _exchange(staging, output):
+        # One step: the output name goes from the old output to the new one, and the old one now
+        # sits under the staging name. Removing it is the last step; a kill during the removal
+        # leaves a folder under our staging name, which no reader takes for an output and which
+        # the next run on this output removes (clean_leftovers), as huggingface_hub's
+        # _download_to_tmp_and_move leaves only an .incomplete file behind, never a broken file.
+        _remove(staging)
+        return
+    # Fallback (no exchange on this OS or filesystem): rename the old output aside, then the new
+    # one in. Between the two renames (microseconds) the output name is empty; a SIGKILL there
+    # leaves the old output under .OUTPUT.streamconv-old-PID (removed by the next run). An
+    # exception or interrupt there puts the old output back. docs/reliability.md says the same.
+    old = staging_path(output, tag=OLD_TAG)
+    _remove(old)
     os.rename(output, old)
-    os.rename(staging, output)
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
+    try:
+        os.rename(staging, output)
+    except BaseException:
+        os.rename(old, output)
+        raise
+    _remove(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the paths ``a`` and ``b`` atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``).
+
+    Returns:
+        True once swapped; False when this OS, kernel or filesystem has no atomic exchange.
+
+    Raises:
+        OSError: the exchange is supported but failed (permissions, a path missing...).
+    """
+    call = _renameat2()
+    if call is None:
+        return False
+    if call(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _NO_EXCHANGE:
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def _renameat2():  # type: ignore[no-untyped-def]
+    """libc's ``renameat2``, or the raw syscall where libc lacks it; None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    args = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn = getattr(libc, "renameat2", None)
+    if fn is not None:
+        fn.argtypes, fn.restype = args, ctypes.c_int
+        return fn
+    number = _SYS_RENAMEAT2.get(platform.machine())
+    syscall = getattr(libc, "syscall", None)
+    if number is None or syscall is None:
+        return None
+    syscall.argtypes, syscall.restype = [ctypes.c_long, *args], ctypes.c_long
+    return lambda *a: syscall(number, *a)
+
+
+def clean_leftovers(output: Path) -> list[Path]:
+    """Remove the staging and old folders that runs on ``output`` left when they were killed.
+
+    A leftover is ``.NAME.streamconv-incomplete-PID`` or ``.NAME.streamconv-old-PID`` beside
+    ``output``. It is removed only when process PID is gone (``os.kill(pid, 0)`` raises
+    ``ProcessLookupError``), or PID is this process (a dead process had our PID before us).
+    PID reuse: if PID now belongs to another, live process the folder is kept, because that
+    cannot be told apart from a live run; a later run removes it once that process has ended.
+    Runs on other machines or in other PID namespaces writing the same folder are not detected.
+
+    Returns:
+        The paths removed (also logged).
+    """
+    prefix = f".{output.name}."
+    pattern = re.compile(rf"(?:{STAGING_TAG}|{OLD_TAG})-([0-9]+)")
+    try:
+        entries = [e for e in os.scandir(output.parent) if e.name.startswith(prefix)]
+    except OSError:  # no parent folder yet, or not readable: then nothing of ours is there
+        return []
+    removed = []
+    for entry in sorted(entries, key=lambda e: e.name):
+        match = pattern.fullmatch(entry.name[len(prefix):])
+        if match is None or _alive(int(match.group(1))):
+            continue
+        path = Path(entry.path)
+        _remove(path)
+        removed.append(path)
+        log.info("removed %s, left by an interrupted streamconv run", path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    if pid <= 0:  # os.kill(0, ...) would mean our process group; no run ever has such a PID
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
+def _remove(path: Path, ignore_errors: bool = False) -> None:
+    """Remove ``path`` whether it is a folder, a file or a symlink (never following it)."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        if not ignore_errors:
+            raise
+
+
+def _disk_full_errno(exc: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT/EFBIG error in ``exc`` or what it was raised from, if any."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and not isinstance(seen, DiskFullError) and seen.errno in DISK_FULL:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _disk_full(exc: OSError, output: Path, expected_bytes: int) -> DiskFullError:
+    try:
+        free = shutil.disk_usage(output.parent).free
+    except OSError:
+        free = 0
+    reason = {errno.EFBIG: "a file grew beyond the file-size limit"}.get(exc.errno or 0)
+    return DiskFullError(output, expected_bytes, free, exc.errno or errno.ENOSPC,
+                         reason or os.strerror(exc.errno or errno.ENOSPC).lower())

@@ -1,0 +1,302 @@
+"""The output name under kills, interrupts and a full disk (docs/reliability.md, "Atomicity").
+
+Each test runs ``python -m streamconv`` as a separate process, as a user or a supervisor would,
+and kills or limits it; then it reads what is under the output name.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import streamconv
+from streamconv import output as output_module
+from streamconv.errors import DiskFullError, OutputExistsError
+from streamconv.output import clean_leftovers, staged_output, staging_path
+from tests.conftest import write_safetensors
+
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "STREAMCONV_DISABLE_PROGRESS_BARS": "1"}
+LEFTOVER = re.compile(r"\.out\.streamconv-(incomplete|old)-\d+")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 MiB of float32 in 12 tensors: written in about a tenth of a second."""
+    folder = tmp_path_factory.mktemp("ck")
+    rng = np.random.default_rng(0)
+    write_safetensors(folder / "model.safetensors",
+                      {f"layer{i}.weight": rng.standard_normal((512, 1024), dtype=np.float32) for i in range(12)})
+    return folder
+
+
+def start(checkpoint: Path, out: Path, *extra: str, preexec_fn=None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamconv", "convert", str(checkpoint), "-o", str(out), "-q", "--workers", "1", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, preexec_fn=preexec_fn,
+    )
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def wait_until(proc: subprocess.Popen[str], ready, timeout: float = 30) -> bool:
+    """Poll every millisecond until ``ready()``; False if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def mapped(proc: subprocess.Popen[str], library: str):
+    """A check that the process has loaded ``library`` (it is importing that module, or past it)."""
+    def ready() -> bool:
+        try:
+            return library in Path(f"/proc/{proc.pid}/maps").read_text()
+        except OSError:
+            return False
+    return ready
+
+
+def writing_time(checkpoint: Path, out: Path, *extra: str) -> float:
+    """Seconds from the staging folder's appearance to the end of a successful run."""
+    proc = start(checkpoint, out, *extra)
+    assert wait_until(proc, staging_path(out, proc.pid).exists)
+    seen = time.perf_counter()
+    assert finish(proc) == (0, "")
+    return time.perf_counter() - seen
+
+
+def stored_dtype(out: Path, full: bool = True) -> str:
+    """The dtype of the complete output under ``out``: metadata readable, every tensor loadable."""
+    metadata = json.loads((out / "metadata.json").read_text())
+    if not full:
+        return metadata["dtype"]
+    tensors = streamconv.load(out)
+    assert len(tensors) == 12 and all(t.shape == (512, 1024) for t in tensors.values())
+    assert {str(t.dtype) for t in tensors.values()} == {metadata["dtype"]}
+    return metadata["dtype"]
+
+
+def exchange_supported(folder: Path) -> bool:
+    a, b = folder / "probe-a", folder / "probe-b"
+    a.mkdir()
+    b.mkdir()
+    try:
+        return output_module._exchange(a, b)
+    finally:
+        a.rmdir()
+        b.rmdir()
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if LEFTOVER.fullmatch(p.name))
+
+
+def one_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_force_killed_at_any_moment_leaves_the_old_or_the_new_output(checkpoint: Path, tmp_path: Path) -> None:
+    """SIGKILL at 15 moments of `convert --force`; the name always holds a complete output."""
+    if not exchange_supported(tmp_path):
+        pytest.skip("no atomic exchange on this filesystem: the fallback has a documented window")
+    out = tmp_path / "out"
+    assert finish(start(checkpoint, out, "--dtype", "float32")) == (0, "")
+    after = stored_dtype(out)
+    writing = writing_time(checkpoint, out, "--force", "--dtype", "float32")
+    print(f"writing and exchange: {writing:.2f} s")
+    # Two kills while starting, then 13 from the staging folder's appearance to past the end.
+    moments = [("start", 0.05), ("start", 0.15), *(("staging", f) for f in np.linspace(0, 1.3, 13))]
+    outcomes = []
+    for i, (phase, when) in enumerate(moments):
+        before = after
+        target = "float16" if before == "float32" else "float32"
+        proc = start(checkpoint, out, "--force", "--dtype", target)
+        if phase == "start":
+            time.sleep(when)
+        elif wait_until(proc, staging_path(out, proc.pid).exists):
+            time.sleep(writing * when)
+        proc.kill()
+        proc.wait()
+        after = stored_dtype(out)  # never missing, never partial
+        assert after in (before, target), (i, before, after)
+        outcomes.append(("new" if after == target else "old", leftovers(tmp_path)))
+    assert {"old", "new"} <= {o for o, _ in outcomes}, outcomes
+
+    # The next run removes what the killed ones left, and says so.
+    left = leftovers(tmp_path)
+    proc = start(checkpoint, out, "--force", "--json")
+    done = json.loads(proc.communicate(timeout=60)[0])
+    assert leftovers(tmp_path) == []
+    assert [w for w in done["warnings"] if w.startswith("removed ")] == [
+        f"removed {name}, left by an interrupted run" for name in left
+    ]
+
+
+def test_only_dead_runs_leftovers_are_removed(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        for path in (staging_path(out, dead.pid), staging_path(out, dead.pid, tag="streamconv-old"),
+                     staging_path(out, live.pid), staging_path(out, 1), tmp_path / ".other.streamconv-incomplete-1"):
+            path.mkdir()
+            (path / "weights.parquet").write_bytes(b"partial")
+        (tmp_path / f".out.streamconv-incomplete-{dead.pid}x").mkdir()  # not a name streamconv writes
+
+        removed = clean_leftovers(out)
+
+        assert removed == sorted([staging_path(out, dead.pid), staging_path(out, dead.pid, tag="streamconv-old")])
+        # A live run's folder (and a PID reused by a live process: PID 1) is never touched.
+        assert (staging_path(out, live.pid) / "weights.parquet").read_bytes() == b"partial"
+        assert (staging_path(out, 1) / "weights.parquet").exists()
+        assert (tmp_path / ".other.streamconv-incomplete-1").exists()
+        assert (tmp_path / f".out.streamconv-incomplete-{dead.pid}x").exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_interrupt_is_one_true_line(checkpoint: Path, tmp_path: Path, sig: signal.Signals, code: int, word: str) -> None:
+    """The line says what the output name holds: nothing, the old output, or the new one."""
+    out = tmp_path / "out"
+    # While starting (importing numpy, no output yet): nothing was written.
+    proc = start(checkpoint, out)
+    assert wait_until(proc, mapped(proc, "_multiarray_umath"))
+    proc.send_signal(sig)
+    returncode, err = finish(proc)
+    assert returncode == code
+    assert one_line(err) == f"error: {word}; nothing was written under {out}"
+    assert list(tmp_path.iterdir()) == []
+
+    assert finish(start(checkpoint, out, "--dtype", "float32")) == (0, "")
+    writing = writing_time(checkpoint, out, "--force", "--dtype", "float32")
+    claims = set()
+    for fraction in (0.0, 0.6, 0.95, 1.1):
+        before = stored_dtype(out, full=False)
+        target = "float16" if before == "float32" else "float32"
+        proc = start(checkpoint, out, "--force", "--dtype", target)
+        if wait_until(proc, staging_path(out, proc.pid).exists):
+            time.sleep(writing * fraction)
+        proc.send_signal(sig)
+        returncode, err = finish(proc)
+        after = stored_dtype(out, full=False)
+        assert leftovers(tmp_path) == []  # the interrupted run removed its own folder
+        if returncode in (0, -sig) and err == "":  # finished before the signal came, or just after main
+            assert after == target
+            continue
+        assert returncode == code
+        line = one_line(err)
+        claim = {f"error: {word}; {out} still holds the old output, unchanged": before,
+                 f"error: {word}; {out} holds the new output, complete": target}
+        assert line in claim, line
+        assert claim[line] == after
+        claims.add(line)
+    assert claims, "every run finished before the signal"
+
+
+def test_startup_interrupt_is_one_line(checkpoint: Path, tmp_path: Path) -> None:
+    """Ctrl-C while Python imports numpy, ml_dtypes, pyarrow: one line, exit 130, no traceback."""
+    for library in ("_multiarray_umath", "_ml_dtypes", "libarrow"):
+        proc = start(checkpoint, tmp_path / "out")
+        assert wait_until(proc, mapped(proc, library)), library
+        proc.send_signal(signal.SIGINT)
+        returncode, err = finish(proc)
+        assert (returncode, one_line(err)) == (130, f"error: interrupted; nothing was written under {tmp_path / 'out'}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _file_size_limit() -> None:  # in the child, before exec: writes beyond 4 MiB fail with EFBIG
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_full_disk_is_exit_4_and_leaves_nothing(checkpoint: Path, tmp_path: Path, force: bool) -> None:
+    out = tmp_path / "out"
+    if force:
+        out.mkdir()
+        (out / "old.txt").write_text("the previous output")
+    proc = start(checkpoint, out, *(["--force"] if force else []), preexec_fn=_file_size_limit)
+    returncode, err = finish(proc)
+    assert returncode == 4
+    line = one_line(err)
+    assert re.fullmatch(
+        rf"error: {re.escape(str(out))}: cannot write the output \(a file grew beyond the file-size limit\); "
+        r"it needs about 12\.0 MiB, [0-9.]+ MiB free; free some space, raise the limit \(quota, `ulimit -f`\) "
+        r"or choose another -o",
+        line,
+    ), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["out"] if force else [])
+    if force:
+        assert [p.name for p in out.iterdir()] == ["old.txt"]
+
+
+def test_disk_full_error_in_process(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(DiskFullError) as caught, staged_output(out, force=False, expected_bytes=3 << 20):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    err = caught.value
+    assert isinstance(err, OSError) and err.errno == errno.ENOSPC and err.exit_code == 4
+    assert err.output == out and err.needed == 3 << 20 and err.free > 0
+    assert str(err).startswith(f"{out}: cannot write the output (no space left on device); it needs about 3.0 MiB, ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _make(out: Path, text: str) -> None:
+    out.mkdir()
+    (out / "weights.parquet").write_text(text)
+
+
+def test_exchange_swaps_and_its_fallbacks_replace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    _make(a, "A")
+    _make(b, "B")
+    if not output_module._exchange(a, b):
+        pytest.skip("no renameat2 RENAME_EXCHANGE here")
+    assert (a / "weights.parquet").read_text() == "B" and (b / "weights.parquet").read_text() == "A"
+
+    # The raw syscall, as where libc has no renameat2 wrapper (glibc < 2.28).
+    libc = ctypes.CDLL(None, use_errno=True)
+    monkeypatch.setattr(output_module.ctypes, "CDLL", lambda *a, **k: type("NoWrapper", (), {"syscall": libc.syscall})())
+    assert output_module._exchange(a, b)
+    assert (a / "weights.parquet").read_text() == "A"
+    monkeypatch.undo()
+
+    # A filesystem without the exchange (EINVAL): two renames, no -old- folder left.
+    def unsupported(*args: object) -> int:
+        ctypes.set_errno(errno.EINVAL)
+        return -1
+
+    monkeypatch.setattr(output_module, "_renameat2", lambda: unsupported)
+    out = tmp_path / "out"
+    _make(out, "old")
+    with staged_output(out, force=True) as staging:
+        (staging / "weights.parquet").write_text("new")
+    assert (out / "weights.parquet").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "out"]
+
+    with pytest.raises(OutputExistsError), staged_output(out, force=False):  # appeared meanwhile: kept
+        pass
+    assert (out / "weights.parquet").read_text() == "new"

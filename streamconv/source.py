@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +31,12 @@ from streamconv.errors import (
     SourceNotFoundError,
     UnsupportedDtypeError,
 )
+from streamconv.header import parse_safetensors_header
 
 __all__ = ["TensorRef", "Checkpoint", "open_checkpoint", "read_safetensors_header"]
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-# A header larger than this is not a real safetensors header (the format caps it at 100 MB).
-MAX_HEADER_BYTES = 100_000_000
 # Files fetched from the hub: weights, configs, tokenizer and processor files, sentence-transformers
 # module folders. Never the pickled or framework-specific weights.
 HUB_ALLOW_PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.model", "*/*.safetensors", "*/*.json"]
@@ -161,9 +159,10 @@ class Checkpoint:
 def read_safetensors_header(path: Path, prefix: str = "") -> list[TensorRef]:
     """Parse one safetensors file's header and check it against the file's size.
 
-    Every tensor's byte range must lie inside the file and match its shape and dtype; dtypes
-    streamconv cannot store are accepted here and rejected when such a tensor is converted, so that
-    ``--exclude`` can drop them.
+    The header must be one the safetensors library accepts (see :mod:`streamconv.header`): every
+    tensor's byte range lies inside the file and matches its shape and dtype, the ranges tile the
+    data exactly. Dtypes streamconv cannot store are accepted here and rejected when such a tensor
+    is converted, so that ``--exclude`` can drop them.
 
     Args:
         path: The ``.safetensors`` file.
@@ -175,72 +174,19 @@ def read_safetensors_header(path: Path, prefix: str = "") -> list[TensorRef]:
     Raises:
         CorruptCheckpointError: for an empty, truncated or inconsistent file.
     """
-    size = path.stat().st_size
-    if size < 8:
-        what = "file is empty" if size == 0 else f"file is only {size} bytes"
-        raise CorruptCheckpointError(path, f"{what}, too short for a safetensors header")
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
-            raise CorruptCheckpointError(
-                path, f"header length {header_len} runs past the end of the file ({size} bytes)"
-            )
-        raw = f.read(header_len)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptCheckpointError(path, f"header is not JSON ({exc})") from exc
-    if not isinstance(header, dict):
-        raise CorruptCheckpointError(path, "header is not a JSON object")
-
-    data_start = 8 + header_len
-    data_size = size - data_start
-    refs = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        refs.append(_parse_entry(path, name, entry, data_start, data_size, prefix))
-    refs.sort(key=lambda r: r.offset)
-    return refs
-
-
-def _parse_entry(
-    path: Path, name: str, entry: Any, data_start: int, data_size: int, prefix: str
-) -> TensorRef:
-    try:
-        dtype_code = entry["dtype"]
-        shape = tuple(int(d) for d in entry["shape"])
-        begin, end = (int(x) for x in entry["data_offsets"])
-    except (TypeError, KeyError, ValueError) as exc:
-        raise CorruptCheckpointError(
-            path, f"header entry for tensor {name!r} is malformed ({exc!r})"
-        ) from exc
-    if any(d < 0 for d in shape):
-        raise CorruptCheckpointError(path, f"tensor {name!r} has a negative dimension {shape}")
-    if not 0 <= begin <= end <= data_size:
-        raise CorruptCheckpointError(
-            path,
-            f"data offsets [{begin}, {end}] of tensor {name!r} lie outside the file's "
-            f"{data_size}-byte data section",
+    data_start, entries = parse_safetensors_header(path)
+    return [
+        TensorRef(
+            name=prefix + e.name,
+            source_name=prefix + e.name,
+            dtype_code=e.dtype_code,
+            shape=e.shape,
+            path=path,
+            offset=data_start + e.begin,
+            nbytes=e.end - e.begin,
         )
-    dtype = SAFETENSORS_DTYPES.get(dtype_code)
-    if dtype is not None:
-        expected = math.prod(shape) * dtype.itemsize
-        if expected != end - begin:
-            raise CorruptCheckpointError(
-                path,
-                f"tensor {name!r} of shape {list(shape)} and dtype {dtype_code} needs "
-                f"{expected} bytes but its data range holds {end - begin}",
-            )
-    return TensorRef(
-        name=prefix + name,
-        source_name=prefix + name,
-        dtype_code=dtype_code,
-        shape=shape,
-        path=path,
-        offset=data_start + begin,
-        nbytes=end - begin,
-    )
+        for e in entries
+    ]
 
 
 def open_checkpoint(source: str | os.PathLike[str], *, revision: str | None = None) -> Checkpoint:

@@ -1,4 +1,5 @@
-"""Parse a safetensors header by hand, accepting exactly what the safetensors library accepts.
+"""Parse safetensors headers by hand, accepting exactly what the safetensors library accepts, and
+read shard indexes with the same strict JSON.
 
 The rules are those of ``SafeTensors::read_metadata`` in safetensors 0.8 (``safetensors/src/tensor.rs``,
 parsed there by serde_json), checked against the installed library in ``tests/test_hostile_headers.py``:
@@ -23,6 +24,10 @@ streamconv refuses two things the library lets through:
   in bytes overflows ``int64``): possible only next to a zero dimension, and refused by
   ``safetensors.numpy.load_file`` too, when it builds the array; streamconv's output stores shapes
   as ``int64``.
+
+A shard index is strict JSON too; its ``weight_map`` must be an object of string to string, and
+each shard must be a plain relative path (no ``..``, not absolute) whose resolved target stays in
+the checkpoint folder (see :func:`shard_path` for symlinks and the Hugging Face cache).
 """
 
 from __future__ import annotations
@@ -35,14 +40,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamconv.errors import CorruptCheckpointError
+from streamconv.errors import CorruptCheckpointError, ShardIndexError
 
 __all__ = [
-    "MAX_HEADER_BYTES",
     "DTYPE_BITS",
+    "MAX_HEADER_BYTES",
     "HeaderEntry",
     "JSONRefused",
+    "is_file",
     "parse_safetensors_header",
+    "read_weight_map",
+    "shard_path",
     "strict_json_loads",
 ]
 
@@ -99,8 +107,8 @@ def _parse_int(text: str) -> int | float:
         value = int(text)
         if -(2**63) <= value < _U64:
             return value
-    value = float(text)  # float(), unlike int(), takes any number of digits
-    return _refuse(f"number {text[:30]}... is out of range") if math.isinf(value) else value
+    approx = float(text)  # float(), unlike int(), takes any number of digits
+    return _refuse(f"number {text[:30]}... is out of range") if math.isinf(approx) else approx
 
 
 def _parse_float(text: str) -> float:
@@ -305,3 +313,72 @@ def _check_size(path: Path, e: HeaderEntry) -> None:
         raise CorruptCheckpointError(
             path, f"{label} needs {bits // 8} bytes but its data range holds {e.end - e.begin}"
         )
+
+
+# --- shard indexes (model.safetensors.index.json) ---
+
+_JSON_TYPES = {int: "a number", float: "a number", bool: "a boolean", type(None): "null",
+               list: "an array", dict: "an object"}
+
+
+def read_weight_map(index_path: Path) -> dict[str, str]:
+    """The index's weight_map: strict JSON (as for headers), an object of string to string."""
+    try:
+        index = strict_json_loads(index_path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ShardIndexError(index_path, f"cannot read the index ({exc.strerror or exc})") from exc
+    except (UnicodeDecodeError, JSONRefused) as exc:
+        raise ShardIndexError(index_path, f"index is not JSON ({exc})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise ShardIndexError(index_path, "index has no usable weight_map (an object of tensor name to shard file)")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise ShardIndexError(
+                index_path,
+                f"index has no usable weight_map: tensor {quote(name)} maps to "
+                f"{_JSON_TYPES.get(type(shard), 'a value')}, not to a shard file name",
+            )
+    return weight_map
+
+
+def shard_path(index_path: Path, shard: str) -> Path:
+    """The shard's path, refused unless it names a file inside the checkpoint folder.
+
+    A name from the index must be relative, without ``..``, NUL or backslash. Where it resolves to
+    (following symlinks) must lie inside the folder, or, for a Hugging Face cache snapshot
+    (``.../snapshots/<rev>``), inside that repository's ``blobs`` folder: the cache stores every
+    file as a symlink to ``../../blobs/<hash>``. So neither the index nor a symlink shipped with a
+    checkpoint (git and tar keep them) can make streamconv read a file from elsewhere.
+    """
+    parts = shard.split("/")
+    if not shard or shard.startswith("/") or ".." in parts or "\0" in shard or "\\" in shard:
+        raise ShardIndexError(
+            index_path,
+            f"shard name {quote(shard)} is not a plain relative path inside the checkpoint folder "
+            "(no '..', no absolute path)",
+        )
+    root = index_path.parent
+    path = root / shard
+    try:
+        target = path.resolve()
+        homes = [root.resolve()]
+        if root.parent.name == "snapshots":
+            homes.append((root.parent.parent / "blobs").resolve())
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long
+        raise ShardIndexError(index_path, f"cannot resolve shard {quote(shard)} ({quote(str(exc))})") from exc
+    if not any(target.is_relative_to(home) for home in homes):
+        raise ShardIndexError(
+            index_path,
+            f"shard {quote(shard)} resolves through a symlink to {quote(str(target))}, outside the "
+            "checkpoint folder; copy the file into the folder",
+        )
+    return path
+
+
+def is_file(path: Path) -> bool:
+    """``path.is_file()``, false (not an error) for a name the file system cannot hold."""
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system, say: there is no such shard
+        return False

@@ -31,9 +31,15 @@ from streamconv.errors import (
     SourceNotFoundError,
     UnsupportedDtypeError,
 )
-from streamconv.header import JSONRefused, parse_safetensors_header, quote, strict_json_loads
+from streamconv.header import (
+    is_file,
+    parse_safetensors_header,
+    quote,
+    read_weight_map,
+    shard_path,
+)
 
-__all__ = ["TensorRef", "Checkpoint", "open_checkpoint", "read_safetensors_header"]
+__all__ = ["Checkpoint", "TensorRef", "open_checkpoint", "read_safetensors_header"]
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -258,73 +264,11 @@ def _folder_weights(root: Path) -> tuple[list[Path], list[TensorRef]]:
     raise NoWeightsError(root, others)
 
 
-def _read_index(index_path: Path) -> dict[str, str]:
-    """The index's weight_map: strict JSON (as for headers), an object of string to string."""
-    try:
-        index = strict_json_loads(index_path.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise ShardIndexError(index_path, f"cannot read the index ({exc.strerror or exc})") from exc
-    except (UnicodeDecodeError, JSONRefused) as exc:
-        raise ShardIndexError(index_path, f"index is not JSON ({exc})") from None
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict):
-        raise ShardIndexError(index_path, "index has no usable weight_map (an object of tensor name to shard file)")
-    for name, shard in weight_map.items():
-        if not isinstance(shard, str):
-            raise ShardIndexError(
-                index_path,
-                f"index has no usable weight_map: tensor {quote(name)} maps to a "
-                f"{type(shard).__name__}, not a shard file name",
-            )
-    return weight_map
-
-
-def _shard_path(index_path: Path, shard: str) -> Path:
-    """The shard's path, refused unless it names a file inside the checkpoint folder.
-
-    A name from the index must be relative, without ``..``, NUL or backslash. Where it resolves to
-    (following symlinks) must lie inside the folder, or, for a Hugging Face cache snapshot
-    (``.../snapshots/<rev>``), inside that repository's ``blobs`` folder: the cache stores every
-    file as a symlink to ``../../blobs/<hash>``. So neither the index nor a symlink shipped with a
-    checkpoint (git and tar keep them) can make streamconv read a file from elsewhere.
-    """
-    parts = shard.split("/")
-    if not shard or shard.startswith("/") or ".." in parts or "\0" in shard or "\\" in shard:
-        raise ShardIndexError(
-            index_path,
-            f"shard name {quote(shard)} is not a plain relative path inside the checkpoint folder "
-            "(no '..', no absolute path)",
-        )
-    root = index_path.parent
-    path = root / shard
-    try:
-        target = path.resolve()
-        homes = [root.resolve()]
-        if root.parent.name == "snapshots":
-            homes.append((root.parent.parent / "blobs").resolve())
-    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long
-        raise ShardIndexError(index_path, f"cannot resolve shard {quote(shard)} ({exc})") from exc
-    if not any(target.is_relative_to(home) for home in homes):
-        raise ShardIndexError(
-            index_path,
-            f"shard {quote(shard)} resolves through a symlink to {quote(str(target))}, outside the "
-            "checkpoint folder; copy the file into the folder",
-        )
-    return path
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except OSError:  # a name too long for the file system, say: there is no such shard
-        return False
-
-
 def _sharded_weights(index_path: Path) -> tuple[list[Path], list[TensorRef]]:
-    weight_map = _read_index(index_path)
+    weight_map = read_weight_map(index_path)
     shard_names = list(dict.fromkeys(weight_map.values()))
-    paths = {s: _shard_path(index_path, s) for s in shard_names}
-    missing_files = [s for s in shard_names if not _is_file(paths[s])]
+    paths = {s: shard_path(index_path, s) for s in shard_names}
+    missing_files = [s for s in shard_names if not is_file(paths[s])]
     problems = []
     if missing_files:
         problems.append(f"shard files missing: {_short_list(missing_files)}")

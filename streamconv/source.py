@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from streamconv.dtypes import CODES, by_code
+from streamconv.dtypes import CODES, DType, by_code
 from streamconv.errors import (
     CorruptCheckpointError,
     NoWeightsError,
@@ -32,13 +31,18 @@ from streamconv.errors import (
     SourceNotFoundError,
     UnsupportedDtypeError,
 )
+from streamconv.header import (
+    is_file,
+    parse_safetensors_header,
+    quote,
+    read_weight_map,
+    shard_path,
+)
 
-__all__ = ["TensorRef", "Checkpoint", "open_checkpoint", "read_safetensors_header"]
+__all__ = ["Checkpoint", "TensorRef", "open_checkpoint", "read_safetensors_header"]
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-# A header larger than this is not a real safetensors header (the format caps it at 100 MB).
-MAX_HEADER_BYTES = 100_000_000
 # Files fetched from the hub: weights, configs, tokenizer and processor files, sentence-transformers
 # module folders. Never the pickled or framework-specific weights.
 HUB_ALLOW_PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.model", "*/*.safetensors", "*/*.json"]
@@ -68,8 +72,8 @@ class TensorRef:
     nbytes: int
 
     @property
-    def dtype(self) -> np.dtype:
-        """The tensor's numpy dtype.
+    def stored_type(self) -> DType:
+        """The tensor's row of the dtype table.
 
         Raises:
             UnsupportedDtypeError: for safetensors dtypes streamconv does not store (F8, U32...).
@@ -77,15 +81,17 @@ class TensorRef:
         row = by_code(self.dtype_code)
         if row is None:
             raise UnsupportedDtypeError(self.path, {self.source_name: self.dtype_code}, list(CODES))
-        return row.numpy
+        return row
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The tensor's numpy dtype (see :attr:`stored_type`)."""
+        return self.stored_type.numpy
 
     @property
     def dtype_name(self) -> str:
         """The dtype as written in the Parquet ``dtype`` column (``float32``, ``bfloat16``...)."""
-        row = by_code(self.dtype_code)
-        if row is None:
-            raise UnsupportedDtypeError(self.path, {self.source_name: self.dtype_code}, list(CODES))
-        return row.name
+        return self.stored_type.name
 
     @property
     def numel(self) -> int:
@@ -162,9 +168,10 @@ class Checkpoint:
 def read_safetensors_header(path: Path, prefix: str = "") -> list[TensorRef]:
     """Parse one safetensors file's header and check it against the file's size.
 
-    Every tensor's byte range must lie inside the file and match its shape and dtype; dtypes
-    streamconv cannot store are accepted here and rejected when such a tensor is converted, so that
-    ``--exclude`` can drop them.
+    The header must be one the safetensors library accepts (see :mod:`streamconv.header`): every
+    tensor's byte range lies inside the file and matches its shape and dtype, the ranges tile the
+    data exactly. Dtypes streamconv cannot store are accepted here and rejected when such a tensor
+    is converted, so that ``--exclude`` can drop them.
 
     Args:
         path: The ``.safetensors`` file.
@@ -176,72 +183,19 @@ def read_safetensors_header(path: Path, prefix: str = "") -> list[TensorRef]:
     Raises:
         CorruptCheckpointError: for an empty, truncated or inconsistent file.
     """
-    size = path.stat().st_size
-    if size < 8:
-        what = "file is empty" if size == 0 else f"file is only {size} bytes"
-        raise CorruptCheckpointError(path, f"{what}, too short for a safetensors header")
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
-            raise CorruptCheckpointError(
-                path, f"header length {header_len} runs past the end of the file ({size} bytes)"
-            )
-        raw = f.read(header_len)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptCheckpointError(path, f"header is not JSON ({exc})") from exc
-    if not isinstance(header, dict):
-        raise CorruptCheckpointError(path, "header is not a JSON object")
-
-    data_start = 8 + header_len
-    data_size = size - data_start
-    refs = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        refs.append(_parse_entry(path, name, entry, data_start, data_size, prefix))
-    refs.sort(key=lambda r: r.offset)
-    return refs
-
-
-def _parse_entry(
-    path: Path, name: str, entry: Any, data_start: int, data_size: int, prefix: str
-) -> TensorRef:
-    try:
-        dtype_code = entry["dtype"]
-        shape = tuple(int(d) for d in entry["shape"])
-        begin, end = (int(x) for x in entry["data_offsets"])
-    except (TypeError, KeyError, ValueError) as exc:
-        raise CorruptCheckpointError(
-            path, f"header entry for tensor {name!r} is malformed ({exc!r})"
-        ) from exc
-    if any(d < 0 for d in shape):
-        raise CorruptCheckpointError(path, f"tensor {name!r} has a negative dimension {shape}")
-    if not 0 <= begin <= end <= data_size:
-        raise CorruptCheckpointError(
-            path,
-            f"data offsets [{begin}, {end}] of tensor {name!r} lie outside the file's "
-            f"{data_size}-byte data section",
+    data_start, entries = parse_safetensors_header(path)
+    return [
+        TensorRef(
+            name=prefix + e.name,
+            source_name=prefix + e.name,
+            dtype_code=e.dtype_code,
+            shape=e.shape,
+            path=path,
+            offset=data_start + e.begin,
+            nbytes=e.end - e.begin,
         )
-    dtype = by_code(dtype_code)
-    if dtype is not None:
-        expected = math.prod(shape) * dtype.itemsize
-        if expected != end - begin:
-            raise CorruptCheckpointError(
-                path,
-                f"tensor {name!r} of shape {list(shape)} and dtype {dtype_code} needs "
-                f"{expected} bytes but its data range holds {end - begin}",
-            )
-    return TensorRef(
-        name=prefix + name,
-        source_name=prefix + name,
-        dtype_code=dtype_code,
-        shape=shape,
-        path=path,
-        offset=data_start + begin,
-        nbytes=end - begin,
-    )
+        for e in entries
+    ]
 
 
 def open_checkpoint(source: str | os.PathLike[str], *, revision: str | None = None) -> Checkpoint:
@@ -314,19 +268,10 @@ def _folder_weights(root: Path) -> tuple[list[Path], list[TensorRef]]:
 
 
 def _sharded_weights(index_path: Path) -> tuple[list[Path], list[TensorRef]]:
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        weight_map: dict[str, str] = index["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError("weight_map is not an object")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ShardIndexError(index_path, f"index is not JSON ({exc})") from exc
-    except (KeyError, TypeError) as exc:
-        raise ShardIndexError(index_path, f"index has no usable weight_map ({exc})") from exc
-
-    root = index_path.parent
+    weight_map = read_weight_map(index_path)
     shard_names = list(dict.fromkeys(weight_map.values()))
-    missing_files = [s for s in shard_names if not (root / s).is_file()]
+    paths = {s: shard_path(index_path, s) for s in shard_names}
+    missing_files = [s for s in shard_names if not is_file(paths[s])]
     problems = []
     if missing_files:
         problems.append(f"shard files missing: {_short_list(missing_files)}")
@@ -336,7 +281,7 @@ def _sharded_weights(index_path: Path) -> tuple[list[Path], list[TensorRef]]:
     for shard in shard_names:
         if shard in missing_files:
             continue
-        for ref in read_safetensors_header(root / shard):
+        for ref in read_safetensors_header(paths[shard]):
             if ref.source_name in where:
                 duplicated.append(f"{ref.source_name} ({where[ref.source_name]} and {shard})")
                 continue
@@ -362,11 +307,12 @@ def _sharded_weights(index_path: Path) -> tuple[list[Path], list[TensorRef]]:
         problems.append(f"tensors in another shard than listed: {_short_list(misplaced)}")
     if problems:
         raise ShardIndexError(index_path, "; ".join(problems))
-    return [root / s for s in shard_names], tensors
+    return [paths[s] for s in shard_names], tensors
 
 
 def _short_list(items: list[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
+    # Names come from the files: a newline or control character in one must not break the line.
+    shown = ", ".join(i if i.isprintable() else quote(i) for i in items[:limit])
     return f"{shown} and {len(items) - limit} more" if len(items) > limit else shown
 
 

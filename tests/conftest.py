@@ -10,18 +10,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-CODES = {
-    np.dtype("<f8"): "F64",
-    np.dtype("<f4"): "F32",
-    np.dtype("<f2"): "F16",
-    np.dtype(ml_dtypes.bfloat16): "BF16",
-    np.dtype("<i8"): "I64",
-    np.dtype("<i4"): "I32",
-    np.dtype("<i2"): "I16",
-    np.dtype("i1"): "I8",
-    np.dtype("u1"): "U8",
-    np.dtype("?"): "BOOL",
-}
+from streamconv.dtypes import DTYPES
+
+#: numpy dtype -> safetensors code, from the package's one dtype table.
+CODES = {row.numpy: row.code for row in DTYPES}
 
 
 def write_raw_safetensors(path: Path, header: dict, data: bytes, header_len: int | None = None) -> Path:

@@ -9,12 +9,14 @@ Three ways in:
   :func:`open_checkpoint`, written with :class:`WeightsWriter`.
 
 Read the result back with :func:`load`, :func:`iter_tensors` (records with names, dtypes and
-arrays), :func:`load_tensor` or :func:`describe`.
+arrays), :func:`load_tensor` or :func:`describe`; write it back as a Hugging Face checkpoint with
+:func:`export`.
 """
 
 from streamconv._version import __version__
 from streamconv.convert import ModelConverter, convert
 from streamconv.errors import StreamconvError
+from streamconv.export import ExportResult, export
 from streamconv.options import ConvertOptions
 from streamconv.reader import TensorInfo, TensorRecord, describe, iter_tensors, load, load_tensor, read_metadata
 from streamconv.result import ConversionResult
@@ -27,6 +29,7 @@ __all__ = [
     "Checkpoint",
     "ConversionResult",
     "ConvertOptions",
+    "ExportResult",
     "ModelConverter",
     "StreamconvError",
     "TensorChunk",
@@ -38,6 +41,7 @@ __all__ = [
     "chunk",
     "convert",
     "describe",
+    "export",
     "iter_tensors",
     "load",
     "load_tensor",

@@ -239,7 +239,7 @@ def _summary(result: Any, requested: str) -> str:
     )
     verb = "estimated" if result.dry_run else "written"
     lines.append(
-        f"  {_size(result.source_bytes)} -> {_size(result.output_bytes)} {verb} "
+        f"  {_mib(result.source_bytes)} -> {_mib(result.output_bytes)} {verb} "
         f"({result.ratio:.2f}x) in {result.seconds:.2f} s"
     )
     if result.dry_run:
@@ -255,6 +255,11 @@ def _codec_label(compression: Any, level: Any) -> str:
     if isinstance(compression, dict):  # format 1: {"codec": ..., "level": ...}
         compression, level = compression.get("codec"), compression.get("level")
     return f"zstd-{level}" if compression == "zstd" else "none"
+
+
+def _mib(n: float) -> str:
+    """Bytes in MiB, the unit of the convert progress bar (bytes scaled by 1024)."""
+    return f"{n / 1024**2:,.2f} MiB"
 
 
 def _size(n: float) -> str:

@@ -181,8 +181,8 @@ def _progress_bar(total: int, options: ConvertOptions) -> Any:
         from tqdm.auto import tqdm
 
         tqdm_class = tqdm
-    # "iB" with the 1024 divisor reads KiB, MiB...: the units of the summary.
-    return tqdm_class(total=total, unit="iB", unit_scale=True, unit_divisor=1024, desc="converting")
+    # Bytes scaled by 1024: the bar counts in MiB, as the summary does (cli._summary).
+    return tqdm_class(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="converting")
 
 
 def _estimate(result: ConversionResult, refs: tuple[TensorRef, ...], options: ConvertOptions) -> None:

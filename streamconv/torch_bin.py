@@ -65,7 +65,7 @@ def load_state_dict(path: Path) -> dict[str, Any]:
         else:
             problem = "not a zip-format torch checkpoint"
         raise CorruptCheckpointError(
-            path, f"{problem}; re-save it with `model.save_pretrained(dir)` (safetensors) or a current torch.save"
+            path, f"{problem}; re-save it with `model.save_pretrained(dir, safe_serialization=True)`"
         )
     torch = _torch()
     import pickle

@@ -8,7 +8,8 @@ Three ways in:
 - the generator stages :func:`select`, :func:`rename`, :func:`chunk`, :func:`cast` over
   :func:`open_checkpoint`, written with :class:`WeightsWriter`.
 Read the result back with :func:`load`, :func:`iter_tensors` (records with names, dtypes and
-arrays), :func:`load_tensor` or :func:`describe`.
+arrays), :func:`load_tensor` or :func:`describe`; write it back as a Hugging Face checkpoint with
+:func:`export`.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ _LAZY = {
     "ConvertOptions": "streamconv.options",
     "ModelConverter": "streamconv.convert",
     "convert": "streamconv.convert",
+    "export": "streamconv.export",
+    "ExportResult": "streamconv.export",
     "StreamconvError": "streamconv.errors",
-    "TensorInfo": "streamconv.reader",
-    "TensorRecord": "streamconv.reader",
+    "TensorInfo": "streamconv.records",
+    "TensorRecord": "streamconv.records",
     "describe": "streamconv.reader",
     "iter_tensors": "streamconv.reader",
     "load": "streamconv.reader",
@@ -51,6 +54,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from streamconv.convert import ModelConverter, convert
     from streamconv.errors import StreamconvError
+    from streamconv.export import ExportResult, export
     from streamconv.options import ConvertOptions
     from streamconv.reader import TensorInfo, TensorRecord, describe, iter_tensors, load, load_tensor, read_metadata
     from streamconv.result import ConversionResult
@@ -72,22 +76,22 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
 
 
+#: Public functions named like the submodule that defines them (``streamconv.convert`` is both).
+_SHADOWED_MODULES = frozenset({"convert", "export", "validate"})
+
+
 class _Package(types.ModuleType):
-    """Keeps ``streamconv.convert`` the function once the submodule of that name is imported.
+    """Keeps ``streamconv.convert`` (and ``export``, ``validate``) the functions once their submodules load.
 
     The import system binds a submodule on its package (``streamconv.convert = <module>``); the
-    eager ``from streamconv.convert import convert`` used to overwrite that, the lazy one cannot.
+    eager ``from streamconv.convert import convert`` used to overwrite that, the lazy one cannot,
+    so the binding is ignored here (the module stays in ``sys.modules``).
     """
 
-    @property
-    def convert(self) -> Any:
-        override = self.__dict__.get("_convert_override")
-        return override if override is not None else importlib.import_module("streamconv.convert").convert
-
-    @convert.setter
-    def convert(self, value: Any) -> None:
-        if not isinstance(value, types.ModuleType):  # the submodule binding is ignored
-            self.__dict__["_convert_override"] = value
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED_MODULES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
 
 
 sys.modules[__name__].__class__ = _Package
@@ -97,6 +101,7 @@ __all__ = [
     "Checkpoint",
     "ConversionResult",
     "ConvertOptions",
+    "ExportResult",
     "ModelConverter",
     "StreamconvError",
     "TensorChunk",
@@ -108,6 +113,7 @@ __all__ = [
     "chunk",
     "convert",
     "describe",
+    "export",
     "iter_tensors",
     "load",
     "load_tensor",

@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="drop tensors whose source name matches (repeatable)")
     conv.add_argument("--chunk-size", type=parse_size, metavar="SIZE",
                       help="largest chunk (one Parquet row), e.g. 4MiB (default 2MiB)")
+    conv.add_argument("--max-file-size", type=parse_size, metavar="SIZE",
+                      help="split the weights into files of at most SIZE, e.g. 2GiB (default: one file)")
     conv.add_argument("--revision", help="hub branch, tag or commit (hub sources)")
     conv.add_argument("--workers", type=int, help=f"compression threads (default {_default('workers')})")
     conv.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
@@ -107,6 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     insp = commands.add_parser("inspect", parents=[common], help="show a converted output's tensors and metadata")
     insp.add_argument("output", metavar="OUTPUT", help="a folder written by `streamconv convert`")
     insp.add_argument("--json", action="store_true", help="print as JSON")
+    insp.add_argument("--source-names", action="store_true", help="list tensors under their source checkpoint names")
+
+    exp = commands.add_parser(
+        "export", parents=[common], help="write a converted output back as a Hugging Face safetensors checkpoint",
+        description="Write OUTPUT as a checkpoint folder that Hugging Face libraries load: "
+        "safetensors under the source names, sharded when needed, with config.json and every asset.",
+    )
+    exp.add_argument("output", metavar="OUTPUT", help="a folder written by `streamconv convert`")
+    exp.add_argument("--to", required=True, metavar="DIR", help="checkpoint folder to create")
+    exp.add_argument("--dtype", choices=("keep", "float16", "float32"), default="keep",
+                     help="dtype of float tensors (default keep: the stored dtypes)")
+    exp.add_argument("--max-shard-size", type=parse_size, metavar="SIZE",
+                     help="shard model.safetensors beyond SIZE (default 5GiB)")
+    exp.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    exp.add_argument("--json", action="store_true", help="print the result as JSON")
 
     val = commands.add_parser(
         "validate",
@@ -142,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command is None:
                 parser.print_help()
                 return 2
-            handlers = {"convert": _convert, "inspect": _inspect, "validate": _validate, "types": _types}
+            handlers = {"convert": _convert, "inspect": _inspect, "validate": _validate, "types": _types,
+                        "export": _export}
             return handlers[args.command](args)
     except BrokenPipeError:  # `streamconv inspect OUT | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -161,8 +179,8 @@ def _import_command(command: str | None) -> None:
     """Import the modules ``command`` needs now, while interrupts are held."""
     import importlib
 
-    module = {"convert": "streamconv.convert", "inspect": "streamconv.reader",
-              "validate": "streamconv.validate", "types": "streamconv.plans"}.get(command or "")
+    module = {"convert": "streamconv.convert", "inspect": "streamconv.reader", "validate": "streamconv.validate",
+              "types": "streamconv.plans", "export": "streamconv.export"}.get(command or "")
     if module:
         importlib.import_module(module)
 
@@ -246,7 +264,7 @@ def _summary(result: Any, requested: str) -> str:
     )
     verb = "estimated" if result.dry_run else "written"
     lines.append(
-        f"  {_size(result.source_bytes)} -> {_size(result.output_bytes)} {verb} "
+        f"  {_mib(result.source_bytes)} -> {_mib(result.output_bytes)} {verb} "
         f"({result.ratio:.2f}x) in {result.seconds:.2f} s"
     )
     if result.dry_run:
@@ -264,6 +282,11 @@ def _codec_label(compression: Any, level: Any) -> str:
     return f"zstd-{level}" if compression == "zstd" else "none"
 
 
+def _mib(n: float) -> str:
+    """Bytes in MiB, the unit of the convert progress bar (bytes scaled by 1024)."""
+    return f"{n / 1024**2:,.2f} MiB"
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
@@ -273,6 +296,8 @@ def _size(n: float) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from streamconv.plans import FALLBACK, get_plan
+    """Header (source, model type, parts, pooling), assets, then the tensors in natural order."""
     from streamconv.reader import describe, read_metadata, weights_path
 
     weights = weights_path(args.output)
@@ -282,25 +307,34 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps({"metadata": metadata, "tensors": [t.to_dict() for t in tensors]}, indent=2))
         return 0
     stored = sum(t.stored_bytes for t in tensors)
+    source = metadata.get("source") if isinstance(metadata.get("source"), dict) else {}
     print(f"{weights}")
+    print(f"  source {_printable(str(source.get('id', '?')))}"
+          + (f" @ {source['revision']}" if source.get("revision") else ""))
     print(
         f"  format {metadata.get('format_version')}, model type {metadata.get('model_type')}, "
+        f"parts {','.join(metadata.get('parts') or []) or '-'}, "
         f"dtype {metadata.get('dtype')}, compression {_codec_label(metadata.get('compression'), metadata.get('level'))}"
     )
+    for line in get_plan(str(metadata.get("model_type", FALLBACK)))().describe(metadata):
+        print(f"  {line}")
+    files = metadata.get("files") or []
     print(
         f"  {len(tensors)} tensors, {metadata.get('parameter_count', 0):,} parameters, "
         f"{_size(metadata.get('source_bytes', 0))} -> {_size(metadata.get('output_bytes', 0))} "
-        f"({metadata.get('ratio', 0):.2f}x)"
+        f"({metadata.get('ratio', 0):.2f}x)" + (f" in {len(files)} files" if len(files) > 1 else "")
     )
     for warning in metadata.get("warnings", []):
         print(f"  warning: {_printable(str(warning), 400)}")
     for asset in metadata.get("assets", []):
         print(f"  asset {_printable(str(asset.get('path')))} ({_size(asset.get('bytes', 0))}, "
               f"sha256 {str(asset.get('sha256'))[:12]}...)")
-    names = [_printable(t.name) for t in tensors]
-    width = max((len(n) for n in names), default=4)
-    print(f"\n  {'name':<{width}}  {'shape':>16}  {'dtype':<8}  {'chunks':>6}  {'stored':>10}")
-    for name, t in zip(names, tensors, strict=True):
+    label = "source name" if args.source_names else "name"
+    rows = sorted(((_printable(t.source_name if args.source_names else t.name), t) for t in tensors),
+                  key=lambda row: _natural_key(row[0]))
+    width = max((len(n) for n, _ in rows), default=len(label))
+    print(f"\n  {label:<{width}}  {'shape':>16}  {'dtype':<8}  {'chunks':>6}  {'stored':>10}")
+    for name, t in rows:
         shape = "x".join(map(str, t.shape)) or "scalar"
         print(f"  {name:<{width}}  {shape:>16}  {t.dtype:<8}  {t.chunk_count:>6}  {_size(t.stored_bytes):>10}")
     print(f"\n  data column: {_size(stored)}")
@@ -314,6 +348,26 @@ def _printable(text: str, limit: int = MAX_NAME_WIDTH) -> str:
         return safe
     keep = (limit - 3) // 2
     return f"{safe[:keep]}...{safe[-keep:]}"
+
+
+def _export(args: argparse.Namespace) -> int:
+    from streamconv.export import export
+
+    result = export(args.output, args.to, dtype=args.dtype, max_shard_size=args.max_shard_size, force=args.force)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    total = sum(f["bytes"] for f in result.files)
+    print(f"exported {result.output} -> {result.target}")
+    print(f"  {result.tensor_count} tensors, {len(result.files)} files, {_size(total)}, dtype {result.dtype}, "
+          f"in {result.seconds:.2f} s")
+    print("".join(f"  warning: {w}\n" for w in result.warnings), end="")
+    return 0
+
+
+def _natural_key(name: str) -> list[Any]:
+    """``layer.2`` before ``layer.10``: digit runs compare as numbers."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
 
 
 def _validate(args: argparse.Namespace) -> int:

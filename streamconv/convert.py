@@ -16,6 +16,7 @@ from streamconv.options import ConvertOptions
 from streamconv.output import check_output, clean_leftovers, staged_output
 from streamconv.plans import FALLBACK, ModelInfo, Plan, Resolution, choose_plan
 from streamconv.result import ConversionResult
+from streamconv.split import SplitWeightsWriter
 from streamconv.source import Checkpoint, TensorRef, open_checkpoint
 from streamconv.stages import TensorChunk, cast, chunk
 from streamconv.writer import WeightsWriter, WriteSummary, row_group_bytes_for
@@ -84,8 +85,7 @@ def convert(
         expected = sum(r.numel * _planned_dtype(r, options.dtype).itemsize for r in resolution.refs)  # for a full disk
         with staged_output(output, options.force, expected_bytes=expected) as staging:
             _write_assets(result, checkpoint, plan, staging, options.strict)
-            _write_weights(result, resolution.refs, staging / WEIGHTS_FILENAME, options)
-            result.files = [file_record(staging / WEIGHTS_FILENAME, staging)]
+            _write_weights(result, resolution.refs, staging, options)
             result.seconds = round(time.perf_counter() - started, 3)
             # The checkpoint's weight files, and any other file the plan read (sentence-transformers Dense).
             source_files = list(dict.fromkeys([*checkpoint.weight_files, *(r.path for r in resolution.refs)]))
@@ -123,25 +123,25 @@ def _write_assets(result: ConversionResult, checkpoint: Checkpoint, plan: Plan, 
     result.warnings.extend(warnings)
 
 
-def _write_weights(result: ConversionResult, refs: tuple[TensorRef, ...], path: Path, options: ConvertOptions) -> None:
-    """Write the weights file; only this step starts again when a late chunk overflows the dtype."""
+def _write_weights(result: ConversionResult, refs: tuple[TensorRef, ...], folder: Path, options: ConvertOptions) -> None:
+    """Write the weights file(s); only this step starts again when a late chunk overflows the dtype."""
     bar = _progress_bar(result.source_bytes, options)
     warnings = list(result.warnings)
     try:
         try:
-            summary = _write_once(result, refs, path, options, bar, prescan=False)
+            summary = _write_once(result, refs, folder, options, bar, prescan=False)
         except CastOverflowError:
             # A tensor of several chunks does not fit the target dtype and some of its chunks are
             # written already: write the file again, scanning such tensors before casting (rare).
             result.warnings = list(warnings)
             if bar is not None:
                 bar.reset()
-            summary = _write_once(result, refs, path, options, bar, prescan=True)
+            summary = _write_once(result, refs, folder, options, bar, prescan=True)
     finally:
         if bar is not None:
             bar.close()
     result.chunk_count = summary.chunk_count
-    result.output_bytes = path.stat().st_size
+    result.output_bytes = sum(f["bytes"] for f in result.files)
     result.ratio = round(result.source_bytes / result.output_bytes, 4) if result.output_bytes else 0.0
     stored: dict[str, int] = {}
     for name in summary.stored_dtypes.values():
@@ -150,7 +150,7 @@ def _write_weights(result: ConversionResult, refs: tuple[TensorRef, ...], path: 
 
 
 def _write_once(
-    result: ConversionResult, refs: tuple[TensorRef, ...], path: Path, options: ConvertOptions, bar: Any, prescan: bool
+    result: ConversionResult, refs: tuple[TensorRef, ...], folder: Path, options: ConvertOptions, bar: Any, prescan: bool
 ) -> WriteSummary:
     def on_written(piece: TensorChunk, note: str | None) -> None:
         if note:
@@ -158,15 +158,22 @@ def _write_once(
         if bar is not None:
             bar.update(piece.ref.dtype.itemsize * piece.element_count)
 
-    writer = WeightsWriter(
-        path,
+    writer_options: dict[str, Any] = dict(
         compression=options.compression,
         level=options.zstd_level,
         workers=options.workers,
         row_group_bytes=row_group_bytes_for(result.source_bytes),
     )
-    with writer:
-        return writer.write(cast(chunk(refs, options.chunk_size), options.dtype, prescan=prescan), on_written)
+    chunks = cast(chunk(refs, options.chunk_size), options.dtype, prescan=prescan)
+    if options.max_file_size is not None:
+        split = SplitWeightsWriter(folder, options.max_file_size, **writer_options)
+        summary = split.write(chunks, on_written)
+        result.files = [{k: f[k] for k in ("path", "bytes", "sha256")} for f in split.files]
+        return summary
+    with WeightsWriter(folder / WEIGHTS_FILENAME, **writer_options) as writer:
+        summary = writer.write(chunks, on_written)
+    result.files = [file_record(folder / WEIGHTS_FILENAME, folder)]
+    return summary
 
 
 def _progress_bar(total: int, options: ConvertOptions) -> Any:
@@ -177,6 +184,7 @@ def _progress_bar(total: int, options: ConvertOptions) -> Any:
         from tqdm.auto import tqdm
 
         tqdm_class = tqdm
+    # Bytes scaled by 1024: the bar counts in MiB, as the summary does (cli._summary).
     return tqdm_class(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="converting")
 
 

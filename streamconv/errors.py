@@ -18,6 +18,7 @@ __all__ = [
     "NoWeightsError",
     "CorruptCheckpointError",
     "ShardIndexError",
+    "UnsafeCheckpointError",
     "UnsupportedDtypeError",
     "OutputExistsError",
     "OutputNotWritableError",
@@ -79,6 +80,20 @@ class CorruptCheckpointError(StreamconvError, ValueError):
         self.problem = problem
         super().__init__(
             f"{path}: {problem}; the file is damaged or not safetensors: re-download or re-save it"
+        )
+
+
+class UnsafeCheckpointError(StreamconvError, ValueError):
+    """A pickled (``.bin``) checkpoint would build objects other than tensors; it was never run."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(
+            f"{path}: refused: the pickle would run code or build objects that are not tensors ({problem}); "
+            "it was not executed: convert only checkpoints you trust, saved as safetensors if possible"
         )
 
 

@@ -45,6 +45,9 @@ class ConvertOptions:
         include: Glob patterns over source tensor names; keep only tensors matching one.
         exclude: Glob patterns over source tensor names; drop tensors matching one.
         chunk_size: Largest chunk (one Parquet row), in source bytes.
+        max_file_size: Split the weights into files of at most this many bytes
+            (``weights-00001-of-0000N.parquet`` + ``weights.parquet.index.json``); ``None``: one file.
+            At least ``chunk_size``: a chunk never spans two files.
         workers: Threads that read, cast and compress chunks.
         revision: Hub branch, tag or commit, for hub sources.
         force: Replace the output if it exists.
@@ -65,6 +68,7 @@ class ConvertOptions:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    max_file_size: int | None = None
     workers: int = DEFAULT_WORKERS
     revision: str | None = None
     force: bool = False
@@ -112,7 +116,7 @@ def _check_types(options: ConvertOptions) -> None:
         "model_type": (str,), "dtype": (str,), "compression": (str,), "chunk_size": (int,),
         "workers": (int,), "force": (bool,), "dry_run": (bool,), "strict": (bool,), "progress": (bool,),
     }
-    optional = {"level": (int,), "revision": (str,)}
+    optional = {"level": (int,), "revision": (str,), "max_file_size": (int,)}
     for name, types in {**expected, **optional}.items():
         value = getattr(options, name)
         if value is None and name in optional:
@@ -155,6 +159,14 @@ def _check_values(options: ConvertOptions) -> None:
         )
     if options.chunk_size < 1:
         raise InvalidOptionError("{chunk_size=} must be at least 1 byte", "chunk_size", chunk_size=options.chunk_size)
+    if options.max_file_size is not None and options.max_file_size < options.chunk_size:
+        raise InvalidOptionError(
+            "{max_file_size=} is smaller than one chunk ({chunk_size=}); a chunk never spans two files: "
+            "give a larger {max_file_size}, or a smaller {chunk_size}",
+            "max_file_size",
+            max_file_size=options.max_file_size,
+            chunk_size=options.chunk_size,
+        )
     if not 1 <= options.workers <= MAX_WORKERS:
         raise InvalidOptionError(
             f"{{workers=}} must be between 1 and {MAX_WORKERS}", "workers", workers=options.workers

@@ -8,13 +8,14 @@ checksum (format 2), and written straight into the tensor's final array.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +25,8 @@ from streamconv import codec
 from streamconv.constants import DEFAULT_WORKERS, FORMAT_VERSION, METADATA_FILENAME, WEIGHTS_FILENAME
 from streamconv.dtypes import DType, by_name
 from streamconv.errors import FormatError, NotConvertedError, TensorNotFoundError
+from streamconv.records import NameKind, TensorInfo, TensorRecord
+from streamconv.split import INDEX_FILENAME, read_index
 from streamconv.writer import checksum
 
 __all__ = [
@@ -37,66 +40,23 @@ __all__ = [
     "weights_path",
 ]
 
-#: Which name keys :func:`load` and labels records: the stored name or the source checkpoint's.
-NameKind = Literal["stored", "source"]
+#: What the next row of the table of contents must be: (name, chunk index, element offset), or None.
+_Expected = tuple[str, int, int] | None
 _META_COLUMNS = ["name", "source_name", "dtype", "source_dtype", "shape", "chunk_index", "chunk_count",
                  "element_offset", "element_count"]
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """One stored tensor, as the file's metadata columns describe it (nothing decoded).
-
-    Attributes:
-        name: The stored name.
-        source_name: The tensor's name in the source checkpoint.
-        dtype: The stored dtype (``float16``...).
-        source_dtype: The source checkpoint's dtype.
-        shape: The tensor's shape.
-        chunk_count: Rows (chunks) holding it.
-        stored_bytes: Bytes of its ``data`` values (compressed size).
-        file: The weights file holding it.
-    """
-
-    name: str
-    source_name: str
-    dtype: str
-    source_dtype: str
-    shape: tuple[int, ...]
-    chunk_count: int
-    stored_bytes: int
-    file: Path = field(repr=False)
-
-    @property
-    def numel(self) -> int:
-        """Number of elements."""
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (for ``inspect --json``)."""
-        return {
-            "name": self.name, "source_name": self.source_name, "shape": list(self.shape),
-            "dtype": self.dtype, "source_dtype": self.source_dtype, "chunks": self.chunk_count,
-            "stored_bytes": self.stored_bytes,
-        }
-
-
-@dataclass(frozen=True)
-class TensorRecord(TensorInfo):
-    """A stored tensor with its data: :class:`TensorInfo` plus ``array``, in the stored dtype and shape."""
-
-    array: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
-
-
 def weights_path(path: str | os.PathLike[str]) -> Path:
-    """The weights file of a converted output: ``path`` itself, or ``path/weights.parquet``.
+    """The weights of a converted output: ``path`` itself, ``path/weights.parquet``, or for a split
+    output ``path/weights.parquet.index.json`` (which :class:`WeightsFile` reads with its files).
 
     Raises:
         NotConvertedError: no weights file there.
     """
     path = Path(path)
     if path.is_dir():
-        path = path / WEIGHTS_FILENAME
+        path = path / WEIGHTS_FILENAME if (path / WEIGHTS_FILENAME).is_file() or not (path / INDEX_FILENAME).is_file() \
+            else path / INDEX_FILENAME
     if not path.is_file():
         raise NotConvertedError(path, "converted weights")
     return path
@@ -132,7 +92,7 @@ class _Entry:
     shape: tuple[int, ...]
     file: Path
     stored_bytes: int = 0
-    groups: list[int] = field(default_factory=list)
+    groups: list[tuple[int, int]] = field(default_factory=list)  # (file index, row group)
 
     @property
     def info(self) -> TensorInfo:
@@ -141,11 +101,12 @@ class _Entry:
                           row["chunk_count"], self.stored_bytes, self.file)
 
 
-class WeightsFile:
-    """One open weights file: its format version, codec and checked table of contents."""
+class _WeightsPart:
+    """One open Parquet weights file: its format version, codec and checked table of contents."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = weights_path(path)
+    def __init__(self, path: Path, index: int, entries: dict[str, _Entry], expected: _Expected) -> None:
+        self.path, self.index, self.entries = path, index, entries
+        self.started: list[str] = []  # tensors whose chunk 0 is in this file
         try:
             self.parquet = pq.ParquetFile(self.path)
             meta = self.parquet.schema_arrow.metadata or {}
@@ -165,7 +126,7 @@ class WeightsFile:
         if self.compression not in ("zstd", "none"):
             raise FormatError(self.path, f"unknown compression {self.compression!r}")
         self.has_checksums = self.version >= 2
-        self.entries = self._table_of_contents()
+        self.expected = self._table_of_contents(expected)
 
     def _read(self, group: int, columns: Sequence[str]) -> pa.Table:
         try:
@@ -173,8 +134,11 @@ class WeightsFile:
         except (pa.ArrowException, OSError) as exc:
             raise FormatError(self.path, f"row group {group} is damaged ({exc})") from exc
 
-    def _table_of_contents(self) -> dict[str, _Entry]:
-        # One read of the metadata columns of every row group; the data column is never touched.
+    def _table_of_contents(self, expected: _Expected) -> _Expected:
+        """Add this file's rows to the entries; returns what the next row (next file) must be.
+
+        One read of the metadata columns of every row group; the data column is never touched.
+        """
         sizes = ["data_bytes"] if self.has_checksums else ["data"]
         try:
             table = self.parquet.read(columns=[*_META_COLUMNS, *sizes])
@@ -190,13 +154,9 @@ class WeightsFile:
         group_of_row = [g for g in range(metadata.num_row_groups) for _ in range(metadata.row_group(g).num_rows)]
         if len(group_of_row) != len(rows):
             raise FormatError(self.path, "the row groups do not add up to the rows")
-        entries: dict[str, _Entry] = {}
-        expected: tuple[str, int, int] | None = None  # (name, next chunk index, next element offset)
         for row, nbytes, group in zip(rows, stored.to_pylist(), group_of_row, strict=True):
-            expected = self._check_row(entries, row, nbytes, group, expected)
-        if expected is not None:
-            self._finish(entries[expected[0]], expected)
-        return entries
+            expected = self._check_row(self.entries, row, nbytes, group, expected)
+        return expected
 
     def _check_row(
         self, entries: dict[str, _Entry], row: dict[str, Any], nbytes: int, group: int,
@@ -210,6 +170,7 @@ class WeightsFile:
             if name in entries:
                 raise FormatError(self.path, f"tensor {name!r} is stored twice")
             entries[name] = self._new_entry(row)
+            self.started.append(name)
             expected = (name, 0, 0)
         if expected is None or name != expected[0] or row["chunk_index"] != expected[1] \
                 or row["element_offset"] != expected[2]:
@@ -217,8 +178,8 @@ class WeightsFile:
         entry = entries[name]
         if row["chunk_count"] != entry.row["chunk_count"] or row["element_count"] < 0:
             raise FormatError(self.path, f"tensor {name!r}: chunk {row['chunk_index']} disagrees with chunk 0")
-        if not entry.groups or entry.groups[-1] != group:
-            entry.groups.append(group)
+        if not entry.groups or entry.groups[-1] != (self.index, group):
+            entry.groups.append((self.index, group))
         entry.stored_bytes += nbytes
         return name, expected[1] + 1, expected[2] + row["element_count"]
 
@@ -240,21 +201,6 @@ class WeightsFile:
                 f"tensor {entry.row['name']!r}: {chunks} of {entry.row['chunk_count']} chunks holding {elements} "
                 f"elements, but its shape {list(entry.shape)} needs {_numel(entry.shape)}",
             )
-
-    def records(self, names: Sequence[str] | None = None, workers: int = DEFAULT_WORKERS) -> Iterator[TensorRecord]:
-        """Decode the tensors (all, or those named), in file order, one at a time."""
-        wanted = [self.entries[n] for n in names] if names is not None else list(self.entries.values())
-        groups = sorted({g for entry in wanted for g in entry.groups})
-        wanted_names = {entry.row["name"] for entry in wanted}
-        pending: dict[str, np.ndarray] = {}
-        with ThreadPoolExecutor(workers, thread_name_prefix="streamconv-decode") as pool:
-            for group in groups:
-                table = self._read(group, ["name", "chunk_index", "element_offset", "element_count", "data",
-                                           *(["data_xxh3"] if self.has_checksums else [])])
-                finished = self._decode_group(table, wanted_names, pending, pool)
-                for name in finished:
-                    entry = self.entries[name]
-                    yield TensorRecord(**vars(entry.info), array=pending.pop(name).reshape(entry.shape))
 
     def _decode_group(
         self, table: pa.Table, wanted: set[str], pending: dict[str, np.ndarray], pool: ThreadPoolExecutor
@@ -297,6 +243,78 @@ def _numel(shape: tuple[int, ...]) -> int:
     return total
 
 
+class WeightsFile:
+    """A converted output's weights: ``weights.parquet``, or the files its split index lists.
+
+    Every file is opened and its table of contents checked; a tensor may continue from one file into
+    the next (a tensor larger than a file), and is listed in the index under the file holding its
+    first chunk. ``path`` is an output folder, its weights file, or its split index.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = weights_path(path)
+        listed = read_index(self.path) if self.path.name == INDEX_FILENAME else [(self.path, None)]
+        self.entries: dict[str, _Entry] = {}
+        self.parts: list[_WeightsPart] = []
+        expected: _Expected = None
+        for file, tensors in listed:
+            part = _WeightsPart(file, len(self.parts), self.entries, expected)
+            if tensors is not None and part.started != tensors:
+                raise FormatError(file, f"holds other tensors than {INDEX_FILENAME} lists")
+            self.parts.append(part)
+            expected = part.expected
+        if expected is not None:
+            self.parts[-1]._finish(self.entries[expected[0]], expected)
+
+    @property
+    def files(self) -> list[Path]:
+        """The Parquet files, in order."""
+        return [part.path for part in self.parts]
+
+    def _groups(self, names: Sequence[str] | None) -> tuple[set[str], list[tuple[int, int]]]:
+        wanted = [self.entries[n] for n in names] if names is not None else list(self.entries.values())
+        return {e.row["name"] for e in wanted}, sorted({g for e in wanted for g in e.groups})
+
+    def _table(self, part: _WeightsPart, group: int) -> pa.Table:
+        return part._read(group, ["name", "chunk_index", "element_offset", "element_count", "data",
+                                  *(["data_xxh3"] if part.has_checksums else [])])
+
+    def records(self, names: Sequence[str] | None = None, workers: int = DEFAULT_WORKERS) -> Iterator[TensorRecord]:
+        """Decode the tensors (all, or those named), in file order, one at a time."""
+        wanted, groups = self._groups(names)
+        pending: dict[str, np.ndarray] = {}
+        with ThreadPoolExecutor(workers, thread_name_prefix="streamconv-decode") as pool:
+            for file, group in groups:
+                part = self.parts[file]
+                for name in part._decode_group(self._table(part, group), wanted, pending, pool):
+                    entry = self.entries[name]
+                    yield TensorRecord(**vars(entry.info), array=pending.pop(name).reshape(entry.shape))
+
+    def chunks(self, names: Sequence[str] | None = None, workers: int = DEFAULT_WORKERS
+               ) -> Iterator[tuple[TensorInfo, int, np.ndarray]]:
+        """Decode chunk by chunk, in file order: ``(info, element offset, 1-D array)``.
+
+        Memory holds one row group's chunks, never a whole tensor.
+        """
+        wanted, groups = self._groups(names)
+        with ThreadPoolExecutor(workers, thread_name_prefix="streamconv-decode") as pool:
+            for file, group in groups:
+                part = self.parts[file]
+                table = self._table(part, group)
+                cols = [table.column(c).to_pylist() for c in ("name", "chunk_index", "element_offset", "element_count")]
+                sums = table.column("data_xxh3").to_pylist() if part.has_checksums else [None] * table.num_rows
+                data = table.column("data").combine_chunks()
+                jobs = []
+                for row, (name, index, offset, count) in enumerate(zip(*cols, strict=True)):
+                    if name in wanted:
+                        out = np.empty(count, dtype=self.entries[name].dtype.numpy)
+                        job = pool.submit(part._decode, name, index, data[row].as_buffer(), sums[row], out)
+                        jobs.append((self.entries[name].info, offset, out, job))
+                for info, offset, out, job in jobs:
+                    job.result()
+                    yield info, offset, out
+
+
 def describe(path: str | os.PathLike[str]) -> list[TensorInfo]:
     """Every tensor's name, source name, dtypes, shape, chunks and stored bytes, in file order.
 
@@ -309,60 +327,64 @@ def describe(path: str | os.PathLike[str]) -> list[TensorInfo]:
     return [entry.info for entry in WeightsFile(path).entries.values()]
 
 
+def _check_names(names: str) -> None:
+    if names not in ("stored", "source"):
+        raise ValueError(f"names={names!r}: choose 'stored' or 'source'")
+
+
 def iter_tensors(
-    path: str | os.PathLike[str], *, workers: int = DEFAULT_WORKERS
+    path: str | os.PathLike[str], *, names: NameKind = "stored", workers: int = DEFAULT_WORKERS
 ) -> Iterator[TensorRecord]:
     """Yield a :class:`TensorRecord` for every tensor, one at a time, in file order.
 
-    Memory holds one row group and the tensors it completes.
+    Memory holds one row group and the tensors it completes. The records are the same whatever
+    ``names``; it says which name a record unpacks as (``for name, array in iter_tensors(...)``).
 
     Args:
-        path: A folder written by ``streamconv convert``, or its ``weights.parquet``.
+        path: A folder written by ``streamconv convert``, its ``weights.parquet``, or the split index.
+        names: ``stored`` or ``source`` (the source checkpoint's names, a Hugging Face state dict's).
         workers: Threads that decompress chunks.
-
-    Returns:
-        Records with name, source name, dtypes, shape and the array.
 
     Raises:
         FormatError: the file is not a streamconv weights file or is damaged.
 
     Example:
-        >>> for record in streamconv.iter_tensors("minilm-parquet"):
-        ...     print(record.name, record.source_name, record.array.shape)
+        >>> for name, array in streamconv.iter_tensors("whisper-parquet", names="source"): ...
     """
-    yield from WeightsFile(path).records(workers=workers)
+    _check_names(names)
+    for record in WeightsFile(path).records(workers=workers):
+        yield dataclasses.replace(record, names=names) if names != "stored" else record
 
 
 def load(path: str | os.PathLike[str], *, names: NameKind = "stored") -> dict[str, np.ndarray]:
     """Load every tensor into a dict of numpy arrays (needs memory for the whole model).
 
     Args:
-        path: A converted output folder or its weights file.
+        path: A converted output folder, its weights file, or its split index.
         names: ``stored`` keys the dict by stored names, ``source`` by the source checkpoint's
             names (a Hugging Face state dict).
 
     Example:
-        >>> weights = streamconv.load("minilm-parquet")
-        >>> weights["embeddings.word_embeddings.weight"].shape
-        (30522, 384)
+        >>> streamconv.load("minilm-parquet")["embeddings.word_embeddings.weight"].shape  # (30522, 384)
     """
-    if names not in ("stored", "source"):
-        raise ValueError(f"names={names!r}: choose 'stored' or 'source'")
-    key = "name" if names == "stored" else "source_name"
-    return {getattr(record, key): record.array for record in iter_tensors(path)}
+    _check_names(names)
+    return dict(iter(record) for record in iter_tensors(path, names=names))
 
 
-def load_tensor(path: str | os.PathLike[str], name: str) -> np.ndarray:
+def load_tensor(path: str | os.PathLike[str], name: str, *, names: NameKind = "stored") -> np.ndarray:
     """Read one tensor, touching only the row groups that hold it.
 
     Args:
-        path: A converted output folder or its weights file.
-        name: The stored tensor name.
+        path: A converted output folder, its weights file, or its split index.
+        name: The stored tensor name (or its source name, with ``names="source"``).
 
     Raises:
         TensorNotFoundError: no tensor has that name.
     """
+    _check_names(names)
     weights = WeightsFile(path)
+    if names == "source":
+        name = next((n for n, e in weights.entries.items() if e.row["source_name"] == name), "\0" + name)
     if name not in weights.entries:
-        raise TensorNotFoundError(weights.path, name)
+        raise TensorNotFoundError(weights.path, name.lstrip("\0"))
     return next(weights.records([name])).array

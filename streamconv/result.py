@@ -44,7 +44,8 @@ class ConversionResult:
         warnings: Things the user should know (fp16 overflow kept in float32, unmatched patterns,
             generic used as fallback, a missing or unbuildable asset, leftovers removed).
         assets: Files written next to the weights, with sha256 (for a dry run: the planned files).
-        files: The weights files, with size and sha256.
+        files: The weights files, with size and sha256 (several for a split output, whose
+            ``weights.parquet.index.json`` lists them with their tensors).
         plan_metadata: The plan's own keys (``sentence_transformers``: pooling...), merged at the
             top level of ``metadata.json``.
         dry_run: True if nothing was written.
@@ -78,8 +79,9 @@ class ConversionResult:
 
     @property
     def weights_path(self) -> Path:
-        """The Parquet weights file."""
-        return self.output_dir / WEIGHTS_FILENAME
+        """The Parquet weights file, or for a split output its ``weights.parquet.index.json``."""
+        split = bool(self.files) and self.files[0]["path"] != WEIGHTS_FILENAME
+        return self.output_dir / ("weights.parquet.index.json" if split else WEIGHTS_FILENAME)
 
     @property
     def metadata_path(self) -> Path:

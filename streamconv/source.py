@@ -263,6 +263,11 @@ def _folder_weights(root: Path) -> tuple[list[Path], list[TensorRef]]:
             f"missing, and the folder holds {len(candidates)} safetensors files "
             f"({_short_list([c.name for c in candidates])}) with nothing saying how they combine",
         )
+    from streamconv.torch_bin import bin_folder_weights  # here: the .bin path alone may need torch
+
+    found = bin_folder_weights(root)
+    if found is not None:
+        return found
     others = sorted(p.name for p in root.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".h5"})
     raise NoWeightsError(root, others)
 

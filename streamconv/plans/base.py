@@ -334,6 +334,18 @@ class Plan:
         """Extra keys for metadata.json (pooling mode for sentence-transformers...)."""
         return {}
 
+    def describe(self, metadata: dict[str, Any]) -> list[str]:
+        """Lines about the family's own metadata for ``streamconv inspect`` (pooling...)."""
+        return []
+
+    def module_folders(self, metadata: dict[str, Any]) -> dict[str, str]:
+        """Stored-name prefixes whose tensors belong in a module folder of their own (prefix -> folder).
+
+        :func:`streamconv.export` writes those tensors to ``<folder>/model.safetensors`` without the
+        prefix, as the family's loader expects.
+        """
+        return {}
+
     def model_class(self, metadata: dict[str, Any]) -> str:
         """The transformers class validation builds: the checkpoint's architecture, else AutoModel."""
         # Format 1 kept architectures at the top level; format 2 keeps them with the source.

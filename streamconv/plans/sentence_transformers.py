@@ -127,6 +127,22 @@ class SentenceTransformersPlan(Plan):
         }
 
 
+    def describe(self, metadata: dict[str, Any]) -> list[str]:
+        """Pooling, normalisation, sequence length and similarity, as recorded at conversion."""
+        st = metadata.get("sentence_transformers")
+        if not isinstance(st, dict):
+            return []
+        return [
+            f"sentence-transformers: pooling {st.get('pooling_mode')}, normalize {st.get('normalize')}, "
+            f"max_seq_length {st.get('max_seq_length')}, similarity {st.get('similarity_function')}"
+        ]
+
+    def module_folders(self, metadata: dict[str, Any]) -> dict[str, str]:
+        """Each Dense module's tensor prefix and folder (``2_Dense.`` -> ``2_Dense``)."""
+        modules = (metadata.get("sentence_transformers") or {}).get("modules") or []
+        return {m["tensor_prefix"]: m["path"] for m in modules if isinstance(m, dict) and m.get("tensor_prefix")}
+
+
 def _module_record(module: Module) -> dict[str, Any]:
     record: dict[str, Any] = {"index": module.index, "type": module.kind, "path": module.path}
     if module.kind == "Dense":

@@ -1,0 +1,245 @@
+"""Export a converted output back to a Hugging Face checkpoint: safetensors under the source names.
+
+Every safetensors header is computed first from the table of contents (names, shapes, dtypes give
+the offsets), then the data is streamed chunk by chunk from the Parquet rows to its offset in the
+file, so memory holds one row group, never a whole tensor. The checkpoint gets ``config.json`` and
+every asset of the output; sentence-transformers Dense weights go back to ``<module>/model.safetensors``
+under their names without the module prefix. The folder is built under a temporary name and
+appears only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from streamconv.assets import file_record
+from streamconv.dtypes import DType, by_code, by_name
+from streamconv.errors import FormatError, InvalidOptionError
+from streamconv.output import check_output, staged_output
+from streamconv.plans import FALLBACK, get_plan
+from streamconv.reader import TensorInfo, WeightsFile, read_metadata
+
+__all__ = ["EXPORT_DTYPES", "ExportResult", "export"]
+
+EXPORT_DTYPES = ("keep", "float16", "float32")
+#: Largest root safetensors file before the checkpoint is sharded (transformers' own default).
+DEFAULT_MAX_SHARD_SIZE = 5 * 1024**3
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export` wrote.
+
+    Attributes:
+        output: The converted output read.
+        target: The checkpoint folder written.
+        dtype: ``keep``, ``float16`` or ``float32``.
+        tensor_count: Tensors written.
+        files: The safetensors files and assets written, with bytes and sha256.
+        warnings: What the user should know (only some parts of the model were converted...).
+        seconds: Wall time.
+    """
+
+    output: Path
+    target: Path
+    dtype: str
+    tensor_count: int = 0
+    files: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {**vars(self), "output": str(self.output), "target": str(self.target)}
+
+
+@dataclass
+class _File:
+    """One safetensors file to write: its tensors (stored name -> name in the file) and offsets."""
+
+    path: str
+    names: dict[str, str] = field(default_factory=dict)
+    header: dict[str, Any] = field(default_factory=dict)
+    size: int = 0
+
+    def add(self, info: TensorInfo, key: str, dtype: DType) -> None:
+        nbytes = info.numel * dtype.itemsize
+        self.names[info.name] = key
+        self.header[key] = {"dtype": dtype.code, "shape": list(info.shape), "data_offsets": [self.size, self.size + nbytes]}
+        self.size += nbytes
+
+    def header_bytes(self) -> bytes:
+        """8-byte length + JSON header padded with spaces to a multiple of 8, as safetensors requires."""
+        raw = json.dumps({"__metadata__": {"format": "pt"}, **self.header}, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        return len(raw).to_bytes(8, "little") + raw
+
+
+def export(
+    output: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    *,
+    dtype: str = "keep",
+    max_shard_size: int | None = None,
+    force: bool = False,
+) -> ExportResult:
+    """Write a converted output as a Hugging Face checkpoint folder that transformers loads.
+
+    Args:
+        output: A folder written by ``streamconv convert``.
+        target: The checkpoint folder to create.
+        dtype: ``keep`` (the stored dtypes: bit-exact after a ``--dtype keep`` conversion),
+            ``float16`` or ``float32`` (float tensors only).
+        max_shard_size: Largest ``model.safetensors`` before sharding into
+            ``model-0000N-of-0000M.safetensors`` + ``model.safetensors.index.json`` (default 5 GiB).
+        force: Replace ``target`` if it exists (only once the new one is complete).
+
+    Returns:
+        The :class:`ExportResult`.
+
+    Raises:
+        OutputExistsError: ``target`` exists and ``force`` is false.
+        FormatError, NotConvertedError: ``output`` is damaged or not a converted output; nothing is left.
+
+    Example:
+        >>> streamconv.export("minilm-parquet", "minilm-hf")   # SentenceTransformer("minilm-hf") loads it
+    """
+    started = time.perf_counter()
+    if dtype not in EXPORT_DTYPES:
+        raise InvalidOptionError(f"{{dtype=}} is not an export dtype; choose one of {', '.join(EXPORT_DTYPES)}",
+                                 "dtype", dtype=dtype)
+    shard_size = DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else max_shard_size
+    if shard_size < 1:
+        raise InvalidOptionError("{max_shard_size=} must be at least 1 byte", "max_shard_size", max_shard_size=shard_size)
+    source, target = Path(output).expanduser(), Path(target).expanduser()
+    check_output(target, source, force)
+    metadata = read_metadata(source)
+    weights = WeightsFile(source)
+    result = ExportResult(source, target, dtype, tensor_count=len(weights.entries), warnings=_part_warnings(metadata))
+    files = _layout(weights, metadata, dtype, shard_size)
+    with staged_output(target, force) as staging:
+        _write_tensors(weights, files, staging, dtype)
+        if len(files[""]) > 1:
+            _write_index(files[""], staging)
+        for asset in metadata.get("assets", []):
+            _copy_asset(source, staging, asset)
+        written = [f.path for group in files.values() for f in group]
+        written += [INDEX_FILE] if len(files[""]) > 1 else []
+        result.files = [file_record(staging / p, staging) for p in written]
+        result.files += [file_record(staging / a["path"], staging) for a in metadata.get("assets", [])]
+    result.seconds = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _part_warnings(metadata: dict[str, Any]) -> list[str]:
+    """A warning when the output holds only some parts of its model."""
+    from streamconv.plans import PLANS
+
+    plan = next((p for p in PLANS if p.name == metadata.get("model_type")), None)
+    parts = list(metadata.get("parts") or [])
+    if plan is None or set(plan.parts) <= set(parts):
+        return []
+    missing = [p for p in plan.parts if p not in parts]
+    return [
+        f"the output holds only the {', '.join(parts)} part(s) of the {plan.name} model, so the checkpoint "
+        f"lacks {', '.join(missing)}: transformers will initialise those weights randomly; convert with "
+        f"--parts {','.join(plan.parts)} for the whole model"
+    ]
+
+
+def _target_dtype(info: TensorInfo, dtype: str) -> DType:
+    stored = by_name(info.dtype)
+    assert stored is not None
+    wanted = by_name(dtype)
+    return stored if wanted is None or not stored.is_float else wanted
+
+
+def _layout(weights: WeightsFile, metadata: dict[str, Any], dtype: str, shard_size: int) -> dict[str, list[_File]]:
+    """The files to write: root shards under ``""``, and one per module folder the plan names."""
+    prefixes = get_plan(str(metadata.get("model_type", FALLBACK)))().module_folders(metadata)
+    files: dict[str, list[_File]] = {"": [_File(SINGLE_FILE)]}
+    for entry in weights.entries.values():
+        info = entry.info
+        store = _target_dtype(info, dtype)
+        prefix = next((p for p in prefixes if info.source_name.startswith(p)), None)
+        if prefix is not None:
+            module = files.setdefault(prefixes[prefix], [_File(f"{prefixes[prefix]}/{SINGLE_FILE}")])[0]
+            module.add(info, info.source_name[len(prefix):], store)
+            continue
+        shards = files[""]
+        if shards[-1].names and shards[-1].size + info.numel * store.itemsize > shard_size:
+            shards.append(_File(""))
+        shards[-1].add(info, info.source_name, store)
+    count = len(files[""])
+    if count > 1:
+        for i, shard in enumerate(files[""], start=1):
+            shard.path = f"model-{i:05d}-of-{count:05d}.safetensors"
+    return files
+
+
+def _write_tensors(weights: WeightsFile, files: dict[str, list[_File]], staging: Path, dtype: str) -> None:
+    """Write every header, then every chunk at its place: one row group in memory at a time."""
+    where: dict[str, tuple[_File, BinaryIO, int]] = {}
+    handles: list[BinaryIO] = []
+    try:
+        for group in files.values():
+            for file in group:
+                path = staging / file.path
+                path.parent.mkdir(parents=True, exist_ok=True)
+                handle = open(path, "wb")  # noqa: SIM115 - closed below
+                handles.append(handle)
+                header = file.header_bytes()
+                handle.write(header)
+                handle.truncate(len(header) + file.size)
+                for name in file.names:
+                    where[name] = (file, handle, len(header))
+        for info, offset, chunk in weights.chunks():
+            file, handle, base = where[info.name]
+            header = file.header[file.names[info.name]]
+            data = _cast(chunk, by_code(header["dtype"]))
+            handle.seek(base + header["data_offsets"][0] + offset * data.dtype.itemsize)
+            handle.write(memoryview(np.ascontiguousarray(data).view(np.uint8)))
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+def _cast(data: np.ndarray, store: DType | None) -> np.ndarray:
+    assert store is not None
+    if data.dtype == store.numpy:
+        return data
+    if data.dtype == np.dtype(by_name("bfloat16").numpy):  # type: ignore[union-attr]
+        data = data.astype(np.float32)
+    return data.astype(store.numpy)
+
+
+def _write_index(shards: list[_File], staging: Path) -> None:
+    index = {
+        "metadata": {"total_size": sum(s.size for s in shards)},
+        "weight_map": {key: shard.path for shard in shards for key in shard.header},
+    }
+    (staging / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
+def _copy_asset(source: Path, staging: Path, asset: dict[str, Any]) -> None:
+    """Copy one asset listed in metadata.json, checking its sha256 against the record."""
+    relative = str(asset.get("path", ""))
+    if not relative or Path(relative).is_absolute() or ".." in Path(relative).parts:
+        raise FormatError(source / "metadata.json", f"asset path {relative!r} leaves the output folder")
+    path = source / relative
+    if not path.is_file():
+        raise FormatError(path, "an asset listed in metadata.json is missing")
+    target = staging / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(path.read_bytes())
+    if asset.get("sha256") and file_record(target, staging)["sha256"] != asset["sha256"]:
+        raise FormatError(path, "an asset differs from its sha256 in metadata.json")

@@ -1,0 +1,196 @@
+"""PyTorch .bin checkpoints: single and sharded, read lazily, refused when unsafe or not zip."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import streamconv
+from streamconv.errors import (
+    CorruptCheckpointError,
+    MissingDependencyError,
+    ShardIndexError,
+    UnsafeCheckpointError,
+    UnsupportedDtypeError,
+)
+from streamconv.torch_bin import ShardCache, load_state_dict
+from tests import models
+
+torch = pytest.importorskip("torch")
+
+
+def _bits(array: np.ndarray) -> bytes:
+    return np.ascontiguousarray(array).tobytes()
+
+
+def _numpy(tensor: "torch.Tensor") -> np.ndarray:
+    if tensor.dtype == torch.bfloat16:
+        return tensor.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.contiguous().numpy()
+
+
+@pytest.fixture(scope="module")
+def bert_state(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A tiny BERT saved as safetensors, and its state dict."""
+    folder = models.bert(tmp_path_factory.mktemp("bert") / "st")
+    import transformers
+
+    model = transformers.BertModel.from_pretrained(folder)
+    return folder, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _bin_folder(folder: Path, source: Path, shards: list[dict]) -> Path:
+    """``source``'s config.json plus the state dict as pytorch_model.bin (one shard) or shards + index."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_bytes((source / "config.json").read_bytes())
+    if len(shards) == 1:
+        torch.save(shards[0], folder / "pytorch_model.bin")
+        return folder
+    weight_map = {}
+    for i, part in enumerate(shards, start=1):
+        name = f"pytorch_model-{i:05d}-of-{len(shards):05d}.bin"
+        torch.save(part, folder / name)
+        weight_map.update({k: name for k in part})
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder
+
+
+def _assert_same(loaded: dict[str, np.ndarray], state: dict) -> None:
+    assert set(loaded) == set(state)
+    for name, tensor in state.items():
+        want = _numpy(tensor)
+        assert loaded[name].dtype == want.dtype and loaded[name].shape == want.shape, name
+        assert _bits(loaded[name]) == _bits(want), name
+
+
+def test_single_bin_converts_like_safetensors(bert_state: tuple[Path, dict], tmp_path: Path) -> None:
+    source, state = bert_state
+    folder = _bin_folder(tmp_path / "bin", source, [state])
+    result = streamconv.convert(folder, tmp_path / "out", dtype="keep")
+    assert result.model_type == "bert"
+    _assert_same(streamconv.load(result.output_dir, names="source"), state)
+    meta = streamconv.read_metadata(result.output_dir)
+    assert [f["path"] for f in meta["source"]["files"]] == ["pytorch_model.bin"]
+    # The plan's expected assets are checked for .bin inputs too.
+    assert any("tokenizer.json" in w for w in result.warnings)
+    from_st = streamconv.load(streamconv.convert(source, tmp_path / "st", dtype="float16").output_dir)
+    from_bin = streamconv.load(streamconv.convert(folder, tmp_path / "bin16", dtype="float16").output_dir)
+    assert {k: _bits(v) for k, v in from_st.items()} == {k: _bits(v) for k, v in from_bin.items()}
+
+
+def test_sharded_bin_reads_one_shard_at_a_time(bert_state: tuple[Path, dict], tmp_path: Path) -> None:
+    source, state = bert_state
+    names = list(state)
+    folder = _bin_folder(tmp_path / "bin", source, [{k: state[k] for k in names[:20]}, {k: state[k] for k in names[20:]}])
+    checkpoint = streamconv.open_checkpoint(folder)
+    assert [p.name for p in checkpoint.weight_files] == ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
+    cache: ShardCache = checkpoint.tensors[0].cache  # type: ignore[attr-defined]
+    assert cache._path is None  # listing the tensors released every mapping
+    checkpoint.tensors[0].read(0, 3)
+    assert cache._path == checkpoint.weight_files[0]
+    checkpoint.tensors[-1].read()
+    assert cache._path == checkpoint.weight_files[1] and set(cache._tensors) == set(names[20:])
+    checkpoint.tensors[0].read(0, 3)  # a late read of an earlier shard does not map it again for good
+    assert cache._path == checkpoint.weight_files[1]
+    result = streamconv.convert(folder, tmp_path / "out", dtype="keep")
+    _assert_same(streamconv.load(result.output_dir, names="source"), state)
+
+
+def test_safetensors_wins_over_bin(bert_state: tuple[Path, dict], tmp_path: Path) -> None:
+    source, state = bert_state
+    folder = _bin_folder(tmp_path / "both", source, [{"other": torch.zeros(3)}])
+    (folder / "model.safetensors").write_bytes((source / "model.safetensors").read_bytes())
+    checkpoint = streamconv.open_checkpoint(folder)
+    assert [p.name for p in checkpoint.weight_files] == ["model.safetensors"]
+
+
+def test_views_shared_storage_and_dtypes(tmp_path: Path) -> None:
+    base = torch.arange(60, dtype=torch.float32).reshape(6, 10)
+    state = {
+        "transposed": base.t(),  # non-contiguous view
+        "rows": base[2:4],  # shares base's storage at an offset
+        "strided": base[:, ::3],
+        "base": base,
+        "bf16": torch.randn(5, 7).to(torch.bfloat16),
+        "f16": torch.randn(9).half(),
+        "i64": torch.arange(11),
+        "bool": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 4),
+    }
+    folder = tmp_path / "views"
+    folder.mkdir()
+    torch.save(state, folder / "pytorch_model.bin")
+    result = streamconv.convert(folder, tmp_path / "out", dtype="keep", chunk_size=64)
+    _assert_same(streamconv.load(result.output_dir), state)
+
+
+def test_unsupported_torch_dtype_is_refused_and_excludable(tmp_path: Path) -> None:
+    folder = tmp_path / "complex"
+    folder.mkdir()
+    torch.save({"ok": torch.ones(3), "z": torch.ones(2, dtype=torch.complex64)}, folder / "pytorch_model.bin")
+    with pytest.raises(UnsupportedDtypeError, match="'z'"):
+        streamconv.convert(folder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert streamconv.convert(folder, tmp_path / "out", exclude=["z"]).tensor_count == 1
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_and_never_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    torch.save({"weight": torch.ones(2), "x": _Exploit(marker)}, folder / "pytorch_model.bin")
+    with pytest.raises(UnsafeCheckpointError, match="not executed") as info:
+        streamconv.convert(folder, tmp_path / "out")
+    assert "\n" not in str(info.value) and "system" in str(info.value)
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    from streamconv.cli import main
+
+    assert main(["convert", str(folder), "-o", str(tmp_path / "o2"), "-q"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert not marker.exists() and not (tmp_path / "o2").exists()
+
+
+def test_non_zip_and_legacy_files_are_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    (folder / "pytorch_model.bin").write_bytes(b"this is not a checkpoint at all")
+    with pytest.raises(CorruptCheckpointError, match="not a zip-format"):
+        streamconv.convert(folder, tmp_path / "out")
+    torch.save({"w": torch.ones(2)}, folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    with pytest.raises(CorruptCheckpointError, match="legacy.*re-save"):
+        streamconv.convert(folder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_index_naming_a_missing_shard(bert_state: tuple[Path, dict], tmp_path: Path) -> None:
+    source, state = bert_state
+    names = list(state)
+    folder = _bin_folder(tmp_path / "bin", source, [{k: state[k] for k in names[:5]}, {k: state[k] for k in names[5:]}])
+    (folder / "pytorch_model-00002-of-00002.bin").unlink()
+    with pytest.raises(ShardIndexError, match="pytorch_model-00002-of-00002.bin"):
+        streamconv.convert(folder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_torch_the_error_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"w": torch.ones(2)}, path)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(MissingDependencyError, match=r"streamconv\[bin\]"):
+        load_state_dict(path)

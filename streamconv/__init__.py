@@ -8,6 +8,9 @@ Three ways in:
 - the generator stages :func:`select`, :func:`rename`, :func:`chunk`, :func:`cast` over
   :func:`open_checkpoint`, written with :class:`WeightsWriter`.
 
+Check an output against its source with :func:`validate` (imports torch and transformers when
+called, not when ``streamconv`` is imported), returning a :class:`ValidationReport`.
+
 Read the result back with :func:`load`, :func:`iter_tensors` (records with names, dtypes and
 arrays), :func:`load_tensor` or :func:`describe`.
 """
@@ -46,4 +49,15 @@ __all__ = [
     "read_safetensors_header",
     "rename",
     "select",
+    "validate",
+    "ValidationReport",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``validate`` and ``ValidationReport`` import torch: loaded on first use, not by ``import streamconv``."""
+    if name in ("validate", "ValidationReport"):
+        import streamconv.validate as validation  # a callable module: streamconv.validate(...) works too
+
+        return validation if name == "validate" else validation.ValidationReport
+    raise AttributeError(f"module 'streamconv' has no attribute {name!r}")

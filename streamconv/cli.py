@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--strict", action="store_true",
                       help="fail instead of warning when an asset is missing or cannot be copied or built")
     conv.add_argument("--dry-run", action="store_true", help="show what would be written and its estimated size")
+    conv.add_argument("--validate", dest="validate", action="store_true",
+                      help="validate the output against the source after writing (needs torch and transformers); "
+                      "the report goes into metadata.json, exit 6 if it fails")
     conv.add_argument("--json", action="store_true", default=False, help="print the result as JSON on stdout")
     conv.add_argument("-q", "--quiet", action="store_true", default=False, help="no progress bar and no summary")
 
@@ -103,13 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
         "validate",
         parents=[common],
         help="compare a converted output with its source (needs torch and transformers)",
-        description="Check that every stored tensor equals the documented cast of its source, and that "
-        "the model with the converted weights gives the original model's outputs within the stored "
-        "dtype's tolerance. Exit 0 if every check passes, 6 if one fails.",
+        description="Check that every stored tensor is named as the plan names it and equals the documented "
+        "cast of its source, that every model tensor comes from the output, and that the model with the "
+        "converted weights gives the original model's outputs within the stored dtype's limits. "
+        "Exit 0 if every check passes, 6 if one fails.",
     )
     val.add_argument("output", metavar="OUTPUT", help="a folder written by `streamconv convert`")
     val.add_argument("--source", metavar="SOURCE", help="the original checkpoint (default: the one in metadata.json)")
-    val.add_argument("--json", action="store_true", help="print the result as JSON")
+    val.add_argument("--min-cosine", type=float, metavar="X", help="minimum cosine per probe item (overrides the dtype's)")
+    val.add_argument("--max-nmse", type=float, metavar="X", help="maximum NMSE per probe (overrides the dtype's)")
+    val.add_argument("--json", action="store_true", help="print every check, figure and limit as JSON")
 
     commands.add_parser("types", parents=[common], help="list the model plans and what each detects")
     return parser
@@ -196,7 +202,32 @@ def _convert(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     elif not args.quiet:
         print(_summary(result, fields.get("model_type", "auto")))
+    if result.validation is not None:
+        return _report_validation(result.validation, args, result.metadata_path)
     return 0
+
+
+def _report_validation(report: dict[str, Any], args: argparse.Namespace, where: Any) -> int:
+    """Print a validation report (a table, unless --json printed it already); exit 6 if it failed."""
+    if not args.json and not getattr(args, "quiet", False):
+        print(_validation_table(report, args.debug))
+    if report["passed"]:
+        return 0
+    print(f"error: validation failed; the full report is in {where} (\"validation\")", file=sys.stderr)
+    return VALIDATION_FAILED
+
+
+def _validation_table(report: dict[str, Any], debug: bool) -> str:
+    lines = [f"validated {report['output_dir']} against {report['source']}"]
+    for check in report["checks"]:
+        lines.append(f"  {'ok  ' if check['passed'] else 'FAIL'} {check['name']}: {check['detail']}")
+    lines.append(f"  {'passed' if report['passed'] else 'FAILED'} in {report['seconds']:.1f} s")
+    messages = report.get("messages") or []
+    if debug:
+        lines.extend(f"  transformers: {m}" for m in messages)
+    elif messages:
+        lines.append(f"  transformers said {len(messages)} things; rerun with --debug")
+    return "\n".join(lines)
 
 
 def _summary(result: Any, requested: str) -> str:
@@ -294,15 +325,15 @@ def _printable(text: str, limit: int = MAX_NAME_WIDTH) -> str:
 def _validate(args: argparse.Namespace) -> int:
     from streamconv.validate import validate
 
-    result = validate(args.output, args.source)
+    progress = not args.json and sys.stderr.isatty() and not progress_bars_disabled()
+    report = validate(
+        args.output, args.source, min_cosine=args.min_cosine, max_nmse=args.max_nmse, progress=progress
+    ).to_dict()
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(report, indent=2))
     else:
-        print(f"validated {result.output_dir} against {result.source}")
-        for check in result.checks:
-            print(f"  {'ok  ' if check.passed else 'FAIL'} {check.name}: {check.detail}")
-        print("  passed" if result.passed else "  FAILED")
-    return 0 if result.passed else VALIDATION_FAILED
+        print(_validation_table(report, args.debug))
+    return 0 if report["passed"] else VALIDATION_FAILED
 
 
 def _types(args: argparse.Namespace) -> int:

@@ -18,12 +18,14 @@ from typing import Any
 __all__ = ["EXACT", "LIBRARY_LIMITS", "LIMITS", "Check", "ValidationReport", "compare", "limits_for"]
 
 #: (minimum cosine per item, maximum NMSE) per stored float dtype.
-#: bfloat16 was set from measurement with a 10x margin on the NMSE (and on 1 - cosine): on the
-#: tiny test models and on all-MiniLM-L6-v2 cast to bfloat16 the worst probe measured
-#: NMSE 1.5e-4 and min cosine 0.99993 (MiniLM: NMSE 7.1e-5, min cosine 0.99996).
+#: bfloat16 is set from measurement with a 10x margin on the NMSE and on 1 - cosine. Measured
+#: (seed 0, 8-item probes): the tiny test models (BERT, RoBERTa, DistilBERT, CLIP image and text,
+#: Whisper encoder and decoder, sentence-transformers) worst NMSE 2.4e-5 and min cosine 0.999937
+#: (both the CLIP text tower); all-MiniLM-L6-v2 NMSE 5.6e-5, min cosine 0.999964. Hence NMSE
+#: <= 6e-4 and cosine >= 0.9993. For comparison float16 measured NMSE <= 9.6e-7 (MiniLM).
 LIMITS: dict[str, tuple[float, float]] = {
     "float16": (0.99999, 1e-5),
-    "bfloat16": (0.9993, 1.5e-3),
+    "bfloat16": (0.9993, 6e-4),
 }
 #: keep and float32: the outputs must be exactly equal.
 EXACT = (1.0, 0.0)

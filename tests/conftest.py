@@ -113,3 +113,15 @@ def rewrite_weights(out: Path, arrays: dict[str, np.ndarray], source_names: dict
     refs = [ref.renamed(stored[ref.source_name]) for ref in streamconv.open_checkpoint(scratch / "rewrite.safetensors")]
     with streamconv.WeightsWriter(out / "weights.parquet") as writer:
         writer.write(streamconv.chunk(refs))
+
+
+def damage_output(out: Path, damage, scratch: Path) -> None:
+    """Damage a converted output on purpose: ``damage(arrays, source_names)`` edits, in place, the
+    stored arrays and the source names (both keyed by stored name), then the weights are rewritten."""
+    import streamconv
+
+    records = list(streamconv.iter_tensors(out))
+    arrays = {r.name: r.array for r in records}
+    sources = {r.name: r.source_name for r in records}
+    damage(arrays, sources)
+    rewrite_weights(out, arrays, {n: sources[n] for n in arrays}, scratch)

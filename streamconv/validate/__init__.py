@@ -151,8 +151,15 @@ def _model_tensors_check(
     """Every model tensor the source saves must come from the output; others are reported."""
     from streamconv.validate.weights import _listing
 
+    from streamconv.validate.weights import expected_refs
+
     missing = [name for name in loaded.expected if name not in done]
-    reasons = {name: left_out_reason(name, plan, checkpoint, metadata) for name in missing}
+    kept, _ = expected_refs(plan, checkpoint, metadata)
+    reasons = {
+        name: "missing: the conversion keeps it" if kept is None or name in kept
+        else left_out_reason(name, plan, checkpoint, metadata)
+        for name in missing
+    }
     # Tensors of parts that were not converted are not probed: reported, not failures.
     failing = [f"{n} ({reasons[n]})" for n in missing if not reasons[n].startswith("not in the converted parts")]
     other_parts = [n for n in missing if reasons[n].startswith("not in the converted parts")]

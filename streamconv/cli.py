@@ -226,7 +226,7 @@ def _validation_table(report: dict[str, Any], debug: bool) -> str:
     if debug:
         lines.extend(f"  transformers: {m}" for m in messages)
     elif messages:
-        lines.append(f"  transformers said {len(messages)} things; rerun with --debug")
+        lines.append(f"  transformers said {len(messages)} thing{'s' if len(messages) != 1 else ''}; rerun with --debug")
     return "\n".join(lines)
 
 

@@ -215,3 +215,19 @@ def test_import_streamconv_stays_torch_free() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
     assert callable(streamconv.validate)
+
+
+def test_transformers_load_report_is_captured(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests import models
+
+    out = streamconv.convert(models.bert(tmp_path / "src", "BertForMaskedLM"), tmp_path / "out").output_dir
+    metadata = json.loads((out / "metadata.json").read_text())
+    metadata["source"]["architectures"] = ["BertModel"]  # the head's tensors are then unexpected
+    (out / "metadata.json").write_text(json.dumps(metadata))
+    assert main(["validate", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "UNEXPECTED" not in captured.out + captured.err
+    assert "transformers said 1 thing; rerun with --debug" in captured.out
+    assert "checked as weights only: cls.predictions.bias" in captured.out
+    assert main(["validate", str(out), "--debug"]) == 0
+    assert "UNEXPECTED" in capsys.readouterr().out

@@ -43,21 +43,28 @@ def import_torch() -> tuple[Any, Any]:
 
 @contextlib.contextmanager
 def capture(transformers: Any, messages: list[str]) -> Iterator[None]:
-    """Collect what transformers logs, warns and prints (its load report) into ``messages``."""
+    """Collect what transformers logs, warns and prints (its load report) into ``messages``.
+
+    Nothing reaches the terminal: transformers' own stderr handler is off, its warnings and
+    errors go to ``messages`` instead (one entry per record), and so do Python warnings and
+    anything printed to stdout or stderr. The caller shows them with ``--debug``, or counts them.
+    """
+    import warnings
+
     previous = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_warning()
+    transformers.logging.disable_default_handler()
     handler = _ListHandler(messages)
     logger = logging.getLogger("transformers")
     logger.addHandler(handler)
     out, err = io.StringIO(), io.StringIO()
-    import warnings
-
     try:
         with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             warnings.simplefilter("always")
             yield
     finally:
         logger.removeHandler(handler)
+        transformers.logging.enable_default_handler()
         transformers.logging.set_verbosity(previous)
         messages.extend(f"{w.category.__name__}: {w.message}" for w in caught)
         messages.extend(line for line in (out.getvalue() + err.getvalue()).splitlines() if line.strip())

@@ -231,3 +231,24 @@ def test_transformers_load_report_is_captured(tmp_path: Path, capsys: pytest.Cap
     assert "checked as weights only: cls.predictions.bias" in captured.out
     assert main(["validate", str(out), "--debug"]) == 0
     assert "UNEXPECTED" in capsys.readouterr().out
+
+
+def test_hub_source_is_opened_at_its_recorded_commit(
+    tiny_bert: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streamconv.validate as validation
+
+    out = _copy(tiny_bert[1], tmp_path)
+    metadata = json.loads((out / "metadata.json").read_text())
+    metadata["source"].update(path=str(tmp_path / "gone"), repo_id="org/tiny-bert", revision="0123abc")
+    (out / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(streamconv.StreamconvError, match="--source"):
+        validation.locate_source({"source": {"id": "gone", "path": str(tmp_path / "gone")}}, None)
+    opened = []
+    real = validation.open_checkpoint
+    monkeypatch.setattr(
+        validation, "open_checkpoint", lambda s, revision=None: opened.append((s, revision)) or real(tiny_bert[0])
+    )
+    assert validate(out).passed
+    assert opened == [("org/tiny-bert", "0123abc")]
+    assert validate(out, source=tiny_bert[0]).passed and opened[-1] == (tiny_bert[0], None)

@@ -78,8 +78,11 @@ def validate(
 
 
 def locate_source(metadata: dict[str, Any], source: str | os.PathLike[str] | None) -> Checkpoint:
-    """The source checkpoint: ``source`` if given; else metadata's id when it exists from here, its
-    absolute path, or for hub sources ``repo_id`` at the recorded ``revision``.
+    """The source checkpoint, from any working directory.
+
+    ``source`` if given; else the absolute ``path`` metadata.json records when it still exists (for
+    hub sources, the cached snapshot of the recorded commit); else, for hub sources, ``repo_id`` at
+    the recorded ``revision``; else ``id`` when it exists from here.
 
     Raises:
         SourceNotFoundError: none of them can be opened.
@@ -91,12 +94,13 @@ def locate_source(metadata: dict[str, Any], source: str | os.PathLike[str] | Non
         recorded = {"id": recorded}
     ident, path = recorded.get("id"), recorded.get("path")
     repo_id, revision = recorded.get("repo_id"), recorded.get("revision")
+    if path and Path(path).exists():
+        return open_checkpoint(path)
     if repo_id:
         return open_checkpoint(repo_id, revision=revision)
-    for candidate in (path, ident):
-        if candidate and Path(candidate).expanduser().exists():
-            return open_checkpoint(candidate)
-    raise SourceNotFoundError(str(path or ident))
+    if ident and Path(ident).expanduser().exists():
+        return open_checkpoint(ident)
+    raise SourceNotFoundError(str(path or ident), "pass the original checkpoint with --source")
 
 
 def _check_outputs(

@@ -7,6 +7,10 @@ Three ways in:
   fields, returning a :class:`ConversionResult`;
 - the generator stages :func:`select`, :func:`rename`, :func:`chunk`, :func:`cast` over
   :func:`open_checkpoint`, written with :class:`WeightsWriter`.
+
+Check an output against its source with :func:`validate` (imports torch and transformers when
+called, not when ``streamconv`` is imported), returning a :class:`ValidationReport`.
+
 Read the result back with :func:`load`, :func:`iter_tensors` (records with names, dtypes and
 arrays), :func:`load_tensor` or :func:`describe`; write it back as a Hugging Face checkpoint with
 :func:`export`.
@@ -32,6 +36,8 @@ _LAZY = {
     "export": "streamconv.export",
     "ExportResult": "streamconv.export",
     "StreamconvError": "streamconv.errors",
+    "validate": "streamconv.validate",
+    "ValidationReport": "streamconv.validate",
     "TensorInfo": "streamconv.records",
     "TensorRecord": "streamconv.records",
     "describe": "streamconv.reader",
@@ -60,6 +66,7 @@ if TYPE_CHECKING:
     from streamconv.result import ConversionResult
     from streamconv.source import Checkpoint, TensorRef, open_checkpoint, read_safetensors_header
     from streamconv.stages import TensorChunk, cast, chunk, rename, select
+    from streamconv.validate import ValidationReport, validate
     from streamconv.writer import WeightsWriter
 
 
@@ -122,4 +129,6 @@ __all__ = [
     "read_safetensors_header",
     "rename",
     "select",
+    "validate",
+    "ValidationReport",
 ]

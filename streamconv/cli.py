@@ -26,13 +26,12 @@ from streamconv.interrupts import (
     output_identity,
     sigterm_raises,
 )
+from streamconv.display import codec_label, conversion_summary, printable, size
 from streamconv.options import ConvertOptions, option_names
 
 __all__ = ["build_parser", "main"]
 
 VALIDATION_FAILED = 6
-#: Longest tensor name shown in a table; longer ones are cut in the middle (``--json`` keeps them).
-MAX_NAME_WIDTH = 96
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 
 
@@ -103,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--strict", action="store_true",
                       help="fail instead of warning when an asset is missing or cannot be copied or built")
     conv.add_argument("--dry-run", action="store_true", help="show what would be written and its estimated size")
+    conv.add_argument("--validate", dest="validate", action="store_true",
+                      help="validate the output against the source after writing (needs torch and transformers); "
+                      "the report goes into metadata.json, exit 6 if it fails")
     conv.add_argument("--json", action="store_true", default=False, help="print the result as JSON on stdout")
     conv.add_argument("-q", "--quiet", action="store_true", default=False, help="no progress bar and no summary")
 
@@ -129,13 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
         "validate",
         parents=[common],
         help="compare a converted output with its source (needs torch and transformers)",
-        description="Check that every stored tensor equals the documented cast of its source, and that "
-        "the model with the converted weights gives the original model's outputs within the stored "
-        "dtype's tolerance. Exit 0 if every check passes, 6 if one fails.",
+        description="Check that every stored tensor is named as the plan names it and equals the documented "
+        "cast of its source, that every model tensor comes from the output, and that the model with the "
+        "converted weights gives the original model's outputs within the stored dtype's limits. "
+        "Exit 0 if every check passes, 6 if one fails.",
     )
     val.add_argument("output", metavar="OUTPUT", help="a folder written by `streamconv convert`")
     val.add_argument("--source", metavar="SOURCE", help="the original checkpoint (default: the one in metadata.json)")
-    val.add_argument("--json", action="store_true", help="print the result as JSON")
+    val.add_argument("--min-cosine", type=float, metavar="X", help="minimum cosine per probe item (overrides the dtype's)")
+    val.add_argument("--max-nmse", type=float, metavar="X", help="maximum NMSE per probe (overrides the dtype's)")
+    val.add_argument("--json", action="store_true", help="print every check, figure and limit as JSON")
 
     commands.add_parser("types", parents=[common], help="list the model plans and what each detects")
     return parser
@@ -238,61 +243,33 @@ def _convert(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     elif not args.quiet:
-        print(_summary(result, fields.get("model_type", "auto")))
+        print(conversion_summary(result, fields.get("model_type", "auto")))
+    if result.validation is not None:
+        return _report_validation(result.validation, args, result.metadata_path)
     return 0
 
 
-def _summary(result: Any, requested: str) -> str:
-    lines = []
-    if result.dry_run:
-        lines.append(f"dry run: {result.source} -> {result.output_dir} would hold:")
-        width = max(len(t["name"]) for t in result.tensors)
-        for t in result.tensors:
-            shape = "x".join(map(str, t["shape"])) or "scalar"
-            lines.append(f"  {t['name']:<{width}}  {shape:>16}  {t['source_dtype']:>8} -> {t['dtype']:<8}  {_size(t['bytes']):>10}")
-    else:
-        lines.append(f"converted {result.source} -> {result.output_dir}")
-    if requested != "auto":
-        how = f"--type {requested}"
-    else:
-        how = "detected" if result.detected else "no plan recognised the checkpoint"
-    lines.append(f"  model type {result.model_type} ({how}), parts {','.join(result.parts)}")
-    codec = _codec_label(result.compression, result.level)
-    lines.append(
-        f"  {result.tensor_count} tensors, {result.parameter_count:,} parameters, "
-        f"{result.chunk_count} chunks, {result.dtype}, {codec}"
-    )
-    verb = "estimated" if result.dry_run else "written"
-    lines.append(
-        f"  {_mib(result.source_bytes)} -> {_mib(result.output_bytes)} {verb} "
-        f"({result.ratio:.2f}x) in {result.seconds:.2f} s"
-    )
-    if result.dry_run:
-        lines.extend(
-            f"  asset {a['path']}" + (f" (built from {', '.join(a['built_from'])})" if "built_from" in a else "")
-            for a in result.assets
-        )
-    lines.extend(f"  warning: {w}" for w in result.warnings)
+def _report_validation(report: dict[str, Any], args: argparse.Namespace, where: Any) -> int:
+    """Print a validation report (a table, unless --json printed it already); exit 6 if it failed."""
+    if not args.json and not getattr(args, "quiet", False):
+        print(_validation_table(report, args.debug))
+    if report["passed"]:
+        return 0
+    print(f"error: validation failed; the full report is in {where} (\"validation\")", file=sys.stderr)
+    return VALIDATION_FAILED
+
+
+def _validation_table(report: dict[str, Any], debug: bool) -> str:
+    lines = [f"validated {report['output_dir']} against {report['source']}"]
+    for check in report["checks"]:
+        lines.append(f"  {'ok  ' if check['passed'] else 'FAIL'} {check['name']}: {check['detail']}")
+    lines.append(f"  {'passed' if report['passed'] else 'FAILED'} in {report['seconds']:.1f} s")
+    messages = report.get("messages") or []
+    if debug:
+        lines.extend(f"  transformers: {m}" for m in messages)
+    elif messages:
+        lines.append(f"  transformers said {len(messages)} thing{'s' if len(messages) != 1 else ''}; rerun with --debug")
     return "\n".join(lines)
-
-
-def _codec_label(compression: Any, level: Any) -> str:
-    if isinstance(compression, dict):  # format 1: {"codec": ..., "level": ...}
-        compression, level = compression.get("codec"), compression.get("level")
-    return f"zstd-{level}" if compression == "zstd" else "none"
-
-
-def _mib(n: float) -> str:
-    """Bytes in MiB, the unit of the convert progress bar (bytes scaled by 1024)."""
-    return f"{n / 1024**2:,.2f} MiB"
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -309,45 +286,36 @@ def _inspect(args: argparse.Namespace) -> int:
     stored = sum(t.stored_bytes for t in tensors)
     source = metadata.get("source") if isinstance(metadata.get("source"), dict) else {}
     print(f"{weights}")
-    print(f"  source {_printable(str(source.get('id', '?')))}"
+    print(f"  source {printable(str(source.get('id', '?')))}"
           + (f" @ {source['revision']}" if source.get("revision") else ""))
     print(
         f"  format {metadata.get('format_version')}, model type {metadata.get('model_type')}, "
         f"parts {','.join(metadata.get('parts') or []) or '-'}, "
-        f"dtype {metadata.get('dtype')}, compression {_codec_label(metadata.get('compression'), metadata.get('level'))}"
+        f"dtype {metadata.get('dtype')}, compression {codec_label(metadata.get('compression'), metadata.get('level'))}"
     )
     for line in get_plan(str(metadata.get("model_type", FALLBACK)))().describe(metadata):
         print(f"  {line}")
     files = metadata.get("files") or []
     print(
         f"  {len(tensors)} tensors, {metadata.get('parameter_count', 0):,} parameters, "
-        f"{_size(metadata.get('source_bytes', 0))} -> {_size(metadata.get('output_bytes', 0))} "
+        f"{size(metadata.get('source_bytes', 0))} -> {size(metadata.get('output_bytes', 0))} "
         f"({metadata.get('ratio', 0):.2f}x)" + (f" in {len(files)} files" if len(files) > 1 else "")
     )
     for warning in metadata.get("warnings", []):
-        print(f"  warning: {_printable(str(warning), 400)}")
+        print(f"  warning: {printable(str(warning), 400)}")
     for asset in metadata.get("assets", []):
-        print(f"  asset {_printable(str(asset.get('path')))} ({_size(asset.get('bytes', 0))}, "
+        print(f"  asset {printable(str(asset.get('path')))} ({size(asset.get('bytes', 0))}, "
               f"sha256 {str(asset.get('sha256'))[:12]}...)")
     label = "source name" if args.source_names else "name"
-    rows = sorted(((_printable(t.source_name if args.source_names else t.name), t) for t in tensors),
+    rows = sorted(((printable(t.source_name if args.source_names else t.name), t) for t in tensors),
                   key=lambda row: _natural_key(row[0]))
     width = max((len(n) for n, _ in rows), default=len(label))
     print(f"\n  {label:<{width}}  {'shape':>16}  {'dtype':<8}  {'chunks':>6}  {'stored':>10}")
     for name, t in rows:
         shape = "x".join(map(str, t.shape)) or "scalar"
-        print(f"  {name:<{width}}  {shape:>16}  {t.dtype:<8}  {t.chunk_count:>6}  {_size(t.stored_bytes):>10}")
-    print(f"\n  data column: {_size(stored)}")
+        print(f"  {name:<{width}}  {shape:>16}  {t.dtype:<8}  {t.chunk_count:>6}  {size(t.stored_bytes):>10}")
+    print(f"\n  data column: {size(stored)}")
     return 0
-
-
-def _printable(text: str, limit: int = MAX_NAME_WIDTH) -> str:
-    """``text`` safe for a terminal table: control characters escaped, long text cut in the middle."""
-    safe = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-    if len(safe) <= limit:
-        return safe
-    keep = (limit - 3) // 2
-    return f"{safe[:keep]}...{safe[-keep:]}"
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -359,7 +327,7 @@ def _export(args: argparse.Namespace) -> int:
         return 0
     total = sum(f["bytes"] for f in result.files)
     print(f"exported {result.output} -> {result.target}")
-    print(f"  {result.tensor_count} tensors, {len(result.files)} files, {_size(total)}, dtype {result.dtype}, "
+    print(f"  {result.tensor_count} tensors, {len(result.files)} files, {size(total)}, dtype {result.dtype}, "
           f"in {result.seconds:.2f} s")
     print("".join(f"  warning: {w}\n" for w in result.warnings), end="")
     return 0
@@ -373,15 +341,15 @@ def _natural_key(name: str) -> list[Any]:
 def _validate(args: argparse.Namespace) -> int:
     from streamconv.validate import validate
 
-    result = validate(args.output, args.source)
+    progress = not args.json and sys.stderr.isatty() and not progress_bars_disabled()
+    report = validate(
+        args.output, args.source, min_cosine=args.min_cosine, max_nmse=args.max_nmse, progress=progress
+    ).to_dict()
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(report, indent=2))
     else:
-        print(f"validated {result.output_dir} against {result.source}")
-        for check in result.checks:
-            print(f"  {'ok  ' if check.passed else 'FAIL'} {check.name}: {check.detail}")
-        print("  passed" if result.passed else "  FAILED")
-    return 0 if result.passed else VALIDATION_FAILED
+        print(_validation_table(report, args.debug))
+    return 0 if report["passed"] else VALIDATION_FAILED
 
 
 def _types(args: argparse.Namespace) -> int:

@@ -90,7 +90,18 @@ def convert(
             # The checkpoint's weight files, and any other file the plan read (sentence-transformers Dense).
             source_files = list(dict.fromkeys([*checkpoint.weight_files, *(r.path for r in resolution.refs)]))
             write_json(result.metadata(checkpoint, source_files), staging / METADATA_FILENAME)
+        if options.validate:
+            _validate(result, options)
     return result
+
+
+def _validate(result: ConversionResult, options: ConvertOptions) -> None:
+    """Validate the written output and record the report in its metadata.json (imports torch)."""
+    from streamconv.validate import record_validation, validate
+
+    report = validate(result.output_dir, progress=options.progress)
+    record_validation(result.output_dir, report)
+    result.validation = report.to_dict()
 
 
 def _new_result(
@@ -113,6 +124,8 @@ def _new_result(
         warnings=list(resolution.warnings),
         plan_metadata=plan.metadata(checkpoint),
         dry_run=options.dry_run,
+        include=list(options.include),
+        exclude=list(options.exclude),
     )
 
 

@@ -54,6 +54,8 @@ class ConvertOptions:
         dry_run: Plan and estimate only; write nothing.
         strict: Fail, instead of warning, when an asset cannot be copied or built.
         progress: Show a progress bar on stderr (unless ``STREAMCONV_DISABLE_PROGRESS_BARS``).
+        validate: After writing, validate the output against the source (needs torch and
+            transformers) and record the report as metadata.json's ``validation`` section.
         tqdm_class: The tqdm class for the bar (``tqdm.auto.tqdm`` by default).
 
     Raises:
@@ -75,6 +77,7 @@ class ConvertOptions:
     dry_run: bool = False
     strict: bool = False
     progress: bool = False
+    validate: bool = False
     tqdm_class: Any = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -115,6 +118,7 @@ def _check_types(options: ConvertOptions) -> None:
     expected: dict[str, tuple[type, ...]] = {
         "model_type": (str,), "dtype": (str,), "compression": (str,), "chunk_size": (int,),
         "workers": (int,), "force": (bool,), "dry_run": (bool,), "strict": (bool,), "progress": (bool,),
+        "validate": (bool,),
     }
     optional = {"level": (int,), "revision": (str,), "max_file_size": (int,)}
     for name, types in {**expected, **optional}.items():

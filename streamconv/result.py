@@ -50,6 +50,10 @@ class ConversionResult:
             top level of ``metadata.json``.
         dry_run: True if nothing was written.
         tensors: For a dry run, the planned tensors (name, source name, shape, dtypes, bytes).
+        include: The ``--include`` patterns (source names), so validation can tell what was kept.
+        exclude: The ``--exclude`` patterns.
+        validation: With ``--validate``, the validation report (``passed``, checks with figures
+            and limits); ``None`` (and absent from metadata.json) otherwise.
     """
 
     source: str
@@ -76,6 +80,9 @@ class ConversionResult:
     plan_metadata: dict[str, Any] = field(default_factory=dict)
     dry_run: bool = False
     tensors: list[dict[str, Any]] = field(default_factory=list)
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    validation: dict[str, Any] | None = None
 
     @property
     def weights_path(self) -> Path:
@@ -95,6 +102,8 @@ class ConversionResult:
         data.update(data.pop("plan_metadata"))
         if not self.dry_run:
             del data["tensors"], data["dry_run"]
+        if self.validation is None:
+            del data["validation"]
         return data
 
     def metadata(self, checkpoint: Checkpoint, source_files: list[Path]) -> dict[str, Any]:

@@ -124,3 +124,15 @@ def minilm_converted(minilm_path: Path, tmp_path_factory: pytest.TempPathFactory
         return outputs[dtype]
 
     return converted
+
+
+def damage_output(out: Path, damage, scratch: Path) -> None:
+    """Damage a converted output on purpose: ``damage(arrays, source_names)`` edits, in place, the
+    stored arrays and the source names (both keyed by stored name), then the weights are rewritten."""
+    import streamconv
+
+    records = list(streamconv.iter_tensors(out))
+    arrays = {r.name: r.array for r in records}
+    sources = {r.name: r.source_name for r in records}
+    damage(arrays, sources)
+    rewrite_weights(out, arrays, {n: sources[n] for n in arrays}, scratch)

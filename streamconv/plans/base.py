@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -135,11 +135,15 @@ class Probe:
         label: What the output is (``text``, ``image``, ``encoder``...).
         run: ``run(model)`` returns the output tensor to compare; it holds its inputs.
         needs: Source-name prefixes; the probe runs only if a converted tensor starts with one.
+        expected: Optional ``expected()``: the output as another library computes it from the
+            source (sentence-transformers' ``encode``), compared with ``run`` on the reference model
+            to check the probe itself.
     """
 
     label: str
     run: Callable[[Any], Any]
     needs: tuple[str, ...] = ()
+    expected: Callable[[], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,10 @@ class ProbeContext:
         output: The converted output folder (its ``tokenizer.json`` and processor configs).
         metadata: The output's ``metadata.json``.
         seed: The seed every random input is drawn from.
+        source: The source checkpoint folder (for probes that compare with another library).
+        extras: Tensors a probe uses outside the transformers model (a sentence-transformers
+            Dense layer), by source name, as torch tensors: validation fills it with the source's
+            values while computing the reference outputs, then with the output's.
     """
 
     torch: Any
@@ -159,6 +167,8 @@ class ProbeContext:
     output: Path
     metadata: dict[str, Any]
     seed: int = 0
+    source: Path | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def generator(self) -> Any:
         """A fresh torch generator seeded with :attr:`seed`."""
@@ -353,13 +363,16 @@ class Plan:
         return architectures[0] if architectures else "AutoModel"
 
     def probes(self, context: ProbeContext) -> list[Probe]:
-        """Inputs that exercise the converted model; by default, token ids when it has a vocabulary."""
-        torch, config = context.torch, context.model.config
+        """Inputs that exercise the converted model; by default, a text batch when it has a vocabulary."""
+        from streamconv.plans.probes import output_tensor, text_batch
+
+        config = context.model.config
         vocab = getattr(config, "vocab_size", None)
         if not vocab:
             return []
-        ids = context.token_ids(vocab)
-        return [Probe("text", lambda m: m(input_ids=ids, attention_mask=torch.ones_like(ids))[0])]
+        longest = getattr(config, "max_position_embeddings", None) or 64
+        batch = text_batch(context, vocab, min(longest, 64), pad_id=getattr(config, "pad_token_id", None) or 0)
+        return [Probe("text", lambda m: output_tensor(m(**batch)))]
 
 
 def _unmatched(

@@ -57,26 +57,22 @@ class ClipPlan(Plan):
     default_parts = ("vision",)
 
     def probes(self, context: ProbeContext) -> list[Probe]:
-        """Image features through the projection; text features when the text tower was converted."""
-        torch, config = context.torch, context.model.config
+        """8 varied images through the projection; 8 texts when the text tower was converted."""
+        from streamconv.plans.probes import features_tensor, image_probe, text_batch
+
+        config = context.model.config
         vision_only = config.model_type == "clip_vision_model"
         vision = config if vision_only else config.vision_config
-        pixels = torch.randn(1, vision.num_channels, vision.image_size, vision.image_size, generator=context.generator())
-
-        def image(model: Any) -> Any:
-            if hasattr(model, "get_image_features"):
-                return _tensor(model.get_image_features(pixel_values=pixels))
-            return model(pixel_values=pixels)[0]
-
-        probes = [Probe("image", image, needs=() if vision_only else ("vision_model.", "visual_projection."))]
+        needs = () if vision_only else ("vision_model.", "visual_projection.")
+        probes = [image_probe(context, vision.num_channels, vision.image_size, needs=needs)]
         if not vision_only:
-            ids = context.token_ids(config.text_config.vocab_size)
-            probes.append(
-                Probe("text", lambda m: _tensor(m.get_text_features(input_ids=ids)), needs=("text_model.", "text_projection."))
+            text = config.text_config
+            batch = text_batch(
+                context, text.vocab_size, text.max_position_embeddings, pad_id=getattr(text, "pad_token_id", None) or 0
             )
+
+            def run(model: Any) -> Any:
+                return features_tensor(model.get_text_features(**batch))
+
+            probes.append(Probe("text", run, needs=("text_model.", "text_projection.")))
         return probes
-
-
-def _tensor(value: Any) -> Any:
-    # transformers 5 may return a model output object from get_*_features.
-    return value if hasattr(value, "shape") else value[0]

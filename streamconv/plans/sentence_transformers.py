@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from streamconv.errors import PlanError
-from streamconv.plans.base import Plan
+from streamconv.plans.base import Plan, Probe, ProbeContext
 from streamconv.source import Checkpoint, TensorRef, read_safetensors_header
 
 __all__ = ["Module", "SentenceTransformersPlan", "read_modules"]
@@ -111,6 +111,10 @@ class SentenceTransformersPlan(Plan):
         module_configs = [f"{m.path}/{MODULE_CONFIG_FILE}" for m in modules if m.path]
         return [*super().asset_files(checkpoint), MODULES_FILE, SBERT_CONFIG_FILE, ST_CONFIG_FILE, *module_configs]
 
+    def probes(self, context: ProbeContext) -> list[Probe]:
+        """The pooled, normalised embedding of 8 sentences (see :func:`_probes`)."""
+        return _probes(context)
+
     def metadata(self, checkpoint: Checkpoint) -> dict[str, Any]:
         """``{"sentence_transformers": {pooling_mode, normalize, max_seq_length, ...}}``."""
         root = checkpoint.root
@@ -197,3 +201,100 @@ def _read_json(path: Path, default: Any) -> Any:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return default
     return data if isinstance(data, type(default)) else default
+
+
+#: sentence-transformers' Pooling concatenates its modes in this order.
+POOLING_ORDER = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+
+
+def _probes(context: ProbeContext) -> list[Probe]:
+    """The pooled, normalised sentence embedding, computed from the module configs.
+
+    Pooling from metadata.json, each Dense layer from its ``config.json`` with the weights in
+    :attr:`ProbeContext.extras` (the source's or the output's), then Normalize. When the
+    sentence-transformers package is installed, the same sentences through its own
+    ``SentenceTransformer(source).encode`` check this computation.
+    """
+    from streamconv.plans.bert import text_model_probe
+    from streamconv.plans.probes import sentences
+
+    torch = context.torch
+    settings = context.metadata.get("sentence_transformers") or {}
+    modes = settings.get("pooling_mode") or DEFAULT_POOLING_MODE
+    modes = sorted([modes] if isinstance(modes, str) else modes, key=POOLING_ORDER.index)
+    modules = read_modules(context.output)
+    dense = [(m, _read_json(context.output / m.path / MODULE_CONFIG_FILE, default={})) for m in modules if m.kind == "Dense"]
+    tokens_of = text_model_probe(context, token_types=False)
+    mask = _attention_mask(context)
+
+    def run(model: Any) -> Any:
+        tokens = tokens_of(model)
+        embedding = torch.cat([_pool(torch, mode, tokens, mask) for mode in modes], dim=1)
+        for module, config in dense:
+            weight = context.extras[f"{module.prefix}linear.weight"]
+            bias = context.extras.get(f"{module.prefix}linear.bias") if config.get("bias", True) else None
+            embedding = _activation(torch, config.get("activation_function"))(
+                torch.nn.functional.linear(embedding, weight, bias)
+            )
+        if settings.get("normalize"):
+            embedding = torch.nn.functional.normalize(embedding, p=2, dim=1)
+        return embedding
+
+    expected = None
+    if context.source is not None and _has_sentence_transformers():
+        texts = sentences(context.seed)
+
+        def expected() -> Any:
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(str(context.source), device="cpu")
+            return torch.from_numpy(model.encode(texts, batch_size=len(texts), convert_to_numpy=True))
+
+    return [Probe("embedding", run, expected=expected)]
+
+
+def _attention_mask(context: ProbeContext) -> Any:
+    from streamconv.plans.probes import text_batch
+
+    config = context.model.config
+    batch = text_batch(
+        context, config.vocab_size, max_length=min(64, getattr(config, "max_position_embeddings", 64) - 2),
+        pad_id=getattr(config, "pad_token_id", None) or 0,
+    )
+    return batch["attention_mask"]
+
+
+def _pool(torch: Any, mode: str, tokens: Any, mask: Any) -> Any:
+    """One pooling mode of sentence-transformers' Pooling module."""
+    weights = mask.unsqueeze(-1).to(tokens.dtype)
+    counts = weights.sum(dim=1).clamp_min(1e-9)
+    if mode == "cls":
+        return tokens[:, 0]
+    if mode == "max":
+        return tokens.masked_fill(weights == 0, -1e9).max(dim=1).values
+    if mode == "mean":
+        return (tokens * weights).sum(dim=1) / counts
+    if mode == "mean_sqrt_len_tokens":
+        return (tokens * weights).sum(dim=1) / counts.sqrt()
+    if mode == "weightedmean":
+        positions = torch.arange(1, tokens.shape[1] + 1, dtype=tokens.dtype).view(1, -1, 1) * weights
+        return (tokens * positions).sum(dim=1) / positions.sum(dim=1).clamp_min(1e-9)
+    if mode == "lasttoken":
+        last = mask.sum(dim=1) - 1
+        return tokens[torch.arange(tokens.shape[0]), last]
+    raise PlanError(f"pooling mode {mode!r} is not one sentence-transformers has; the probe cannot pool it")
+
+
+def _activation(torch: Any, name: Any) -> Any:
+    """A Dense module's activation from its dotted class name (only ``torch.nn`` classes)."""
+    cls = str(name or "torch.nn.Identity").rsplit(".", 1)[-1]
+    found = getattr(torch.nn, cls, None)
+    if found is None:
+        raise PlanError(f"Dense activation {name!r} is not a torch.nn class; the probe cannot apply it")
+    return found()
+
+
+def _has_sentence_transformers() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("sentence_transformers") is not None

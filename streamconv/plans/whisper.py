@@ -54,18 +54,20 @@ class WhisperPlan(Plan):
     renames = ((r"\.embed_positions\.", ".position_embedding."),)
 
     def probes(self, context: ProbeContext) -> list[Probe]:
-        """Log-mel-shaped noise through the encoder; with the decoder, its start token too."""
+        """Log-mel features of 8 synthetic signals through the encoder; with the decoder, 5-token prefixes."""
+        from streamconv.plans.probes import BATCH, log_mel_features, output_tensor
+
         torch, config = context.torch, context.model.config
-        features = torch.randn(
-            1, config.num_mel_bins, 2 * config.max_source_positions, generator=context.generator()
-        )
-        start = torch.tensor([[config.decoder_start_token_id]])
+        features = log_mel_features(context, config.num_mel_bins, 2 * config.max_source_positions)
+        tokens = torch.randint(0, config.vocab_size, (BATCH, 4), generator=context.generator())
+        start = torch.full((BATCH, 1), config.decoder_start_token_id)
+        prefix = torch.cat([start, tokens], dim=1)
 
         def encoder(model: Any) -> Any:
             return model.get_encoder()(input_features=features).last_hidden_state
 
         def decoder(model: Any) -> Any:
-            return model(input_features=features, decoder_input_ids=start)[0]
+            return output_tensor(model(input_features=features, decoder_input_ids=prefix))
 
         return [
             Probe("encoder", encoder, needs=("model.encoder.", "encoder.")),

@@ -278,9 +278,9 @@ def _cast_checked(data: np.ndarray, ref: TensorRef, target: np.dtype) -> tuple[n
 def _cast_to(data: np.ndarray, store: np.dtype, note: str | None) -> tuple[np.ndarray, str | None]:
     if data.dtype == store:
         return data, note
-    if data.dtype == NUMPY_DTYPES["bfloat16"] and store != NUMPY_DTYPES["float32"]:
-        # bfloat16 -> float32 is exact, so this equals a direct cast and works in every numpy.
-        data = data.astype(np.float32)
+    # Direct, also for bfloat16 -> float16: ml_dtypes casts it 2.5x faster than via float32, with
+    # the same bits for every non-NaN value (tests/test_codec.py checks all 65,536); NaNs stay NaNs
+    # of the same sign but become the canonical quiet NaN instead of keeping payload bits.
     return data.astype(store), note
 
 

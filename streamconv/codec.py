@@ -1,72 +1,303 @@
 """How one chunk's elements become the bytes of the Parquet ``data`` column, and back.
 
-Format version 1 (docs/format.md): the chunk's little-endian element bytes are split into byte
-planes (plane ``j`` holds byte ``j`` of every element, planes in order 0..itemsize-1), then the
-planes, concatenated, are compressed as one zstd frame (with content size and checksum, a block
-boundary after each plane), or stored as they are for compression ``none``. Splitting puts the exponent bytes of floats side by side,
-which zstd's entropy coder compresses far better than interleaved bytes.
+A chunk of ``n`` elements of ``k`` bytes is first split into ``k`` byte planes: plane ``j`` holds
+byte ``j`` of every little-endian element, in element order (one-byte dtypes are one plane).
+Splitting puts the sign/exponent bytes of floats side by side, where an entropy coder shrinks
+them, and leaves the near-random low mantissa bytes together, where nothing helps.
+
+Payload layout, format version 2 (what :func:`encode` writes):
+
+- compression ``none``: the planes, concatenated (plane 0 first): ``k * n`` bytes.
+- compression ``zstd``: a header, then one body per plane, in plane order, nothing between::
+
+      coder[k]    k bytes, one per plane: 0 = stored (the body is the plane's n bytes as they
+                  are), 1 = zstd (the body is one zstd frame whose header declares a content
+                  size of n; no frame checksum, the format's checksum column covers the chunk)
+      length[k]   k unsigned 64-bit little-endian integers: the byte length of each body
+      body[0] .. body[k-1]
+
+  The payload is exactly ``9 * k + sum(length)`` bytes; a stored body is exactly ``n`` bytes.
+  An empty chunk is ``k`` stored planes of length 0.
+
+Format version 1: compression ``none`` as above; ``zstd`` is all planes, concatenated, as one
+zstd frame with content size ``k * n`` (and a content checksum). :func:`decode` reads both.
+
+Which coder each plane gets (:func:`encode`, default ``level=None``, chosen by measurement in
+benchmarks/codec_choice.py): a plane whose sampled order-0 entropy exceeds
+``STORE_ABOVE_BITS`` bits per byte is stored; other planes get zstd with match finding starved
+(:data:`TUNED_PARAMETERS`), which turns zstd into a Huffman coder of literals, with a Huffman
+table per 128 KiB block. A plane whose frame is not smaller than the plane is stored too. An
+explicit ``level=N`` compresses every plane with zstd level N (stored only if that is no smaller).
+
+The *entropy bound* this is measured against (benchmarks/codec_choice.py): for each chunk, the sum
+over its byte planes of plane length times the order-0 Shannon entropy of that plane's byte
+histogram, in bytes; summed over chunks. (docs/benchmarks.md sums the same over whole tensors,
+which is at least as large.)
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 import zstandard
 
-__all__ = ["encode", "decode", "split_planes", "join_planes"]
+__all__ = ["FORMAT_VERSIONS", "STORE_ABOVE_BITS", "TUNED_PARAMETERS", "decode", "decode_into", "encode",
+           "entropy_bound", "join_planes", "split_planes"]
 
+#: Payload layouts :func:`decode` understands.
+FORMAT_VERSIONS = (1, 2)
+#: zstd with almost no match finding: on float byte planes LZ matches only get in the way, and
+#: without them zstd is a fast Huffman coder (measured: benchmarks/codec_choice.py).
+TUNED_PARAMETERS = zstandard.ZstdCompressionParameters(
+    strategy=zstandard.STRATEGY_FAST, min_match=7, search_log=1, hash_log=6, chain_log=6,
+    window_log=17, write_content_size=True, write_checksum=False)
+#: A plane whose sample has more order-0 entropy than this (bits per byte) is stored as it is:
+#: zstd would store its blocks raw anyway (it needs a gain of 1/64), after spending time finding out.
+STORE_ABOVE_BITS = 7.86
+_SAMPLE = 8192  # bytes sampled (evenly spaced) per plane to estimate its entropy
+_STORED, _ZSTD = 0, 1
+_SCRATCH_CACHE_LIMIT = 32 << 20  # per-thread decode buffers larger than this are not kept
 _local = threading.local()
 
 
 def split_planes(data: np.ndarray) -> np.ndarray:
     """The byte planes of a 1-D array, as one contiguous ``uint8`` array of ``itemsize * n``."""
-    data = np.ascontiguousarray(data)
-    if data.dtype.itemsize == 1:
-        return data.view(np.uint8)
-    return np.ascontiguousarray(data.view(np.uint8).reshape(-1, data.dtype.itemsize).T).reshape(-1)
+    return _split(np.ascontiguousarray(data).reshape(-1)).reshape(-1)
+
+
+def _split(data: np.ndarray, scratch: str | None = None) -> np.ndarray:
+    """The ``(k, n)`` planes of ``data``, in a new array or the thread's ``scratch`` buffer."""
+    k, n = data.dtype.itemsize, data.size
+    if k == 1:
+        return data.view(np.uint8).reshape(1, n)
+    buffer = np.empty(k * n, np.uint8) if scratch is None else _scratch(scratch, k * n)
+    planes = buffer[:k * n].reshape(k, n)
+    if k not in (2, 4):  # shifting wins for 2 and 4 bytes (14 and 6 GB/s against 3.6), not 8
+        planes[...] = data.view(np.uint8).reshape(n, k).T
+        return planes
+    words = data.view(f"<u{k}")
+    for j in range(k):
+        np.right_shift(words, 8 * j, out=planes[j], casting="unsafe")  # keeps the low byte
+    return planes
 
 
 def join_planes(planes: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Inverse of :func:`split_planes`: a 1-D array of ``dtype``."""
-    itemsize = dtype.itemsize
-    if itemsize == 1:
-        return planes.view(dtype)
-    return np.ascontiguousarray(planes.reshape(itemsize, -1).T).view(dtype).reshape(-1)
+    dtype = np.dtype(dtype)
+    out = np.empty(planes.size // dtype.itemsize, dtype)
+    _join_into(list(planes.reshape(dtype.itemsize, -1)), out)
+    return out
 
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
-    # A ZstdCompressor must not be shared between threads; keep one per thread and level.
+def _join_into(planes: list[np.ndarray], out: np.ndarray) -> None:
+    """Interleave ``planes`` (each ``out.size`` bytes) into ``out``, writing each byte once."""
+    k = len(planes)
+    if k == 1:
+        np.copyto(out.view(np.uint8), planes[0])
+    elif k == 2:  # two vector passes: 10 GB/s against 3.6 for strided byte copies
+        words = out.view("<u2")
+        np.left_shift(planes[1], 8, out=words, dtype=words.dtype)
+        np.bitwise_or(words, planes[0], out=words)
+    else:
+        grid = out.view(np.uint8).reshape(-1, k)
+        for j, plane in enumerate(planes):
+            grid[:, j] = plane
+
+
+def _compressor(level: int | None) -> zstandard.ZstdCompressor:
+    # A ZstdCompressor must not be shared between threads: one per thread and level.
     cache = getattr(_local, "compressors", None)
     if cache is None:
         cache = _local.compressors = {}
     if level not in cache:
-        cache[level] = zstandard.ZstdCompressor(level=level, write_checksum=True)
+        cache[level] = (zstandard.ZstdCompressor(compression_params=TUNED_PARAMETERS) if level is None
+                        else zstandard.ZstdCompressor(level=level, write_checksum=False))
     return cache[level]
 
 
-def encode(data: np.ndarray, compression: str, level: int) -> bytes:
-    """Encode a chunk's elements: byte-plane split, then zstd (or nothing for ``none``).
+def _looks_random(plane: np.ndarray) -> bool:
+    """Whether an evenly spaced sample of ``plane`` has more than STORE_ABOVE_BITS of entropy."""
+    if plane.size < _SAMPLE:
+        return False  # small: let zstd try, the size check decides
+    counts = np.bincount(plane[:: plane.size // _SAMPLE], minlength=256)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum()) > STORE_ABOVE_BITS
 
-    The planes go into one zstd frame, with a block boundary at the end of each plane so that no
-    block (and so no entropy table) mixes two planes: on MiniLM in fp16 that is 0.7% smaller than
-    one unbroken frame and within 0.2% of the planes' order-0 entropy.
+
+def encode(data: np.ndarray, compression: str, level: int | None = None) -> bytes:
+    """Encode a chunk's elements as a format-version-2 payload (layout: module docstring).
+
+    Args:
+        data: The chunk's elements (any shape; flattened in C order).
+        compression: ``zstd`` or ``none``.
+        level: ``None`` (default) for the tuned coder per plane (stored or starved zstd);
+            an int for zstd at that level (-7..22) on every plane.
+
+    Thread-safe: each thread has its own compressors.
     """
-    planes = split_planes(data)
+    planes = _split(np.ascontiguousarray(data).reshape(-1), "encode")  # dead once joined below
     if compression == "none":
         return planes.tobytes()
-    stream = _compressor(level).compressobj(size=planes.size)
-    parts = []
-    for plane in planes.reshape(data.dtype.itemsize, -1):
-        parts.append(stream.compress(plane.data))
-        parts.append(stream.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
-    parts.append(stream.flush())
-    return b"".join(parts)
+    if compression != "zstd":
+        raise ValueError(f"unknown compression {compression!r}")
+    compressor = _compressor(level)
+    coders = bytearray()
+    bodies: list[Any] = []
+    for plane in planes:
+        body = None
+        if plane.size and not (level is None and _looks_random(plane)):
+            body = compressor.compress(plane)  # one call: output sized by the bound, no growth
+            if len(body) >= plane.size:
+                body = None
+        coders.append(_STORED if body is None else _ZSTD)
+        bodies.append(plane if body is None else body)
+    lengths = np.array([len(b) if isinstance(b, bytes) else b.size for b in bodies], "<u8")
+    return b"".join([coders, lengths.tobytes(), *bodies])  # the one copy of the output
 
 
-def decode(payload: bytes, dtype: np.dtype, count: int, compression: str) -> np.ndarray:
-    """Decode one ``data`` value back into ``count`` elements of ``dtype``."""
-    raw = payload if compression == "none" else zstandard.ZstdDecompressor().decompress(payload)
-    if len(raw) != count * dtype.itemsize:
-        raise ValueError(f"chunk holds {len(raw)} bytes, expected {count * dtype.itemsize}")
-    return join_planes(np.frombuffer(raw, dtype=np.uint8), dtype)
+def decode(payload: Any, dtype: np.dtype, count: int, compression: str,
+           format_version: int = 2) -> np.ndarray:
+    """Decode one ``data`` value into a new array of ``count`` elements of ``dtype``.
+
+    The payload is checked against ``count`` before anything of that size is allocated.
+    Raises ValueError for a payload that does not decode to exactly ``count`` elements.
+    """
+    dtype = np.dtype(dtype)
+    sources = _parse(_as_bytes(payload), dtype.itemsize, count, compression, format_version)
+    out = np.empty(count, dtype)
+    _fill(sources, out)
+    return out
+
+
+def decode_into(payload: Any, out: np.ndarray, compression: str, format_version: int = 2) -> None:
+    """Decode one ``data`` value straight into ``out``, a preallocated 1-D contiguous array.
+
+    ``out``'s dtype and size say what the payload must hold (a slice of the final tensor buffer,
+    e.g. ``tensor.reshape(-1)[offset:offset + count]``). zstd planes are decompressed into a
+    per-thread scratch buffer, then every plane is interleaved into ``out`` in one pass; stored
+    planes are read from the payload where they lie. ``payload`` may be bytes, a memoryview or a
+    pyarrow Buffer. Releases the GIL while decompressing and interleaving, so threads scale.
+
+    Raises:
+        ValueError: the payload is damaged or does not hold ``out.size`` elements (the reason is
+            in the message); nothing larger than ``out`` is allocated for a damaged payload.
+    """
+    if out.ndim != 1 or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be a writeable, contiguous 1-D array")
+    sources = _parse(_as_bytes(payload), out.dtype.itemsize, out.size, compression, format_version)
+    _fill(sources, out)
+
+
+def _as_bytes(payload: Any) -> np.ndarray:
+    return np.frombuffer(payload, np.uint8)  # no copy: bytes, memoryview, pyarrow Buffer
+
+
+def _parse(buf: np.ndarray, k: int, n: int, compression: str, version: int) -> list[tuple[int, np.ndarray]]:
+    """Check a payload against ``k * n`` bytes of planes; return ``(coder, bytes)`` per part.
+
+    A part is one plane, except for a version-1 zstd payload, whose one frame holds all planes.
+    """
+    if version not in FORMAT_VERSIONS:
+        raise ValueError(f"unknown format version {version}")
+    if compression == "none":
+        if buf.size != k * n:
+            raise ValueError(f"chunk holds {buf.size} bytes, expected {k * n}")
+        return [(_STORED, buf)]
+    if compression != "zstd":
+        raise ValueError(f"unknown compression {compression!r}")
+    if version == 1:
+        return [(_ZSTD, _checked_frame(buf, k * n))]
+    head = 9 * k
+    if buf.size < head:
+        raise ValueError(f"payload of {buf.size} bytes is shorter than its {head}-byte header")
+    coders, lengths = buf[:k], buf[k:head].view("<u8")
+    total = int(lengths.sum()) if (lengths <= buf.size).all() else -1  # no overflow: k <= 8
+    if total != buf.size - head:
+        raise ValueError(f"plane lengths {lengths.tolist()} do not add up to the {buf.size - head} "
+                         "bytes after the header")
+    parts, start = [], head
+    for j, (coder, length) in enumerate(zip(coders.tolist(), lengths.tolist(), strict=True)):
+        body = buf[start:start + length]
+        start += length
+        if coder == _STORED and length != n:
+            raise ValueError(f"stored plane {j} holds {length} bytes, expected {n}")
+        if coder not in (_STORED, _ZSTD):
+            raise ValueError(f"plane {j} has unknown coder {coder}")
+        parts.append((coder, body if coder == _STORED else _checked_frame(body, n)))
+    return parts
+
+
+def _checked_frame(body: np.ndarray, size: int) -> np.ndarray:
+    try:
+        declared = zstandard.frame_content_size(body.data)
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"not a zstd frame ({exc})") from None
+    if declared != size:
+        raise ValueError(f"zstd frame declares {declared} bytes, expected {size}"
+                         if declared >= 0 else "zstd frame does not declare its size")
+    return body
+
+
+def _fill(parts: list[tuple[int, np.ndarray]], out: np.ndarray) -> None:
+    """Decompress ``parts`` (from :func:`_parse`) and interleave their planes into ``out``."""
+    k, n = out.dtype.itemsize, out.size
+    if n == 0:
+        return
+    part_size = k * n // len(parts)  # k planes in k parts, or all planes in one part
+    scratch = _scratch("decode", part_size * sum(coder == _ZSTD for coder, _ in parts))
+    used, planes = 0, list[np.ndarray]()
+    for coder, body in parts:
+        if coder == _ZSTD:
+            target, used = scratch[used:used + part_size], used + part_size
+            _decompress_into(body, target)
+            body = target
+        planes.extend(body.reshape(-1, n))
+    _join_into(planes, out)
+
+
+def _scratch(name: str, size: int) -> np.ndarray:
+    """This thread's buffer ``name`` of at least ``size`` bytes, kept for reuse if not too large.
+
+    Reusing it avoids a fresh allocation (and its page faults) per chunk: on 2 threads, zstd
+    decompressing into a new bytes object ran at half the speed of decompressing into a reused one.
+    """
+    buffer = getattr(_local, name, None)
+    if buffer is not None and buffer.size >= size:
+        return buffer
+    buffer = np.empty(size, np.uint8)
+    if size <= _SCRATCH_CACHE_LIMIT:
+        setattr(_local, name, buffer)
+    return buffer
+
+
+def _decompress_into(frame: np.ndarray, target: np.ndarray) -> None:
+    decompressor = getattr(_local, "decompressor", None)
+    if decompressor is None:
+        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
+    got = 0
+    try:
+        with decompressor.stream_reader(frame.data) as reader:
+            view = target.data
+            while got < target.size:
+                step = reader.readinto(view[got:])
+                if not step:
+                    break
+                got += step
+            extra = reader.read(1) if got == target.size else b""  # reaches the frame's end (checksum)
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"zstd frame is damaged ({exc})") from None
+    if got != target.size or extra:
+        raise ValueError(f"zstd frame holds {'more than ' if extra else ''}{got} bytes, expected {target.size}")
+
+
+def entropy_bound(data: np.ndarray) -> float:
+    """The entropy bound of one chunk, in bytes: per byte plane, its length times the order-0
+    Shannon entropy of its byte histogram, summed over planes (see the module docstring)."""
+    total = 0.0
+    for plane in _split(np.ascontiguousarray(data).reshape(-1)):
+        counts = np.bincount(plane, minlength=256)
+        p = counts[counts > 0] / plane.size
+        total += float(-(p * np.log2(p)).sum()) * plane.size
+    return total / 8

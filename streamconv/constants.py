@@ -19,7 +19,6 @@ DEFAULT_DTYPE = "float16"
 
 COMPRESSION_CHOICES = ("zstd", "none")
 DEFAULT_COMPRESSION = "zstd"
-DEFAULT_ZSTD_LEVEL = 3
 ZSTD_LEVELS = range(-7, 23)
 
 #: Largest number of source bytes one chunk (one Parquet row) holds.

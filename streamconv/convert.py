@@ -116,7 +116,7 @@ def _new_result(
         source_layout=resolution.layout.name,
         dtype=options.dtype,
         compression=options.compression,
-        level=options.zstd_level if options.compression == "zstd" else None,
+        level=options.level,
         chunk_size=options.chunk_size,
         tensor_count=len(resolution.refs),
         parameter_count=sum(r.numel for r in resolution.refs),
@@ -173,7 +173,7 @@ def _write_once(
 
     writer_options: dict[str, Any] = dict(
         compression=options.compression,
-        level=options.zstd_level,
+        level=options.level,
         workers=options.workers,
         row_group_bytes=row_group_bytes_for(result.source_bytes),
     )
@@ -227,7 +227,7 @@ def _estimate(result: ConversionResult, refs: tuple[TensorRef, ...], options: Co
             continue
         data = next(cast([TensorChunk(ref, 0, 1, 0, count)], options.dtype)).load()
         sample_raw += data.nbytes
-        sample_encoded += len(codec.encode(data, options.compression, options.zstd_level))
+        sample_encoded += len(codec.encode(data, options.compression, options.level))
     ratio = sample_encoded / sample_raw if sample_raw else 1.0
     result.output_bytes = int(raw_total * ratio)
     result.ratio = round(result.source_bytes / result.output_bytes, 4) if result.output_bytes else 0.0

@@ -47,7 +47,9 @@ def conversion_summary(result: Any, requested: str) -> str:
 def codec_label(compression: Any, level: Any) -> str:
     if isinstance(compression, dict):  # format 1: {"codec": ..., "level": ...}
         compression, level = compression.get("codec"), compression.get("level")
-    return f"zstd-{level}" if compression == "zstd" else "none"
+    if compression != "zstd":
+        return "none"
+    return "zstd, tuned per plane" if level is None else f"zstd-{level}"
 
 
 def _mib(n: float) -> str:

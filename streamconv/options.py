@@ -18,7 +18,6 @@ from streamconv.constants import (
     DEFAULT_COMPRESSION,
     DEFAULT_DTYPE,
     DEFAULT_WORKERS,
-    DEFAULT_ZSTD_LEVEL,
     DTYPE_CHOICES,
     ZSTD_LEVELS,
 )
@@ -41,7 +40,8 @@ class ConvertOptions:
         dtype: ``float16``, ``bfloat16``, ``float32`` or ``keep``. Integer and bool tensors are
             never cast; a tensor with values beyond float16's range is kept in float32.
         compression: ``zstd`` or ``none``.
-        level: zstd level, -7 to 22; ``None`` for the default. Refused with ``compression='none'``.
+        level: zstd level -7 to 22 on every byte plane; ``None`` (default) for the coder tuned per
+            plane (docs/format.md). Refused with ``compression='none'``.
         include: Glob patterns over source tensor names; keep only tensors matching one.
         exclude: Glob patterns over source tensor names; drop tensors matching one.
         chunk_size: Largest chunk (one Parquet row), in source bytes.
@@ -108,10 +108,6 @@ class ConvertOptions:
             )
         return dataclasses.replace(base, **overrides) if base is not None else cls(**overrides)
 
-    @property
-    def zstd_level(self) -> int:
-        """The level zstd compresses with (the default when ``level`` is ``None``)."""
-        return DEFAULT_ZSTD_LEVEL if self.level is None else self.level
 
 
 def _check_types(options: ConvertOptions) -> None:

@@ -231,7 +231,7 @@ class _WeightsPart:
         if expected_sum is not None and checksum(memoryview(payload)) != expected_sum:
             raise FormatError(self.path, f"tensor {name!r}: chunk {chunk} is damaged (checksum mismatch)")
         try:
-            out[:] = codec.decode(memoryview(payload), out.dtype, out.size, self.compression)
+            codec.decode_into(payload, out, self.compression, self.version)
         except Exception as exc:  # zstd errors, size mismatches: all mean a damaged chunk
             raise FormatError(self.path, f"tensor {name!r}: chunk {chunk} is damaged ({exc})") from exc
 

@@ -241,9 +241,9 @@ def cast(chunks: Iterable[TensorChunk], dtype: str, *, prescan: bool = True) -> 
 
 
 def _cast_to(data: np.ndarray, store: DType) -> np.ndarray:
-    if data.dtype == by_name("bfloat16").numpy and store.name != "float32":  # type: ignore[union-attr]
-        # bfloat16 -> float32 is exact, so this equals a direct cast and works in every numpy.
-        data = data.astype(np.float32)
+    # Direct, also for bfloat16 -> float16: ml_dtypes casts it 2.5x faster than via float32, with
+    # the same bits for every non-NaN value (tests/test_codec.py checks all 65,536); NaNs stay NaNs
+    # of the same sign but become the canonical quiet NaN instead of keeping payload bits.
     return data.astype(store.numpy)
 
 

@@ -28,7 +28,6 @@ from streamconv.constants import (
     COMPRESSION_CHOICES,
     DEFAULT_COMPRESSION,
     DEFAULT_WORKERS,
-    DEFAULT_ZSTD_LEVEL,
     FORMAT_VERSION,
     ZSTD_LEVELS,
 )
@@ -117,7 +116,7 @@ class WeightsWriter:
     Args:
         path: Final path of the Parquet file.
         compression: ``zstd`` or ``none``.
-        level: zstd level, -7 to 22 (negative levels are faster and larger).
+        level: ``None`` for the coder tuned per byte plane, or a zstd level -7 to 22 for every plane.
         workers: Threads that encode chunks.
         row_group_bytes: Pending encoded bytes that close a row group.
 
@@ -131,7 +130,7 @@ class WeightsWriter:
         path: str | os.PathLike[str],
         *,
         compression: str = DEFAULT_COMPRESSION,
-        level: int = DEFAULT_ZSTD_LEVEL,
+        level: int | None = None,
         workers: int = DEFAULT_WORKERS,
         row_group_bytes: int = ROW_GROUP_BYTES,
     ) -> None:
@@ -141,7 +140,7 @@ class WeightsWriter:
                 "compression",
                 compression=compression,
             )
-        if level not in ZSTD_LEVELS:
+        if level is not None and level not in ZSTD_LEVELS:
             raise InvalidOptionError("{level=} is outside zstd's levels -7 to 22", "level", level=level)
         if workers < 1:
             raise InvalidOptionError("{workers=} must be at least 1", "workers", workers=workers)

@@ -43,7 +43,7 @@ def test_convert_prints_a_summary(tiny_checkpoint: Path, tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # no progress bar when stderr is not a terminal
     assert done.stdout.startswith(f"converted {tiny_checkpoint} -> {tmp_path / 'out'}")
-    assert "12 tensors" in done.stdout and "float16, zstd-3" in done.stdout
+    assert "12 tensors" in done.stdout and "float16, zstd, tuned per plane" in done.stdout
 
 
 def test_old_spellings_and_options(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -127,7 +127,8 @@ def write_assets(
     written = {record["path"] for record in records}
     for name in expected:
         if name not in written and name not in failed:
-            error = AssetError(root / name, "is missing, and the model's inputs are prepared with it", f"add {name} to the checkpoint")
+            problem = "is missing, and the model's inputs are prepared with it"
+            error = AssetError(root / name, problem, f"add {name} to the checkpoint")
             if strict:
                 raise error
             warnings.append(str(error))

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from streamconv._version import __version__
 from streamconv.constants import COMPRESSION_CHOICES, DTYPE_CHOICES, progress_bars_disabled
+from streamconv.display import codec_label, conversion_summary, printable, size
 from streamconv.errors import NOVALUE, InvalidOptionError, StreamconvError
 from streamconv.interrupts import (
     SIGINT_EXIT,
@@ -26,7 +27,6 @@ from streamconv.interrupts import (
     output_identity,
     sigterm_raises,
 )
-from streamconv.display import codec_label, conversion_summary, printable, size
 from streamconv.options import ConvertOptions, option_names
 
 __all__ = ["build_parser", "main"]
@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"float target; int and bool tensors are never cast (default {_default('dtype')})")
     conv.add_argument("--compression", choices=COMPRESSION_CHOICES,
                       help=f"codec of the data column (default {_default('compression')})")
-    conv.add_argument("--level", type=int, help="zstd level -7 to 22 on every byte plane (default: the tuned coder per plane, smaller and faster)")
+    conv.add_argument("--level", type=int,
+                      help="zstd level -7 to 22 on every byte plane (default: the coder tuned per plane, smaller and faster)")
     conv.add_argument("--include", action="append", metavar="GLOB",
                       help="keep only tensors whose source name matches (repeatable)")
     conv.add_argument("--exclude", action="append", metavar="GLOB",
@@ -284,7 +285,7 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps({"metadata": metadata, "tensors": [t.to_dict() for t in tensors]}, indent=2))
         return 0
     stored = sum(t.stored_bytes for t in tensors)
-    source = metadata.get("source") if isinstance(metadata.get("source"), dict) else {}
+    source: dict[str, Any] = metadata["source"] if isinstance(metadata.get("source"), dict) else {}
     print(f"{weights}")
     print(f"  source {printable(str(source.get('id', '?')))}"
           + (f" @ {source['revision']}" if source.get("revision") else ""))

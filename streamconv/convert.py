@@ -16,8 +16,8 @@ from streamconv.options import ConvertOptions
 from streamconv.output import check_output, clean_leftovers, staged_output
 from streamconv.plans import FALLBACK, ModelInfo, Plan, Resolution, choose_plan
 from streamconv.result import ConversionResult
-from streamconv.split import SplitWeightsWriter
 from streamconv.source import Checkpoint, TensorRef, open_checkpoint
+from streamconv.split import SplitWeightsWriter
 from streamconv.stages import TensorChunk, cast, chunk
 from streamconv.writer import WeightsWriter, WriteSummary, row_group_bytes_for
 

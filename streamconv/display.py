@@ -17,13 +17,14 @@ def conversion_summary(result: Any, requested: str) -> str:
         width = max(len(t["name"]) for t in result.tensors)
         for t in result.tensors:
             shape = "x".join(map(str, t["shape"])) or "scalar"
-            lines.append(f"  {t['name']:<{width}}  {shape:>16}  {t['source_dtype']:>8} -> {t['dtype']:<8}  {size(t['bytes']):>10}")
+            lines.append(
+                f"  {t['name']:<{width}}  {shape:>16}  {t['source_dtype']:>8} -> {t['dtype']:<8}  {size(t['bytes']):>10}"
+            )
     else:
         lines.append(f"converted {result.source} -> {result.output_dir}")
+    how = "detected" if result.detected else "no plan recognised the checkpoint"
     if requested != "auto":
         how = f"--type {requested}"
-    else:
-        how = "detected" if result.detected else "no plan recognised the checkpoint"
     lines.append(f"  model type {result.model_type} ({how}), parts {','.join(result.parts)}")
     codec = codec_label(result.compression, result.level)
     lines.append(

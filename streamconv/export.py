@@ -195,7 +195,7 @@ def _write_tensors(weights: WeightsFile, files: dict[str, list[_File]], staging:
             for file in group:
                 path = staging / file.path
                 path.parent.mkdir(parents=True, exist_ok=True)
-                handle = open(path, "wb")  # noqa: SIM115 - closed below
+                handle: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed below
                 handles.append(handle)
                 header = file.header_bytes()
                 handle.write(header)
@@ -203,11 +203,11 @@ def _write_tensors(weights: WeightsFile, files: dict[str, list[_File]], staging:
                 for name in file.names:
                     where[name] = (file, handle, len(header))
         for info, offset, chunk in weights.chunks():
-            file, handle, base = where[info.name]
+            file, target, base = where[info.name]
             header = file.header[file.names[info.name]]
             data = _cast(chunk, by_code(header["dtype"]))
-            handle.seek(base + header["data_offsets"][0] + offset * data.dtype.itemsize)
-            handle.write(memoryview(np.ascontiguousarray(data).view(np.uint8)))
+            target.seek(base + header["data_offsets"][0] + offset * data.dtype.itemsize)
+            target.write(np.ascontiguousarray(data).view(np.uint8).data)
     finally:
         for handle in handles:
             handle.close()

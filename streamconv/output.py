@@ -25,6 +25,7 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from streamconv.errors import DiskFullError, InvalidOptionError, OutputExistsError, OutputNotWritableError
 
@@ -59,9 +60,8 @@ def check_output(output: Path, source_root: Path, force: bool) -> None:
         raise InvalidOptionError(
             f"{output}: the output would replace the checkpoint being converted; choose another -o"
         )
-    if output.exists() or output.is_symlink():
-        if not force:
-            raise OutputExistsError(output)
+    if (output.exists() or output.is_symlink()) and not force:
+        raise OutputExistsError(output)
 
 
 def staging_path(output: Path, pid: int | None = None, tag: str = STAGING_TAG) -> Path:
@@ -158,7 +158,7 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(a), None, str(b))
 
 
-def _renameat2():  # type: ignore[no-untyped-def]
+def _renameat2() -> Any:
     """libc's ``renameat2``, or the raw syscall where libc lacks it; None off Linux."""
     if not sys.platform.startswith("linux"):
         return None

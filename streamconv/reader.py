@@ -368,7 +368,7 @@ def load(path: str | os.PathLike[str], *, names: NameKind = "stored") -> dict[st
         >>> streamconv.load("minilm-parquet")["embeddings.word_embeddings.weight"].shape  # (30522, 384)
     """
     _check_names(names)
-    return dict(iter(record) for record in iter_tensors(path, names=names))
+    return {record.key: record.array for record in iter_tensors(path, names=names)}
 
 
 def load_tensor(path: str | os.PathLike[str], name: str, *, names: NameKind = "stored") -> np.ndarray:

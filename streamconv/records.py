@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -65,7 +67,7 @@ class TensorRecord(TensorInfo):
         """The name asked for: ``name`` (``names="stored"``) or ``source_name`` (``names="source"``)."""
         return self.source_name if self.names == "source" else self.name
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Any]:
         """``name, array = record``: the key asked for and the array."""
         return iter((self.key, self.array))
 

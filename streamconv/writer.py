@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 import xxhash
 
 from streamconv import codec

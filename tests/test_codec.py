@@ -12,8 +12,8 @@ import pytest
 import zstandard
 
 import streamconv
-from streamconv.dtypes import by_name
 from streamconv import codec
+from streamconv.dtypes import by_name
 from streamconv.stages import _cast_to
 
 DTYPES = [np.float64, np.float32, np.float16, ml_dtypes.bfloat16, np.int64, np.int32, np.int16,

@@ -26,11 +26,12 @@ __all__ = [
 
 #: Items in every probe batch.
 BATCH = 8
-_WORDS = (
-    "the quick brown fox jumps over a lazy dog while seven tired engineers convert large "
-    "checkpoints into compact parquet weights before lunch on a rainy tuesday in zürich, "
-    "hello world! naïve café owners paid 1,234.56 francs; don't stop, 42nd street, 東京"
-).split()
+_WORDS = [
+    "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "tired",
+    "engineers", "convert", "large", "checkpoints", "into", "compact", "parquet", "weights", "before",
+    "lunch", "on", "a", "rainy", "tuesday", "in", "zürich,", "hello", "world!", "naïve", "café", "owners",
+    "paid", "1,234.56", "francs;", "don't", "stop,", "42nd", "street,", "東京",
+]
 
 
 def sentences(seed: int = 0, count: int = BATCH, longest: int = 24) -> list[str]:

@@ -69,9 +69,9 @@ def validate(
     plan = get_plan(metadata.get("model_type", "generic"))()
     report = ValidationReport(output_dir=output, source=str(checkpoint.root))
     report.checks.extend(check_weights(output, plan, checkpoint, metadata))
-    limits = list(limits_for(str(metadata.get("dtype", "keep"))))
-    limits = [limits[0] if min_cosine is None else min_cosine, limits[1] if max_nmse is None else max_nmse]
-    report.checks.extend(_check_outputs(output, plan, checkpoint, metadata, report, tuple(limits), seed, progress))
+    default_cosine, default_nmse = limits_for(str(metadata.get("dtype", "keep")))
+    limits = (default_cosine if min_cosine is None else min_cosine, default_nmse if max_nmse is None else max_nmse)
+    report.checks.extend(_check_outputs(output, plan, checkpoint, metadata, report, limits, seed, progress))
     report.seconds = time.perf_counter() - started
     return report
 
@@ -152,9 +152,7 @@ def _model_tensors_check(
     checkpoint: Checkpoint, metadata: dict[str, Any],
 ) -> Check:
     """Every model tensor the source saves must come from the output; others are reported."""
-    from streamconv.validate.weights import _listing
-
-    from streamconv.validate.weights import expected_refs
+    from streamconv.validate.weights import _listing, expected_refs
 
     missing = [name for name in loaded.expected if name not in done]
     kept, _ = expected_refs(plan, checkpoint, metadata)
@@ -207,7 +205,10 @@ def _library_check(torch: Any, transformers: Any, probe: Any, want: Any, message
         expected = probe.expected()
     figures = compare(torch, expected, want)
     passed = figures["min_cosine"] >= min_cosine and figures["nmse"] <= max_nmse
-    detail = f"the probe on the original weights vs the library's own: min cosine {figures['min_cosine']:.7f}, NMSE {figures['nmse']:.2e}"
+    detail = (
+        f"the probe on the original weights vs the library's own: min cosine {figures['min_cosine']:.7f}, "
+        f"NMSE {figures['nmse']:.2e}"
+    )
     return Check(f"probe:{probe.label}", passed, detail, figures, {"min_cosine": min_cosine, "max_nmse": max_nmse})
 
 

@@ -3,7 +3,7 @@
 Each mode times one operation after the imports and prints one JSON line on stdout:
 ``seconds`` (wall time of the operation), ``bytes`` (what it moved: source bytes for the
 encode side, decoded bytes for the read side), ``tensors``, ``rss_start_mib`` (resident set
-after the imports) and ``peak_rss_mib`` (the process's high-water mark, ``ru_maxrss``).
+after the imports) and ``peak_rss_mib`` (the process's high-water mark, ``VmHWM``).
 
 Modes:
 
@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -51,17 +50,26 @@ ST_DTYPES = {
 FLOATS = {"F64", "F32", "F16", "BF16"}
 
 
-def rss_now_mib() -> float:
-    """Current resident set size of this process."""
+def status_mib(field: str) -> float:
+    """A memory line of /proc/self/status (``VmRSS``, ``VmHWM``), in MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
 
+def rss_now_mib() -> float:
+    """Current resident set size of this process."""
+    return status_mib("VmRSS")
+
+
 def peak_rss_mib() -> float:
-    """High-water mark of this process's resident set (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """High-water mark of this process's resident set.
+
+    ``VmHWM``, not ``ru_maxrss``: Linux carries the parent's high-water mark into ``ru_maxrss``
+    across fork + exec, so a probe started by a large harness would report the harness's size.
+    """
+    return status_mib("VmHWM")
 
 
 def as_pair(item: Any) -> tuple[str, np.ndarray]:

@@ -74,6 +74,10 @@ OUTPUTS = {"naive": "naive.parquet", "naive-lowmem": "naive-lowmem.parquet", "st
 REQUIRES = {"ct2": "ctranslate2"}  # tool -> module it needs beyond the dev requirements
 WORKERS = 2
 TIMEOUT_S = 3600
+# A tool whose timed run takes longer than this gets at most SLOW_RUNS timed runs (naive on the bf16
+# Llama checkpoint: ~80 s and 12 GiB a run); its min–max shows the spread.
+SLOW_S = 40.0
+SLOW_RUNS = 2
 
 RSS_LIMIT_MIB = 160.0
 SPEEDUP_TARGETS = {"bert-base": 12.0, "bert-large": 10.0}  # naive ÷ streamconv, whole process
@@ -164,7 +168,7 @@ def parse_time_v(text: str) -> Run:
 def failure(proc: subprocess.CompletedProcess[str], command: list[str]) -> ToolFailed:
     """The error for a failed process: its status, command and the end of its stderr."""
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    tail = "\n".join(lines[-5:])
+    tail = "\n".join(lines[-8:])
     return ToolFailed(f"exit status {proc.returncode}: {' '.join(map(str, command))}\n{tail}")
 
 
@@ -341,10 +345,13 @@ def write_safetensors_copy(output: Path, target: Path) -> int:
 # --------------------------------------------------------------------------------------- peers
 
 
-def measure(checkpoint: Checkpoint, workdir: Path, runs: int, warmup: bool, parallel: bool = False) -> Result:
+def measure(checkpoint: Checkpoint, workdir: Path, runs: int, warmup: str, parallel: bool = False) -> Result:
     """Warm up, then time ``runs`` runs of each of the checkpoint's tools, cycling through them.
 
-    ``parallel`` (--quick only: a smoke test, not a measurement) runs the tools side by side.
+    ``warmup`` is "all" (an untimed run of every tool first: the first checkpoint, which also warms
+    the imports), "streamconv" (only streamconv's, which reads every source byte and so warms the
+    page cache for the others: later checkpoints, where a naive warm-up can take a minute) or
+    "none". ``parallel`` (--quick only: a smoke test, not a measurement) runs the tools side by side.
     """
     source = ensure(checkpoint, workdir)
     result = Result(checkpoint, source_bytes=disk_bytes(source, "*.safetensors"))
@@ -368,8 +375,11 @@ def measure(checkpoint: Checkpoint, workdir: Path, runs: int, warmup: bool, para
         if i:
             result.runs[tool].append(run)
 
-    for i in range(0 if warmup else 1, runs + 1):
+    for i in range(0 if warmup != "none" else 1, runs + 1):
         todo = [tool for tool in tools if tool not in result.errors]
+        todo = [t for t in todo if not (len(result.runs[t]) >= SLOW_RUNS and result.runs[t][0].wall_s > SLOW_S)]
+        if i == 0 and warmup == "streamconv":
+            todo = [tool for tool in todo if tool == "streamconv"]
         if parallel:
             with ThreadPoolExecutor(len(todo) or 1) as pool:
                 list(pool.map(one, todo, [i] * len(todo)))
@@ -492,6 +502,7 @@ def measure_scale(workdir: Path, target_bytes: int, shard_bytes: int) -> Scale:
     folder = workdir / "scale"
     source, out = folder / "checkpoint", folder / "streamconv"
     remove(folder)
+    workdir.mkdir(parents=True, exist_ok=True)
     need = int(shape.nbytes() * (1 + OUTPUT_ESTIMATE)) + DISK_MARGIN_BYTES
     free = shutil.disk_usage(workdir).free
     if free < need:
@@ -633,6 +644,8 @@ def plots(results: list[Result], floors: list[Floors], scale: Scale | None, fold
     tools = ["naive", "naive-lowmem", "ct2", "streamconv"]
     markers = {"naive": "o", "naive-lowmem": "s", "ct2": "^", "streamconv": "D"}
     for key, attr, ylabel in (("rss", "rss_mib", "peak RSS, MiB"), ("wall", "wall_s", "wall time, s")):
+        if not results and (scale is None or scale.convert is None):
+            break
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for tool in tools:
             points = sorted(
@@ -698,7 +711,8 @@ def fmt(value: float | None, spec: str = ".2f") -> str:
 def first_line(error: str) -> str:
     """The most telling line of an error: its last line, trimmed, safe inside a table cell."""
     lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
-    text = lines[-1] if lines else error
+    raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Exit)\b", line)]
+    text = raised[-1] if raised else lines[-1] if lines else error
     return text.replace("|", "\\|")[:160]
 
 
@@ -823,7 +837,7 @@ def scale_lines(scale: Scale | None) -> list[str]:
     lines = [
         f"A Llama-style bf16 checkpoint ({shape.layers} layers, hidden {shape.hidden}, MLP {shape.intermediate}, "
         f"vocab {shape.vocab}; largest tensor {scale.largest_tensor_bytes / 2**20:.0f} MiB), "
-        f"{scale.source_bytes / 1e9:.2f} GB in {scale.shards} shards with an index, written streaming in "
+        f"{scale.source_bytes / 1e9:.2f} GB in {scale.shards} shard(s) with an index, written streaming in "
         f"{scale.build_s:.0f} s; converted to float16 by `streamconv convert` as a whole process, then read back "
         "with `iter_tensors` in a fresh process (each tensor dropped once counted). One run each; the files were "
         "just written, so much of them may be in the page cache. Deleted afterwards.",
@@ -968,6 +982,7 @@ def render(run: dict[str, Any], results: list[Result], floors: list[Floors], sca
         f"- Command: `{run['command']}`",
         f"- Date: {run['date']}; the whole run took {run['minutes']:.1f} min",
         f"- Peers on: {names}; {runs} timed run(s) per tool{'' if run['warmup'] else ', no warm-up'}",
+        *([f"- Sections run: {run['sections']}"] if run["sections"] != "peers,floors,scale,profile" else []),
         "",
         "## Machine",
         "",
@@ -1022,8 +1037,11 @@ def render(run: dict[str, Any], results: list[Result], floors: list[Floors], sca
         "  values, norms at 1); the one in the peers table has two 512 MiB tensors (embeddings and `lm_head`,",
         "  65536 x 4096) and two layers.",
         "- Each peer runs as a whole process under `/usr/bin/time -v`, which gives the wall time and the peak",
-        "  resident set size. One untimed run of each tool first warms the page cache; then the timed runs",
-        "  cycle through the checkpoint's tools. The machine is shared, so the min–max range shows the noise.",
+        "  resident set size. Untimed warm-up runs come first: of every tool on the first checkpoint (imports),",
+        "  of streamconv alone on the others (it reads every source byte, which warms the page cache for the",
+        "  rest); then the timed runs cycle through the checkpoint's tools. The machine is shared, so the",
+        f"  min–max range shows the noise. A tool whose timed run takes over {SLOW_S:.0f} s gets at most {SLOW_RUNS}"
+        "  timed runs.",
         "- *naive* is `benchmarks/naive_convert.py`, the path people write today: transformers",
         "  `from_pretrained` on the whole model, `state_dict()`, `.half()` on each tensor, one pyarrow table",
         "  (name, shape, dtype, fp16 bytes) written with `pq.write_table(..., compression=\"zstd\")`.",
@@ -1061,6 +1079,8 @@ def main() -> None:
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(CHECKPOINTS)} for the peers")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny checkpoints, 1 run, scratch output")
     parser.add_argument("--skip-scale", action="store_true", help="skip the >= 8 GB checkpoint")
+    parser.add_argument("--sections", default="peers,floors,scale,profile", help="comma-separated parts to run")
+    parser.add_argument("--scale-gb", type=float, help=f"size of the scale checkpoint (default {SCALE_BYTES / 1e9})")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="checkpoints and outputs")
     parser.add_argument("--output", type=Path, help="report to write (default docs/benchmarks.md; --quick: scratch)")
     args = parser.parse_args()
@@ -1073,7 +1093,7 @@ def main() -> None:
     else:
         runs, only, warmup = args.runs, args.only, True
         floor_names, profile_name, profile_repeat = FLOOR_CHECKPOINTS, PROFILE_CHECKPOINT, 3
-        scale_bytes, shard_bytes = SCALE_BYTES, SCALE_SHARD_BYTES
+        scale_bytes, shard_bytes = int((args.scale_gb or SCALE_BYTES / 1e9) * 1e9), SCALE_SHARD_BYTES
         output = args.output or ROOT / "docs" / "benchmarks.md"
     figures = output.parent / "img" if output == ROOT / "docs" / "benchmarks.md" else output.parent
     broken: list[str] = []
@@ -1086,14 +1106,24 @@ def main() -> None:
             log(f"[{name}] FAILED:\n{traceback.format_exc()}")
             return None
 
-    results = [r for c in select(only) if (r := step(c.name, functools.partial(measure, c, args.workdir, runs, warmup, args.quick)))]
+    sections = set(args.sections.split(","))
+    checkpoints = select(only) if "peers" in sections else []
+    results = [
+        r for k, c in enumerate(checkpoints)
+        if (r := step(c.name, functools.partial(measure, c, args.workdir, runs,
+                                                 "none" if not warmup else "all" if k == 0 else "streamconv", args.quick)))
+    ]  # fmt: skip
     broken += [f"{r.checkpoint.name}: streamconv" for r in results if "streamconv" in r.errors]
-    floors = [measure_floors(CHECKPOINTS[n], args.workdir, runs) for n in floor_names]
+    floors = [measure_floors(CHECKPOINTS[n], args.workdir, runs) for n in floor_names if "floors" in sections]
     broken += [f"floors {f.checkpoint.name}" for f in floors if f.error]
-    scale = None if args.skip_scale else step("scale", lambda: measure_scale(args.workdir, scale_bytes, shard_bytes))
-    if scale is not None and scale.error:
+    scale = None if args.skip_scale or "scale" not in sections else step("scale", lambda: measure_scale(args.workdir, scale_bytes, shard_bytes))
+    if scale is None and "scale" in broken:
+        scale = Scale(error="the scale step crashed; its traceback is in the run's log")
+    elif scale is not None and scale.error:
         broken.append("scale")
-    profile = step("profile", lambda: measure_profile(CHECKPOINTS[profile_name], args.workdir, profile_repeat))
+    profile = None
+    if "profile" in sections:
+        profile = step("profile", lambda: measure_profile(CHECKPOINTS[profile_name], args.workdir, profile_repeat))
     if profile is not None and profile.error:
         broken.append("profile")
     paths = step("plots", lambda: plots(results, floors, scale, figures)) or {}
@@ -1103,6 +1133,7 @@ def main() -> None:
         "minutes": (time.monotonic() - started) / 60,
         "runs": runs,
         "warmup": warmup,
+        "sections": args.sections,
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(render(run, results, floors, scale, profile, paths, output))

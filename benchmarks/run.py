@@ -541,6 +541,7 @@ class Profile:
     command: str = ""
     samples: int = 0
     frames: list[tuple[str, int]] = field(default_factory=list)
+    libraries: list[tuple[str, int]] = field(default_factory=list)
     error: str | None = None
 
 
@@ -588,6 +589,12 @@ def measure_profile(checkpoint: Checkpoint, workdir: Path, repeat: int, top: int
     if not counts:
         profile.error = f"no samples: {proc.stderr.strip()[-500:]}"
     profile.frames = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    where: dict[str, int] = {}
+    for label, n in counts.items():
+        match = re.search(r"\(([^()]*)\)$", label)
+        key = match.group(1).rsplit(":", 1)[0] if match else label
+        where[key] = where.get(key, 0) + n
+    profile.libraries = sorted(where.items(), key=lambda kv: -kv[1])[:8]
     remove(folder / "out")
     return profile
 
@@ -643,7 +650,14 @@ def plots(results: list[Result], floors: list[Floors], scale: Scale | None, fold
     paths = {}
     tools = ["naive", "naive-lowmem", "ct2", "streamconv"]
     markers = {"naive": "o", "naive-lowmem": "s", "ct2": "^", "streamconv": "D"}
-    for key, attr, ylabel in (("rss", "rss_mib", "peak RSS, MiB"), ("wall", "wall_s", "wall time, s")):
+    from matplotlib.ticker import FuncFormatter
+
+    styles = {"naive": {}, "naive-lowmem": {"linestyle": "--", "markerfacecolor": "none", "markersize": 10},
+              "ct2": {}, "streamconv": {}}  # fmt: skip
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    figures = (("rss", "rss_mib", "peak RSS, MiB", "Peak RSS of a whole conversion vs checkpoint size"),
+               ("wall", "wall_s", "wall time, s", "Wall time of a whole conversion vs checkpoint size"))  # fmt: skip
+    for key, attr, ylabel, title in figures:
         if not results and (scale is None or scale.convert is None):
             break
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -653,14 +667,17 @@ def plots(results: list[Result], floors: list[Floors], scale: Scale | None, fold
             )
             if tool == "streamconv" and scale is not None and scale.convert is not None:
                 points.append((scale.source_bytes / 1e6, getattr(scale.convert, attr)))
+                ax.annotate("scale", points[-1], textcoords="offset points", xytext=(-10, 8), fontsize=8)
             if points:
                 xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, marker=markers[tool], label=tool)
+                ax.plot(xs, ys, marker=markers[tool], label=tool, **styles[tool])
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(plain)
+        ax.yaxis.set_major_formatter(plain)
         ax.set_xlabel("checkpoint size (safetensors files), MB")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{ylabel.split(',')[0].capitalize()} of a whole conversion vs checkpoint size")
+        ax.set_title(title)
         if key == "rss":
             ax.axhline(RSS_LIMIT_MIB, color="grey", linestyle=":", label=f"{RSS_LIMIT_MIB:.0f} MiB target")
         ax.grid(True, which="both", alpha=0.3)
@@ -868,11 +885,17 @@ def profile_lines(profile: Profile | None) -> list[str]:
         return [f"Failed: `{first_line(profile.error)}`", ""]
     unit = "samples" if profile.tool == "py-spy" else "ms"
     rows = [[f"`{name}`", f"{n}", f"{100 * n / profile.samples:.1f}%"] for name, n in profile.frames]
+    by_where = [[f"`{where}`", f"{n}", f"{100 * n / profile.samples:.1f}%"] for where, n in profile.libraries]
     return [
         f"`{profile.command}` ({profile.tool}; {profile.samples} {unit} over all threads, idle threads excluded). "
         "Self time: the samples whose innermost frame is this one (native frames from `--native`).",
         "",
         table(["Frame (innermost)", f"Self {unit}", "Share"], rows),
+        "",
+        "The same self time grouped by where the innermost frame lives (shared library or Python file);",
+        "`[no symbol]` libc frames are most likely `memcpy`/`memmove`, which py-spy cannot name here.",
+        "",
+        table(["Library or file", f"Self {unit}", "Share"], by_where),
         "",
     ]
 

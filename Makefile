@@ -1,6 +1,6 @@
 # make demo: set up .venv, install, convert the real all-MiniLM-L6-v2, validate it against the original.
 # make test: set up .venv, install, run the whole test suite.
-# make bench: run the benchmarks (minutes; writes docs/benchmarks.md).
+# make bench: run every benchmark (~15-20 min, needs ~20 GB free disk for the scale run; writes docs/benchmarks.md and docs/img/bench-*.png).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -34,7 +34,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -r requirements-bench.txt
-	$(PY) benchmarks/run.py
+	PYTHONPATH=$(CURDIR) $(PY) benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .coverage .coverage.*

@@ -8,7 +8,11 @@ fp16 bytes) and writes it with ``pq.write_table(..., compression="zstd")``.
 ``--keep PREFIX`` (repeatable) keeps only tensors whose names start with one of
 the prefixes, so the output holds what streamconv's model plan keeps.
 
-Usage: python benchmarks/naive_convert.py SOURCE_DIR OUTPUT.parquet [--keep PREFIX ...]
+``--low-cpu-mem-usage`` passes ``low_cpu_mem_usage=True`` to ``from_pretrained``, the switch
+people reach for when the naive path runs out of memory (transformers 5 accepts and ignores it:
+its loading is always the low-memory one).
+
+Usage: python benchmarks/naive_convert.py SOURCE_DIR OUTPUT.parquet [--keep PREFIX ...] [--low-cpu-mem-usage]
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ import pyarrow.parquet as pq
 import transformers
 
 
-def convert(source: Path, output: Path, keep: tuple[str, ...]) -> None:
+def convert(source: Path, output: Path, keep: tuple[str, ...], low_cpu_mem_usage: bool = False) -> None:
     """Convert the checkpoint in ``source`` to a zstd Parquet file at ``output``."""
     architecture = json.loads((source / "config.json").read_text())["architectures"][0]
-    model = getattr(transformers, architecture).from_pretrained(source)
+    kwargs = {"low_cpu_mem_usage": True} if low_cpu_mem_usage else {}
+    model = getattr(transformers, architecture).from_pretrained(source, **kwargs)
     names, shapes, dtypes, data = [], [], [], []
     for name, tensor in model.state_dict().items():
         if keep and not name.startswith(keep):
@@ -52,8 +57,9 @@ def main() -> None:
     parser.add_argument("source", type=Path)
     parser.add_argument("output", type=Path)
     parser.add_argument("--keep", action="append", default=[], help="keep only tensors with this name prefix")
+    parser.add_argument("--low-cpu-mem-usage", action="store_true", help="from_pretrained(low_cpu_mem_usage=True)")
     args = parser.parse_args()
-    convert(args.source, args.output, tuple(args.keep))
+    convert(args.source, args.output, tuple(args.keep), args.low_cpu_mem_usage)
 
 
 if __name__ == "__main__":

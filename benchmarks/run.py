@@ -542,6 +542,7 @@ class Profile:
     samples: int = 0
     frames: list[tuple[str, int]] = field(default_factory=list)
     libraries: list[tuple[str, int]] = field(default_factory=list)
+    python: list[tuple[str, int]] = field(default_factory=list)
     error: str | None = None
 
 
@@ -569,18 +570,25 @@ def measure_profile(checkpoint: Checkpoint, workdir: Path, repeat: int, top: int
     target = [sys.executable, str(PROBE_SCRIPT), "convert", str(source), str(folder / "out"),
               "--type", checkpoint.plan, "--workers", str(WORKERS), "--repeat", str(repeat)]  # fmt: skip
     raw = folder / "profile.txt"
-    spy = [str(BIN / "py-spy"), "record", "--native", "--rate", "250", "--format", "raw", "-o", str(raw), "--"]
-    profile = Profile(tool="py-spy", command=f"py-spy record --native --rate 250 --format raw -- probe.py convert "
+    # No --native: with it, py-spy here counts threads blocked in the pool's queue as busy (an unnamed
+    # libc frame took 40-70% of the samples); without it idle threads are dropped, and time in C is
+    # charged to the Python line that called it.
+    spy = [str(BIN / "py-spy"), "record", "--rate", "250", "--format", "raw", "-o", str(raw), "--"]
+    profile = Profile(tool="py-spy", command=f"py-spy record --rate 250 --format raw -- probe.py convert "
                       f"{checkpoint.name} --repeat {repeat}")  # fmt: skip
     counts: dict[str, int] = {}
+    python: dict[str, int] = {}
     proc = subprocess.run([*spy, *target], capture_output=True, text=True, env=child_env(), timeout=TIMEOUT_S)
     if proc.returncode == 0 and raw.exists():
         for line in raw.read_text().splitlines():
             stack, _, n = line.rpartition(" ")
             if not stack or not n.isdigit():
                 continue
-            leaf = frame_label(stack.split(";")[-1])
+            frames = stack.split(";")
+            leaf = frame_label(frames[-1])
             counts[leaf] = counts.get(leaf, 0) + int(n)
+            py = next((frame_label(f) for f in reversed(frames) if re.search(r"\.py:\d+\)$|<frozen ", f)), "(no Python frame)")
+            python[py] = python.get(py, 0) + int(n)
     else:
         log(f"[profile] py-spy failed ({proc.stderr.strip()[-300:]}); trying pyinstrument")
         profile.tool, profile.command = "pyinstrument", f"pyinstrument probe.py convert {checkpoint.name} --repeat {repeat}"
@@ -589,6 +597,7 @@ def measure_profile(checkpoint: Checkpoint, workdir: Path, repeat: int, top: int
     if not counts:
         profile.error = f"no samples: {proc.stderr.strip()[-500:]}"
     profile.frames = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    profile.python = []  # without --native the innermost frame is already a Python one
     where: dict[str, int] = {}
     for label, n in counts.items():
         match = re.search(r"\(([^()]*)\)$", label)
@@ -748,8 +757,13 @@ def same_tensors(result: Result) -> str:
     if result.stored is None or result.naive_digests is None:
         return "n/a"
     ours, theirs = result.stored.digests, result.naive_digests
-    differ = sum(ours.get(name) != theirs.get(name) for name in ours.keys() | theirs.keys())
-    return "yes" if differ == 0 else f"no: {differ} of {len(ours.keys() | theirs.keys())} differ"
+    names = ours.keys() | theirs.keys()
+    differ = sorted(name for name in names if ours.get(name) != theirs.get(name))
+    if not differ:
+        return "yes"
+    why = [f"`{n}` " + ("only in streamconv's" if n not in theirs else "only in naive's" if n not in ours else "differs")
+           for n in differ[:3]]  # fmt: skip
+    return f"no: {len(differ)} of {len(names)} ({'; '.join(why)})"
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -888,15 +902,24 @@ def profile_lines(profile: Profile | None) -> list[str]:
     by_where = [[f"`{where}`", f"{n}", f"{100 * n / profile.samples:.1f}%"] for where, n in profile.libraries]
     return [
         f"`{profile.command}` ({profile.tool}; {profile.samples} {unit} over all threads, idle threads excluded). "
-        "Self time: the samples whose innermost frame is this one (native frames from `--native`).",
+        "Self time: the samples whose innermost Python frame is this one (time in C code, numpy, zstd,",
+        "pyarrow, is charged to the Python line that called it; `--native` is not used because here it",
+        "makes py-spy count threads waiting on the pool's queue as busy).",
         "",
         table(["Frame (innermost)", f"Self {unit}", "Share"], rows),
         "",
-        "The same self time grouped by where the innermost frame lives (shared library or Python file);",
-        "`[no symbol]` libc frames are most likely `memcpy`/`memmove`, which py-spy cannot name here.",
+        "The same self time grouped by the file of the innermost frame:",
         "",
-        table(["Library or file", f"Self {unit}", "Share"], by_where),
+        table(["File", f"Self {unit}", "Share"], by_where),
         "",
+        *([
+            "The same samples by their innermost *Python* frame (native frames below it folded in): which",
+            "Python code the time is spent under, whatever C it calls.",
+            "",
+            table(["Innermost Python frame", f"{unit.capitalize()}", "Share"],
+                  [[f"`{name}`", f"{n}", f"{100 * n / profile.samples:.1f}%"] for name, n in profile.python]),
+            "",
+        ] if profile.python else []),
     ]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+import torch
 
 import streamconv
 from streamconv.errors import (
@@ -21,8 +22,6 @@ from streamconv.errors import (
 )
 from streamconv.torch_bin import ShardCache, load_state_dict
 from tests import models
-
-import torch  # noqa: E402  (requirements-dev.txt pins it: a missing torch is a failure, not a skip)
 
 
 def _bits(array: np.ndarray) -> bytes:

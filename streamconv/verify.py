@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamconv import codec
-from streamconv.constants import DEFAULT_WORKERS
+from streamconv.constants import DEFAULT_WORKERS, WorkerPool
 from streamconv.errors import FormatError, NotConvertedError
 from streamconv.reader import WeightsFile, read_metadata, weights_path
 from streamconv.writer import checksum
@@ -91,7 +91,7 @@ def verify(output: str | Path, *, workers: int = DEFAULT_WORKERS) -> VerifyRepor
     report = VerifyReport(folder)
     metadata = _metadata(folder, report)
     path = weights_path(folder)
-    with ThreadPoolExecutor(workers, thread_name_prefix="streamconv-verify") as pool:
+    with WorkerPool(workers, thread_name_prefix="streamconv-verify") as pool:
         hashes = _hash_listed(folder, metadata, report, pool)
         weights: WeightsFile | None = None
         try:

@@ -143,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--max-nmse", type=float, metavar="X", help="maximum NMSE per probe (overrides the dtype's)")
     val.add_argument("--json", action="store_true", help="print every check, figure and limit as JSON")
 
+    ver = commands.add_parser(
+        "verify", parents=[common], help="check a converted output on its own: every chunk and file",
+        description="Re-read OUTPUT without its source: every chunk's checksum and decoding, every file's size "
+        "and sha256 against metadata.json, and its counts. Exit 0 if all is fine, 3 if anything is damaged.",
+    )
+    ver.add_argument("output", metavar="OUTPUT", help="a folder written by `streamconv convert`")
+    ver.add_argument("--json", action="store_true", help="print the whole report as JSON")
+
     commands.add_parser("types", parents=[common], help="list the model plans and what each detects")
     return parser
 
@@ -166,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.print_help()
                 return 2
             handlers = {"convert": _convert, "inspect": _inspect, "validate": _validate, "types": _types,
-                        "export": _export}
+                        "export": _export, "verify": _verify}
             return handlers[args.command](args)
     except BrokenPipeError:  # `streamconv inspect OUT | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -186,7 +194,8 @@ def _import_command(command: str | None) -> None:
     import importlib
 
     module = {"convert": "streamconv.convert", "inspect": "streamconv.reader", "validate": "streamconv.validate",
-              "types": "streamconv.plans", "export": "streamconv.export"}.get(command or "")
+              "types": "streamconv.plans", "export": "streamconv.export",
+              "verify": "streamconv.verify"}.get(command or "")
     if module:
         importlib.import_module(module)
 
@@ -351,6 +360,14 @@ def _validate(args: argparse.Namespace) -> int:
     else:
         print(_validation_table(report, args.debug))
     return 0 if report["passed"] else VALIDATION_FAILED
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from streamconv.verify import exit_code, summary, verify
+
+    report = verify(args.output)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else summary(report))
+    return exit_code(report)
 
 
 def _types(args: argparse.Namespace) -> int:

@@ -6,6 +6,8 @@ The dtype facts live in :mod:`streamconv.dtypes`.
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 #: Version of the output layout written by this package (see docs/format.md). Readers accept
 #: every version up to this one.
@@ -26,6 +28,29 @@ DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024
 
 #: Worker threads that read, cast and compress chunks; zstd and numpy release the GIL.
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+
+#: Stack of each worker thread streamconv starts (encode, decode, verify). Python's default is the
+#: process's RLIMIT_STACK, usually 8 MiB, all of it counted by RLIMIT_DATA; the workers run numpy,
+#: zstd and xxhash, which need little stack (docs/reliability.md, "Memory").
+THREAD_STACK_SIZE = 1 << 20
+_STACK_LOCK = threading.Lock()
+
+
+class WorkerPool(ThreadPoolExecutor):
+    """A thread pool whose threads get :data:`THREAD_STACK_SIZE` of stack.
+
+    ``threading.stack_size`` is process-wide: it is set only while the pool starts a thread and
+    restored at once (a thread another part of the program starts in that instant gets it too).
+    """
+
+    def _adjust_thread_count(self) -> None:
+        with _STACK_LOCK:
+            previous = threading.stack_size(THREAD_STACK_SIZE)
+            try:
+                super()._adjust_thread_count()
+            finally:
+                threading.stack_size(previous)
+
 
 ENV_DISABLE_PROGRESS_BARS = "STREAMCONV_DISABLE_PROGRESS_BARS"
 

@@ -22,7 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamconv import codec
-from streamconv.constants import DEFAULT_WORKERS, FORMAT_VERSION, METADATA_FILENAME, WEIGHTS_FILENAME
+from streamconv.constants import (
+    DEFAULT_WORKERS,
+    FORMAT_VERSION,
+    METADATA_FILENAME,
+    WEIGHTS_FILENAME,
+    WorkerPool,
+)
 from streamconv.dtypes import DType, by_name
 from streamconv.errors import FormatError, NotConvertedError, TensorNotFoundError
 from streamconv.records import NameKind, TensorInfo, TensorRecord
@@ -283,7 +289,7 @@ class WeightsFile:
         """Decode the tensors (all, or those named), in file order, one at a time."""
         wanted, groups = self._groups(names)
         pending: dict[str, np.ndarray] = {}
-        with ThreadPoolExecutor(workers, thread_name_prefix="streamconv-decode") as pool:
+        with WorkerPool(workers, thread_name_prefix="streamconv-decode") as pool:
             for file, group in groups:
                 part = self.parts[file]
                 for name in part._decode_group(self._table(part, group), wanted, pending, pool):
@@ -297,7 +303,7 @@ class WeightsFile:
         Memory holds one row group's chunks, never a whole tensor.
         """
         wanted, groups = self._groups(names)
-        with ThreadPoolExecutor(workers, thread_name_prefix="streamconv-decode") as pool:
+        with WorkerPool(workers, thread_name_prefix="streamconv-decode") as pool:
             for file, group in groups:
                 part = self.parts[file]
                 table = self._table(part, group)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +29,7 @@ from streamconv.constants import (
     DEFAULT_WORKERS,
     FORMAT_VERSION,
     ZSTD_LEVELS,
+    WorkerPool,
 )
 from streamconv.dtypes import by_numpy
 from streamconv.errors import InvalidOptionError
@@ -222,7 +223,7 @@ class WeightsWriter:
         return _Encoded(by_numpy(data.dtype).name, data.nbytes, payload, checksum(payload), piece.note_for(data))
 
     def _encoded(self, chunks: Iterable[TensorChunk]) -> Iterator[tuple[TensorChunk, _Encoded]]:
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="streamconv-encode")
+        pool = WorkerPool(self.workers, thread_name_prefix="streamconv-encode")
         pending: deque[tuple[TensorChunk, Future[_Encoded]]] = deque()
         try:
             for piece in chunks:

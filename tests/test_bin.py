@@ -255,3 +255,23 @@ def test_hub_fetches_bin_only_when_the_repo_has_no_safetensors(tmp_path: Path, m
     files = ["pytorch_model.bin", "pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json",
              "2_Dense/pytorch_model.bin", "openvino/openvino_model.bin", "training_args.bin", "tf_model.h5"]
     assert list(filter_repo_objects(files, allow_patterns=BIN_ALLOW_PATTERNS)) == files[:4]
+
+
+def test_sentence_transformers_dense_only_in_a_bin(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    source = models.sentence_transformer_bin(tmp_path / "st")
+    assert sorted(p.name for p in (source / "2_Dense").iterdir()) == ["config.json", "pytorch_model.bin"]
+    dense = {f"2_Dense.{k}": _numpy(v) for k, v in torch.load(source / "2_Dense" / "pytorch_model.bin").items()}
+    result = streamconv.convert(source, tmp_path / "out", dtype="keep")
+    assert result.model_type == "sentence-transformers"
+    loaded = streamconv.load(result.output_dir, names="source")
+    assert {k: _bits(loaded[k]) for k in dense} == {k: _bits(v) for k, v in dense.items()}
+    streamconv.export(result.output_dir, tmp_path / "hf")
+    exported = load_file(tmp_path / "hf" / "2_Dense" / "model.safetensors")
+    assert {f"2_Dense.{k}": _bits(v) for k, v in exported.items()} == {k: _bits(v) for k, v in dense.items()}
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["hello world", "the quick"]
+    original = SentenceTransformer(str(source), device="cpu").encode(texts)
+    assert np.array_equal(original, SentenceTransformer(str(tmp_path / "hf"), device="cpu").encode(texts))

@@ -11,6 +11,7 @@ appears only when complete.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from streamconv.assets import file_record
-from streamconv.dtypes import DType, by_code, by_name
+from streamconv.dtypes import DType, by_code, by_name, by_numpy
 from streamconv.errors import FormatError, InvalidOptionError
 from streamconv.output import check_output, staged_output
 from streamconv.plans import FALLBACK, get_plan
@@ -98,7 +99,10 @@ def export(
         output: A folder written by ``streamconv convert``.
         target: The checkpoint folder to create.
         dtype: ``keep`` (the stored dtypes: bit-exact after a ``--dtype keep`` conversion),
-            ``float16`` or ``float32`` (float tensors only).
+            ``float16`` or ``float32`` (float tensors only). As in :func:`streamconv.convert`, a
+            tensor with finite values beyond the dtype's range (``|x| > 65504`` for float16) is
+            written in float32 instead (or its stored dtype, if float32 cannot hold it either),
+            with a warning.
         max_shard_size: Largest ``model.safetensors`` before sharding into
             ``model-0000N-of-0000M.safetensors`` + ``model.safetensors.index.json`` (default 5 GiB).
         force: Replace ``target`` if it exists (only once the new one is complete).
@@ -127,7 +131,14 @@ def export(
     result = ExportResult(source, target, dtype, tensor_count=len(weights.entries), warnings=_part_warnings(metadata))
     files = _layout(weights, metadata, dtype, shard_size)
     with staged_output(target, force) as staging:
-        _write_tensors(weights, files, staging, dtype)
+        overflow = _write_tensors(weights, files, staging)
+        if overflow:  # rare: write again with those tensors kept wider, as convert does
+            for path in (f.path for group in files.values() for f in group):
+                (staging / path).unlink()
+            kept = {name: _fallback(weights.entries[name].info, peak) for name, peak in overflow.items()}
+            result.warnings += [_overflow_note(weights.entries[n].info, dtype, kept[n], p) for n, p in overflow.items()]
+            files = _layout(weights, metadata, dtype, shard_size, kept)
+            _write_tensors(weights, files, staging)
         if len(files[""]) > 1:
             _write_index(files[""], staging)
         for asset in metadata.get("assets", []):
@@ -163,13 +174,32 @@ def _target_dtype(info: TensorInfo, dtype: str) -> DType:
     return stored if wanted is None or not stored.is_float else wanted
 
 
-def _layout(weights: WeightsFile, metadata: dict[str, Any], dtype: str, shard_size: int) -> dict[str, list[_File]]:
-    """The files to write: root shards under ``""``, and one per module folder the plan names."""
+def _fallback(info: TensorInfo, peak: float) -> DType:
+    """float32 when it holds the values; otherwise the (wider) stored dtype itself."""
+    float32, stored = by_name("float32"), by_name(info.dtype)
+    assert float32 is not None and stored is not None
+    return float32 if peak <= float32.max else stored
+
+
+def _overflow_note(info: TensorInfo, dtype: str, store: DType, peak: float) -> str:
+    return (
+        f"tensor {info.source_name!r} has values up to {peak:.6g}, beyond {dtype}'s range; "
+        f"written as {store.name} instead"
+    )
+
+
+def _layout(
+    weights: WeightsFile, metadata: dict[str, Any], dtype: str, shard_size: int, kept: dict[str, DType] | None = None
+) -> dict[str, list[_File]]:
+    """The files to write: root shards under ``""``, and one per module folder the plan names.
+
+    ``kept`` gives the dtype of tensors that do not fit ``dtype`` (by stored name).
+    """
     prefixes = get_plan(str(metadata.get("model_type", FALLBACK)))().module_folders(metadata)
     files: dict[str, list[_File]] = {"": [_File(SINGLE_FILE)]}
     for entry in weights.entries.values():
         info = entry.info
-        store = _target_dtype(info, dtype)
+        store = (kept or {}).get(info.name) or _target_dtype(info, dtype)
         prefix = next((p for p in prefixes if info.source_name.startswith(p)), None)
         if prefix is not None:
             module = files.setdefault(prefixes[prefix], [_File(f"{prefixes[prefix]}/{SINGLE_FILE}")])[0]
@@ -186,8 +216,14 @@ def _layout(weights: WeightsFile, metadata: dict[str, Any], dtype: str, shard_si
     return files
 
 
-def _write_tensors(weights: WeightsFile, files: dict[str, list[_File]], staging: Path, dtype: str) -> None:
-    """Write every header, then every chunk at its place: one row group in memory at a time."""
+def _write_tensors(weights: WeightsFile, files: dict[str, list[_File]], staging: Path) -> dict[str, float]:
+    """Write every header, then every chunk at its place: one row group in memory at a time.
+
+    Returns:
+        The largest finite magnitude of each tensor with values beyond the range of the dtype it
+        was written in (its values there are wrong: write again with a wider dtype), by name.
+    """
+    overflow: dict[str, float] = {}
     where: dict[str, tuple[_File, BinaryIO, int]] = {}
     handles: list[BinaryIO] = []
     try:
@@ -205,12 +241,18 @@ def _write_tensors(weights: WeightsFile, files: dict[str, list[_File]], staging:
         for info, offset, chunk in weights.chunks():
             file, target, base = where[info.name]
             header = file.header[file.names[info.name]]
-            data = _cast(chunk, by_code(header["dtype"]))
+            store = by_code(header["dtype"])
+            data = _cast(chunk, store)
+            if data is not chunk and store is not None and store.max < by_numpy(chunk.dtype).max:
+                peak = _finite_peak(chunk)
+                if peak > store.max:
+                    overflow[info.name] = max(peak, overflow.get(info.name, 0.0))
             target.seek(base + header["data_offsets"][0] + offset * data.dtype.itemsize)
             target.write(np.ascontiguousarray(data).view(np.uint8).data)
     finally:
         for handle in handles:
             handle.close()
+    return overflow
 
 
 def _cast(data: np.ndarray, store: DType | None) -> np.ndarray:
@@ -219,7 +261,20 @@ def _cast(data: np.ndarray, store: DType | None) -> np.ndarray:
         return data
     if data.dtype == np.dtype(by_name("bfloat16").numpy):  # type: ignore[union-attr]
         data = data.astype(np.float32)
-    return data.astype(store.numpy)
+    with np.errstate(over="ignore"):  # values beyond the range are found and written again wider
+        return data.astype(store.numpy)
+
+
+def _finite_peak(data: np.ndarray) -> float:
+    """Largest finite magnitude of a chunk (0 for an empty one)."""
+    if data.size == 0:
+        return 0.0
+    values = data.astype(np.float32) if data.dtype == by_name("bfloat16").numpy else data  # type: ignore[union-attr]
+    lo, hi = float(values.min()), float(values.max())
+    if math.isfinite(lo) and math.isfinite(hi):
+        return max(-lo, hi)
+    finite = values[np.isfinite(values)]
+    return float(np.abs(finite).max()) if finite.size else 0.0
 
 
 def _write_index(shards: list[_File], staging: Path) -> None:

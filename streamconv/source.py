@@ -15,7 +15,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,10 +42,6 @@ __all__ = ["Checkpoint", "TensorRef", "open_checkpoint", "read_safetensors_heade
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-# Files fetched from the hub: weights, configs, tokenizer and processor files, sentence-transformers
-# module folders. Never the pickled or framework-specific weights.
-HUB_ALLOW_PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.model", "*/*.safetensors", "*/*.json"]
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 @dataclass(frozen=True)
@@ -199,11 +194,12 @@ def read_safetensors_header(path: Path, prefix: str = "") -> list[TensorRef]:
 
 
 def open_checkpoint(source: str | os.PathLike[str], *, revision: str | None = None) -> Checkpoint:
-    """Open a checkpoint: a local folder, one ``.safetensors`` file, or a hub repo id.
+    """Open a checkpoint: a local folder, one ``.safetensors`` or ``.bin`` file, or a hub repo id.
 
     A folder is read as ``model.safetensors`` if present, else ``model.safetensors.index.json``
-    and its shards, else its only ``.safetensors`` file. A hub repo id is resolved through the
-    local Hugging Face cache (``huggingface_hub.snapshot_download``), which honours
+    and its shards, else its only ``.safetensors`` file, else its ``pytorch_model.bin`` (or the
+    shards of ``pytorch_model.bin.index.json``). A hub repo id is resolved through the local
+    Hugging Face cache (:func:`streamconv.hub.download_snapshot`), which honours
     ``HF_HUB_OFFLINE`` and ``HF_HOME``.
 
     Args:
@@ -215,28 +211,29 @@ def open_checkpoint(source: str | os.PathLike[str], *, revision: str | None = No
 
     Raises:
         SourceNotFoundError: nothing at that path, and not a reachable or cached repo.
-        NoWeightsError: the folder holds no safetensors weights.
+        NoWeightsError: the folder holds no safetensors or ``.bin`` weights.
         CorruptCheckpointError, ShardIndexError: the files do not agree with themselves.
     """
     text = os.fspath(source)
     path = Path(text).expanduser()
     resolved_revision = None
     if not path.exists():
-        if text.startswith((".", "/", "~")) or not _REPO_ID.match(text):
+        from streamconv.hub import REPO_ID, download_snapshot
+
+        if text.startswith((".", "/", "~")) or not REPO_ID.match(text):
             raise SourceNotFoundError(text)
-        path, resolved_revision = _download_snapshot(text, revision)
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            raise NoWeightsError(path.parent, [path.name])
-        weight_files = [path]
-        root = path.parent
-    else:
-        root = path
-        weight_files = []
-    if not weight_files:
+        path, resolved_revision = download_snapshot(text, revision)
+    root = path.parent if path.is_file() else path
+    if not path.is_file():
         weight_files, tensors = _folder_weights(root)
+    elif path.suffix == ".safetensors":
+        weight_files, tensors = [path], read_safetensors_header(path)
+    elif path.suffix == ".bin":
+        from streamconv.torch_bin import read_bin_file  # here: the .bin path alone may need torch
+
+        weight_files, tensors = [path], read_bin_file(path)
     else:
-        tensors = read_safetensors_header(weight_files[0])
+        raise NoWeightsError(path.parent, [path.name])
     config, config_problem = _read_config(root)
     return Checkpoint(
         source=text,
@@ -335,33 +332,3 @@ def _read_config(root: Path) -> tuple[dict[str, Any] | None, str | None]:
     if not config.get("model_type"):
         return config, "config.json has no model_type"
     return config, None
-
-
-def _download_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
-    # Imported here: huggingface_hub is only needed for hub sources and costs time to import.
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    try:
-        folder = Path(
-            snapshot_download(repo_id, revision=revision, allow_patterns=HUB_ALLOW_PATTERNS)
-        )
-    except RevisionNotFoundError as exc:
-        raise SourceNotFoundError(
-            repo_id, f"the hub has no revision {revision!r}; check --revision"
-        ) from exc
-    except RepositoryNotFoundError as exc:
-        raise SourceNotFoundError(
-            repo_id, "no such folder, and no such repository on the Hugging Face hub"
-        ) from exc
-    except LocalEntryNotFoundError as exc:
-        raise SourceNotFoundError(
-            repo_id,
-            "not a folder, and not in the local Hugging Face cache while the hub cannot be "
-            "reached (HF_HUB_OFFLINE is set or there is no network): download it first",
-        ) from exc
-    return folder, folder.name

@@ -150,6 +150,19 @@ def sentence_transformer(folder: Path) -> Path:
     return folder
 
 
+def sentence_transformer_bin(folder: Path) -> Path:
+    """:func:`sentence_transformer` with its Dense weights only in ``2_Dense/pytorch_model.bin``
+    (``torch.save`` of the state dict, as sentence-transformers before safetensors saved them)."""
+    import torch
+
+    sentence_transformer(folder)
+    dense = folder / "2_Dense"
+    state = {name: torch.from_numpy(array) for name, array in load_file(dense / "model.safetensors").items()}
+    torch.save(state, dense / "pytorch_model.bin")
+    (dense / "model.safetensors").unlink()
+    return folder
+
+
 def write_vocab(folder: Path) -> Path:
     """Write :data:`VOCAB_WORDS` as ``vocab.txt`` (a slow BERT tokenizer, no tokenizer.json)."""
     path = folder / "vocab.txt"

@@ -193,3 +193,84 @@ def test_without_torch_the_error_says_how_to_install(tmp_path: Path, monkeypatch
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(MissingDependencyError, match=r"streamconv\[bin\]"):
         load_state_dict(path)
+
+
+def test_bin_file_path_converts_like_a_safetensors_file_path(bert_state: tuple[Path, dict], tmp_path: Path) -> None:
+    from streamconv.cli import main
+
+    source, state = bert_state
+    folder = _bin_folder(tmp_path / "bin", source, [state])
+    assert main(["convert", str(folder / "pytorch_model.bin"), "-o", str(tmp_path / "out"), "--dtype", "keep", "-q"]) == 0
+    _assert_same(streamconv.load(tmp_path / "out", names="source"), state)
+    meta = streamconv.read_metadata(tmp_path / "out")
+    assert meta["model_type"] == "bert" and [f["path"] for f in meta["source"]["files"]] == ["pytorch_model.bin"]
+
+
+def test_hub_cache_with_only_a_bin(bert_state: tuple[Path, dict], tmp_path: Path) -> None:
+    """A repo id whose cached snapshot holds pytorch_model.bin and no safetensors, with HF_HUB_OFFLINE=1."""
+    import subprocess
+
+    source, state = bert_state
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    repo = tmp_path / "hf" / "hub" / "models--tiny-org--bin-only"
+    _bin_folder(repo / "snapshots" / commit, source, [state])
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-m", "streamconv", "convert", "tiny-org/bin-only", "-o", str(tmp_path / "out"), "--dtype", "keep", "-q"],
+        env=env, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    _assert_same(streamconv.load(tmp_path / "out", names="source"), state)
+    meta = streamconv.read_metadata(tmp_path / "out")
+    assert meta["source"]["revision"] == commit and [f["path"] for f in meta["source"]["files"]] == ["pytorch_model.bin"]
+
+
+def test_hub_fetches_bin_only_when_the_repo_has_no_safetensors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    from streamconv.hub import BIN_ALLOW_PATTERNS, HUB_ALLOW_PATTERNS, download_snapshot
+
+    calls: list[tuple[str | None, list[str]]] = []
+    snapshot = tmp_path / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+
+    def fake(repo_id: str, revision: str | None = None, allow_patterns: list[str] | None = None) -> str:
+        calls.append((revision, list(allow_patterns or [])))
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    assert download_snapshot("org/bin-only", "main") == (snapshot, "0123abcd")
+    # The .bin files are fetched from the commit the first fetch resolved, not the branch again.
+    assert calls == [("main", HUB_ALLOW_PATTERNS), ("0123abcd", BIN_ALLOW_PATTERNS)]
+    (snapshot / "model.safetensors").write_bytes(b"")
+    calls.clear()
+    download_snapshot("org/with-safetensors", None)
+    assert calls == [(None, HUB_ALLOW_PATTERNS)]
+    from huggingface_hub.utils import filter_repo_objects
+
+    files = ["pytorch_model.bin", "pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json",
+             "2_Dense/pytorch_model.bin", "openvino/openvino_model.bin", "training_args.bin", "tf_model.h5"]
+    assert list(filter_repo_objects(files, allow_patterns=BIN_ALLOW_PATTERNS)) == files[:4]
+
+
+def test_sentence_transformers_dense_only_in_a_bin(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    source = models.sentence_transformer_bin(tmp_path / "st")
+    assert sorted(p.name for p in (source / "2_Dense").iterdir()) == ["config.json", "pytorch_model.bin"]
+    dense = {f"2_Dense.{k}": _numpy(v) for k, v in torch.load(source / "2_Dense" / "pytorch_model.bin").items()}
+    result = streamconv.convert(source, tmp_path / "out", dtype="keep")
+    assert result.model_type == "sentence-transformers"
+    loaded = streamconv.load(result.output_dir, names="source")
+    assert {k: _bits(loaded[k]) for k in dense} == {k: _bits(v) for k, v in dense.items()}
+    streamconv.export(result.output_dir, tmp_path / "hf")
+    exported = load_file(tmp_path / "hf" / "2_Dense" / "model.safetensors")
+    assert {f"2_Dense.{k}": _bits(v) for k, v in exported.items()} == {k: _bits(v) for k, v in dense.items()}
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["hello world", "the quick"]
+    original = SentenceTransformer(str(source), device="cpu").encode(texts)
+    assert np.array_equal(original, SentenceTransformer(str(tmp_path / "hf"), device="cpu").encode(texts))

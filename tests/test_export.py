@@ -179,3 +179,42 @@ def test_bad_inputs_one_line_and_nothing_written(
     assert capsys.readouterr().err.count("\n") == 1
     assert not (tmp_path / "from-damaged").exists()
     assert not [p for p in tmp_path.iterdir() if "incomplete" in p.name]
+
+
+def test_export_to_float16_keeps_out_of_range_tensors_in_float32(tmp_path: Path) -> None:
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(1)
+    late = rng.standard_normal(1000).astype(np.float32)
+    late[-1] = 7e4  # in the last chunk: found after the first chunks were written as float16
+    tensors = {
+        "late": late,
+        "fits": rng.standard_normal(1000).astype(np.float32),
+        "bf16": np.array([1.0, -2.0**18, np.inf, 2.0], dtype=ml_dtypes.bfloat16),
+        "edge": np.array([65504.0, -65504.0, np.inf, np.nan], dtype=np.float32),  # no finite value beyond
+        "ids": np.arange(5, dtype=np.int64),
+    }
+    (tmp_path / "src").mkdir()
+    save_file(tensors, tmp_path / "src" / "model.safetensors")
+    out = streamconv.convert(tmp_path / "src", tmp_path / "out", dtype="keep", chunk_size=1024).output_dir
+    # Float16 fits one 5000-byte file; with `late` kept in float32 it takes two.
+    result = streamconv.export(out, tmp_path / "hf", dtype="float16", max_shard_size=5000)
+    notes = [w for w in result.warnings if "range" in w]
+    assert len(notes) == 2
+    assert "'late' has values up to 70000, beyond float16's range; written as float32" in notes[0]
+    assert "'bf16' has values up to 262144" in notes[1]
+    target = tmp_path / "hf"
+    assert not (target / "model.safetensors").exists()
+    index = json.loads((target / "model.safetensors.index.json").read_text())
+    exported: dict[str, np.ndarray] = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        exported.update(load_file(target / shard))
+    assert {k: v.dtype for k, v in exported.items()} == {
+        "late": np.float32, "fits": np.float16, "bf16": np.float32, "edge": np.float16, "ids": np.int64,
+    }
+    assert _bits(exported["late"]) == _bits(late)
+    assert _bits(exported["bf16"]) == _bits(tensors["bf16"].astype(np.float32))
+    assert _bits(exported["fits"]) == _bits(tensors["fits"].astype(np.float16))
+    assert _bits(exported["edge"][:3]) == _bits(tensors["edge"][:3].astype(np.float16))
+    assert [f["path"] for f in result.files if f["path"].endswith(".safetensors")] == sorted(set(index["weight_map"].values()))

@@ -194,11 +194,11 @@ def test_pooling_mode_reads_old_and_new_configs(tmp_path: Path, pooling: dict, e
     assert (meta["normalize"], meta["max_seq_length"], meta["similarity_function"]) == (False, None, "cosine")
 
 
-def test_sentence_transformers_dense_without_safetensors_is_an_error(built, tmp_path: Path) -> None:
+def test_sentence_transformers_dense_without_weights_is_an_error(built, tmp_path: Path) -> None:
     folder = tmp_path / "st"
     models.sentence_transformer(folder)
-    (folder / "2_Dense" / "model.safetensors").rename(folder / "2_Dense" / "pytorch_model.bin")
-    with pytest.raises(PlanError, match=r"2_Dense: the Dense module has no model.safetensors \(found config.json, pytorch_model.bin\)"):
+    (folder / "2_Dense" / "model.safetensors").rename(folder / "2_Dense" / "model.bak")
+    with pytest.raises(PlanError, match=r"2_Dense: the Dense module has no model.safetensors or pytorch_model.bin \(found config.json, model.bak\)"):
         streamconv.convert(folder, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -2,9 +2,9 @@
 
 A sentence-transformers folder is a Hugging Face checkpoint (the Transformer module, at the root)
 plus the modules listed in ``modules.json``: Pooling, Dense, Normalize... Each Dense module keeps
-its weights in its own folder (``2_Dense/model.safetensors``, holding ``linear.weight`` and
-``linear.bias``); they are stored under the module's path as a prefix, ``2_Dense.linear.weight``,
-which is also their source name. Pooling mode, normalisation, maximum sequence length and
+its weights in its own folder (``2_Dense/model.safetensors``, or ``pytorch_model.bin`` from older
+releases, holding ``linear.weight`` and ``linear.bias``); they are stored under the module's path
+as a prefix, ``2_Dense.linear.weight``, which is also their source name. Pooling mode, normalisation, maximum sequence length and
 similarity function go into metadata.json under ``sentence_transformers``.
 """
 
@@ -27,6 +27,7 @@ SBERT_CONFIG_FILE = "sentence_bert_config.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 MODULE_CONFIG_FILE = "config.json"
 MODULE_WEIGHTS_FILE = "model.safetensors"
+MODULE_BIN_FILE = "pytorch_model.bin"
 #: Pooling config keys of sentence-transformers before 5.0, in its concatenation order.
 LEGACY_POOLING_KEYS = {
     "pooling_mode_cls_token": "cls",
@@ -97,7 +98,8 @@ class SentenceTransformersPlan(Plan):
         """The Transformer's tensors, then each Dense module's under its prefix.
 
         Raises:
-            PlanError: a Dense module folder holds no ``model.safetensors``.
+            PlanError: a Dense module folder holds neither ``model.safetensors`` nor
+                ``pytorch_model.bin``.
         """
         refs = list(checkpoint.tensors)
         for module in read_modules(checkpoint.root):
@@ -155,16 +157,20 @@ def _module_record(module: Module) -> dict[str, Any]:
 
 
 def _dense_tensors(root: Path, module: Module) -> list[TensorRef]:
-    weights = root / module.path / MODULE_WEIGHTS_FILE
-    if not weights.is_file():
-        folder = root / module.path
-        found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        raise PlanError(
-            f"{folder}: the Dense module has no {MODULE_WEIGHTS_FILE} "
-            f"(found {', '.join(found) or 'nothing'}); "
-            "re-save the model with a sentence-transformers release that writes safetensors"
-        )
-    return read_safetensors_header(weights, prefix=module.prefix)
+    """The Dense module's ``model.safetensors``, else its ``pytorch_model.bin`` (older releases)."""
+    folder = root / module.path
+    weights = folder / MODULE_WEIGHTS_FILE
+    if weights.is_file():
+        return read_safetensors_header(weights, prefix=module.prefix)
+    if (folder / MODULE_BIN_FILE).is_file():
+        from streamconv.torch_bin import read_bin_file  # here: only .bin modules may need torch
+
+        return read_bin_file(folder / MODULE_BIN_FILE, prefix=module.prefix)
+    found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    raise PlanError(
+        f"{folder}: the Dense module has no {MODULE_WEIGHTS_FILE} or {MODULE_BIN_FILE} "
+        f"(found {', '.join(found) or 'nothing'}); re-save the model with sentence-transformers"
+    )
 
 
 def _pooling_mode(root: Path, modules: list[Module]) -> str | list[str] | None:

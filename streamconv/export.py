@@ -152,7 +152,7 @@ def export(
 
 
 def _part_warnings(metadata: dict[str, Any]) -> list[str]:
-    """A warning when the output holds only some parts of its model."""
+    """A warning when the output holds only some parts of its model's plan."""
     from streamconv.plans import PLANS
 
     plan = next((p for p in PLANS if p.name == metadata.get("model_type")), None)
@@ -160,10 +160,12 @@ def _part_warnings(metadata: dict[str, Any]) -> list[str]:
     if plan is None or set(plan.parts) <= set(parts):
         return []
     missing = [p for p in plan.parts if p not in parts]
+    # Whether the source had those parts is not recorded (a vision-only checkpoint has no text
+    # tower), so the warning says what was converted, not what was left out.
     return [
-        f"the output holds only the {', '.join(parts)} part(s) of the {plan.name} model, so the checkpoint "
-        f"lacks {', '.join(missing)}: transformers will initialise those weights randomly; convert with "
-        f"--parts {','.join(plan.parts)} for the whole model"
+        f"the output holds only the {', '.join(parts)} part(s) of the {plan.name} plan, not {', '.join(missing)}: "
+        f"if the source had them, a model class that needs them initialises them randomly; convert with "
+        f"--parts {','.join(plan.parts)} to keep every part the source has"
     ]
 
 

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import other_paths
 import pyarrow.parquet as pq
 
 from make_checkpoints import (
@@ -1013,7 +1014,8 @@ def figure(paths: dict[str, Path], key: str, alt: str, report: Path) -> list[str
 
 
 def render(run: dict[str, Any], results: list[Result], floors: list[Floors], scale: Scale | None,
-           profile: Profile | None, paths: dict[str, Path], report: Path) -> str:  # fmt: skip
+           profile: Profile | None, paths: dict[str, Path], report: Path,
+           other: list[str] | None = None) -> str:  # fmt: skip
     """The whole of docs/benchmarks.md."""
     runs = run["runs"]
     names = ", ".join(r.checkpoint.name for r in results)
@@ -1028,7 +1030,7 @@ def render(run: dict[str, Any], results: list[Result], floors: list[Floors], sca
         f"- Command: `{run['command']}`",
         f"- Date: {run['date']}; the whole run took {run['minutes']:.1f} min",
         f"- Peers on: {names}; {runs} timed run(s) per tool{'' if run['warmup'] else ', no warm-up'}",
-        *([f"- Sections run: {run['sections']}"] if run["sections"] != "peers,floors,scale,profile" else []),
+        *([f"- Sections run: {run['sections']}"] if run["sections"] != "peers,floors,scale,profile,other" else []),
         "",
         "## Machine",
         "",
@@ -1115,6 +1117,7 @@ def render(run: dict[str, Any], results: list[Result], floors: list[Floors], sca
         "- The profile samples the whole probe process, imports included, so `--repeat` converts several",
         "  times to make the conversion dominate.",
         "",
+        *(other or []),
     ])
 
 
@@ -1125,7 +1128,7 @@ def main() -> None:
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(CHECKPOINTS)} for the peers")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny checkpoints, 1 run, scratch output")
     parser.add_argument("--skip-scale", action="store_true", help="skip the >= 8 GB checkpoint")
-    parser.add_argument("--sections", default="peers,floors,scale,profile", help="comma-separated parts to run")
+    parser.add_argument("--sections", default="peers,floors,scale,profile,other", help="comma-separated parts to run")
     parser.add_argument("--scale-gb", type=float, help=f"size of the scale checkpoint (default {SCALE_BYTES / 1e9})")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="checkpoints and outputs")
     parser.add_argument("--output", type=Path, help="report to write (default docs/benchmarks.md; --quick: scratch)")
@@ -1172,6 +1175,9 @@ def main() -> None:
         profile = step("profile", lambda: measure_profile(CHECKPOINTS[profile_name], args.workdir, profile_repeat))
     if profile is not None and profile.error:
         broken.append("profile")
+    other = None
+    if "other" in sections:
+        other = step("other", lambda: other_paths.measure(args.workdir, runs, timed, args.quick))
     paths = step("plots", lambda: plots(results, floors, scale, figures)) or {}
     run = {
         "command": " ".join(["python", os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
@@ -1182,7 +1188,7 @@ def main() -> None:
         "sections": args.sections,
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render(run, results, floors, scale, profile, paths, output))
+    output.write_text(render(run, results, floors, scale, profile, paths, output, other))
     log(f"wrote {output} in {run['minutes']:.1f} min")
     if broken:
         log(f"FAILED steps: {', '.join(broken)}")

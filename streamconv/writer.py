@@ -318,15 +318,20 @@ def _columns(rows: list[tuple[TensorChunk, _Encoded]]) -> list[pa.Array | pa.Chu
         pa.array([p.ref.source_name for p in pieces], pa.string()),
         pa.array([e.dtype for e in encoded], pa.string()),
         pa.array([p.ref.dtype_name for p in pieces], pa.string()),
-        pa.ListArray.from_arrays(pa.array(shape_offsets), pa.array(dims), type=pa.list_(pa.int64())),
-        pa.array(np.fromiter((p.index for p in pieces), np.int32, len(rows))),
-        pa.array(np.fromiter((p.count for p in pieces), np.int32, len(rows))),
-        pa.array(np.fromiter((p.start for p in pieces), np.int64, len(rows))),
-        pa.array(np.fromiter((p.element_count for p in pieces), np.int64, len(rows))),
+        pa.ListArray.from_arrays(_numeric(shape_offsets), _numeric(dims), type=pa.list_(pa.int64())),
+        _numeric(np.fromiter((p.index for p in pieces), np.int32, len(rows))),
+        _numeric(np.fromiter((p.count for p in pieces), np.int32, len(rows))),
+        _numeric(np.fromiter((p.start for p in pieces), np.int64, len(rows))),
+        _numeric(np.fromiter((p.element_count for p in pieces), np.int64, len(rows))),
         _data_column([e.payload for e in encoded]),
-        pa.array(sizes),
-        pa.array(np.fromiter((e.checksum for e in encoded), np.uint64, len(rows))),
+        _numeric(sizes),
+        _numeric(np.fromiter((e.checksum for e in encoded), np.uint64, len(rows))),
     ]
+
+
+def _numeric(values: np.ndarray) -> pa.Array:
+    # from_buffers, not pa.array: pa.array(ndarray) imports numpy.ma (12 ms of every CLI run).
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
 
 def _data_column(payloads: list[bytes]) -> pa.ChunkedArray:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from streamconv import codec
-from streamconv.assets import file_record, planned_assets, write_assets, write_json
+from streamconv.assets import planned_assets, write_assets, write_json
 from streamconv.constants import METADATA_FILENAME, WEIGHTS_FILENAME, progress_bars_disabled
 from streamconv.dtypes import by_name
 from streamconv.errors import CastOverflowError
@@ -185,7 +185,8 @@ def _write_once(
         return summary
     with WeightsWriter(folder / WEIGHTS_FILENAME, **writer_options) as writer:
         summary = writer.write(chunks, on_written)
-    result.files = [file_record(folder / WEIGHTS_FILENAME, folder)]
+    # The writer hashed the file as it wrote it: no second pass over the output.
+    result.files = [{"path": WEIGHTS_FILENAME, "bytes": writer.path.stat().st_size, "sha256": writer.sha256}]
     return summary
 
 

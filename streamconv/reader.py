@@ -290,11 +290,21 @@ class WeightsFile:
         wanted, groups = self._groups(names)
         pending: dict[str, np.ndarray] = {}
         with WorkerPool(workers, thread_name_prefix="streamconv-decode") as pool:
-            for file, group in groups:
-                part = self.parts[file]
-                for name in part._decode_group(self._table(part, group), wanted, pending, pool):
+            for part, table in self._prefetched(groups):
+                for name in part._decode_group(table, wanted, pending, pool):
                     entry = self.entries[name]
                     yield TensorRecord(**vars(entry.info), array=pending.pop(name).reshape(entry.shape))
+
+    def _prefetched(self, groups: list[tuple[int, int]]) -> Iterator[tuple[_WeightsPart, pa.Table]]:
+        """The row groups' tables, the next read (without the GIL) while the current one decodes."""
+        parts = [(self.parts[file], group) for file, group in groups]
+        with WorkerPool(1, thread_name_prefix="streamconv-read") as reader:
+            future = reader.submit(self._table, *parts[0]) if parts else None
+            for i, (part, _) in enumerate(parts):
+                assert future is not None
+                table = future.result()
+                future = reader.submit(self._table, *parts[i + 1]) if i + 1 < len(parts) else None
+                yield part, table
 
     def chunks(self, names: Sequence[str] | None = None, workers: int = DEFAULT_WORKERS
                ) -> Iterator[tuple[TensorInfo, int, np.ndarray]]:
@@ -304,9 +314,7 @@ class WeightsFile:
         """
         wanted, groups = self._groups(names)
         with WorkerPool(workers, thread_name_prefix="streamconv-decode") as pool:
-            for file, group in groups:
-                part = self.parts[file]
-                table = self._table(part, group)
+            for part, table in self._prefetched(groups):
                 cols = [table.column(c).to_pylist() for c in ("name", "chunk_index", "element_offset", "element_count")]
                 sums = table.column("data_xxh3").to_pylist() if part.has_checksums else [None] * table.num_rows
                 data = table.column("data").combine_chunks()

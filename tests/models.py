@@ -216,7 +216,12 @@ def siglip(folder: Path, architecture: str = "SiglipModel") -> Path:
     else:
         text = dict(vocab_size=VOCAB, max_position_embeddings=16, bos_token_id=None, eos_token_id=None, **_ENCODER)
         model = transformers.SiglipModel(transformers.SiglipConfig(text_config=text, vision_config=vision))
-    transformers.SiglipImageProcessor(size={"height": 30, "width": 30}).save_pretrained(folder)
+    # Written as JSON: instantiating SiglipImageProcessor would need Pillow or torchvision.
+    write_json(folder / "preprocessor_config.json", {
+        "image_processor_type": "SiglipImageProcessor", "do_resize": True, "size": {"height": 30, "width": 30},
+        "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+    })
     return _save(model, folder)
 
 

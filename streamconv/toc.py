@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -24,12 +24,22 @@ from streamconv.errors import FormatError
 from streamconv.records import TensorInfo
 from streamconv.writer import checksum
 
-__all__ = ["Entry", "Expected", "META_COLUMNS", "WeightsPart", "numel"]
+__all__ = ["Chunk", "Entry", "Expected", "META_COLUMNS", "WeightsPart", "numel"]
 
 #: (tensor name, next chunk index, next element offset) while reading rows; None between tensors.
 Expected = tuple[str, int, int] | None
 META_COLUMNS = ["name", "source_name", "dtype", "source_dtype", "shape", "chunk_index", "chunk_count",
                 "element_offset", "element_count"]
+
+
+class Chunk(NamedTuple):
+    """One row of a row group, from the table of contents: all a reader needs besides ``data``."""
+
+    name: str
+    chunk_index: int
+    element_offset: int
+    element_count: int
+    checksum: int | None
 
 
 @dataclass
@@ -88,7 +98,7 @@ class WeightsPart:
 
         One read of the metadata columns of every row group; the data column is never touched.
         """
-        sizes = ["data_bytes"] if self.has_checksums else ["data"]
+        sizes = ["data_bytes", "data_xxh3"] if self.has_checksums else ["data"]
         try:
             table = self.parquet.read(columns=[*META_COLUMNS, *sizes])
         except (pa.ArrowException, OSError) as exc:
@@ -98,13 +108,17 @@ class WeightsPart:
             import pyarrow.compute as pc  # here: it costs every `streamconv convert` 20 ms
 
             stored = pc.binary_length(stored)
+        sums = table.column("data_xxh3").to_pylist() if self.has_checksums else [None] * table.num_rows
         rows = table.drop_columns(sizes).to_pylist()
         metadata = self.parquet.metadata
         group_of_row = [g for g in range(metadata.num_row_groups) for _ in range(metadata.row_group(g).num_rows)]
         if len(group_of_row) != len(rows):
             raise FormatError(self.path, "the row groups do not add up to the rows")
-        for row, nbytes, group in zip(rows, stored.to_pylist(), group_of_row, strict=True):
+        self.chunks: list[list[Chunk]] = [[] for _ in range(metadata.num_row_groups)]
+        for row, nbytes, group, expected_sum in zip(rows, stored.to_pylist(), group_of_row, sums, strict=True):
             expected = self._check_row(self.entries, row, nbytes, group, expected)
+            self.chunks[group].append(Chunk(row["name"], row["chunk_index"], row["element_offset"],
+                                            row["element_count"], expected_sum))
         return expected
 
     def _check_row(
@@ -152,25 +166,20 @@ class WeightsPart:
             )
 
     def _decode_group(
-        self, table: pa.Table, wanted: set[str], pending: dict[str, np.ndarray], pool: ThreadPoolExecutor
+        self, group: int, table: pa.Table, wanted: set[str], pending: dict[str, np.ndarray], pool: ThreadPoolExecutor
     ) -> list[str]:
         """Decode a row group's chunks into their tensors' arrays; returns the tensors completed."""
-        names = table.column("name").to_pylist()
-        index = table.column("chunk_index").to_pylist()
-        offsets = table.column("element_offset").to_pylist()
-        counts = table.column("element_count").to_pylist()
-        sums = table.column("data_xxh3").to_pylist() if self.has_checksums else [None] * len(names)
         data = table.column("data").combine_chunks()
         jobs, finished = [], []
-        for row, name in enumerate(names):
+        for row, (name, index, offset, count, expected_sum) in enumerate(self.chunks[group]):
             if name not in wanted:
                 continue
             entry = self.entries[name]
-            if index[row] == 0:
+            if index == 0:
                 pending[name] = np.empty(numel(entry.shape), dtype=entry.dtype.numpy)
-            out = pending[name][offsets[row]:offsets[row] + counts[row]]
-            jobs.append(pool.submit(self._decode, name, index[row], data[row].as_buffer(), sums[row], out))
-            if index[row] == entry.row["chunk_count"] - 1:
+            out = pending[name][offset:offset + count]
+            jobs.append(pool.submit(self._decode, name, index, data[row].as_buffer(), expected_sum, out))
+            if index == entry.row["chunk_count"] - 1:
                 finished.append(name)
         for job in jobs:
             job.result()

@@ -8,7 +8,6 @@ written, so memory stays at a few chunks.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +34,7 @@ from streamconv.constants import (
 )
 from streamconv.dtypes import by_numpy
 from streamconv.errors import InvalidOptionError
+from streamconv.hashing import HashingFile
 from streamconv.stages import TensorChunk
 
 __all__ = ["SCHEMA", "WeightsWriter", "WriteSummary", "checksum", "row_group_bytes_for"]
@@ -75,30 +75,8 @@ QUEUE_PER_WORKER = 8
 # ones of a row group are joined into one buffer first, so a row group of many small tensors is not
 # written as a thousand one-value arrays.
 _ZERO_COPY_BYTES = 64 * 1024
-# Writes reach the file (and the running SHA-256) through a buffer of this size.
+# Writes reach the file (and the SHA-256 thread) through a buffer of this size.
 _SINK_BUFFER = 1024 * 1024
-
-
-class _HashingFile:
-    """A write-only file that keeps the SHA-256 and size of what went through it.
-
-    The output's checksum is then known when the writer closes, instead of reading the whole file
-    back (that re-read was 9% of a BERT-large conversion).
-    """
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw, self.digest, self.size, self.closed = raw, hashlib.sha256(), 0, False
-
-    def write(self, data: bytes | memoryview) -> int:
-        self.digest.update(data)  # releases the GIL for large writes
-        self.size += len(data)
-        return self.raw.write(data)
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-    def close(self) -> None:
-        self.closed = True  # the raw file is closed by its owner
 
 
 class _Encoded(NamedTuple):
@@ -184,7 +162,7 @@ class WeightsWriter:
         self.sha256: str | None = None  # hex digest of the file, once closed without an error
         self._writer: pq.ParquetWriter | None = None
         self._raw: IO[bytes] | None = None
-        self._hashing: _HashingFile | None = None
+        self._hashing: HashingFile | None = None
         self._sink: pa.BufferedOutputStream | None = None
         self._rows: list[tuple[TensorChunk, _Encoded]] = []
         self._pending_bytes = 0
@@ -199,15 +177,21 @@ class WeightsWriter:
             }
         )
         self._raw = open(self._partial, "wb")  # closed in __exit__
-        self._hashing = _HashingFile(self._raw)
-        self._sink = pa.BufferedOutputStream(pa.PythonFile(self._hashing, mode="w"), _SINK_BUFFER)
-        self._writer = pq.ParquetWriter(
-            self._sink,
-            schema,
-            compression={c: ("none" if c == "data" else "zstd") for c in SCHEMA.names},
-            use_dictionary=["name", "source_name", "dtype", "source_dtype"],
-            write_statistics=STATISTICS_COLUMNS,
-        )
+        self._hashing = HashingFile(self._raw, self._partial)
+        try:
+            self._sink = pa.BufferedOutputStream(pa.PythonFile(self._hashing, mode="w"), _SINK_BUFFER)
+            self._writer = pq.ParquetWriter(
+                self._sink,
+                schema,
+                compression={c: ("none" if c == "data" else "zstd") for c in SCHEMA.names},
+                use_dictionary=["name", "source_name", "dtype", "source_dtype"],
+                write_statistics=STATISTICS_COLUMNS,
+            )
+        except BaseException:
+            self._hashing.abandon()
+            self._raw.close()
+            self._partial.unlink(missing_ok=True)
+            raise
         return self
 
     def __exit__(
@@ -223,14 +207,17 @@ class WeightsWriter:
                     self._flush()
                 self._writer.close()
                 self._sink.close()
+                if exc_type is None:
+                    assert self._hashing is not None
+                    self.sha256 = self._hashing.hexdigest()
             finally:
+                if self.sha256 is None and self._hashing is not None:
+                    self._hashing.abandon()
                 self._raw.close()
         except BaseException:
             self._partial.unlink(missing_ok=True)
             raise
         if exc_type is None:
-            assert self._hashing is not None
-            self.sha256 = self._hashing.digest.hexdigest()
             os.replace(self._partial, self.path)
         else:
             self._partial.unlink(missing_ok=True)

@@ -43,6 +43,11 @@ class HashingFile:
         self._thread.start()
 
     def write(self, data: bytes | memoryview) -> int:
+        if self.raw.closed:
+            # The writer failed or was interrupted and closed the file, which is being deleted; Arrow's
+            # buffered stream may still flush into it when destroyed: drop those bytes quietly
+            # instead of letting Arrow print an error after our one-line message.
+            return len(data)
         written = self.raw.write(data)
         self.size += len(data)
         if self.size - self._reached >= _STEP:
@@ -50,7 +55,8 @@ class HashingFile:
         return written
 
     def flush(self) -> None:
-        self.raw.flush()
+        if not self.raw.closed:
+            self.raw.flush()
 
     def close(self) -> None:
         self.closed = True  # the raw file is closed by its owner

@@ -11,7 +11,6 @@ appears only when complete.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from streamconv.errors import FormatError, InvalidOptionError
 from streamconv.output import check_output, staged_output
 from streamconv.plans import FALLBACK, get_plan
 from streamconv.reader import TensorInfo, WeightsFile, read_metadata
+from streamconv.stages import cast_array, fallback_dtype, finite_peak
 
 __all__ = ["EXPORT_DTYPES", "ExportResult", "export"]
 
@@ -177,10 +177,10 @@ def _target_dtype(info: TensorInfo, dtype: str) -> DType:
 
 
 def _fallback(info: TensorInfo, peak: float) -> DType:
-    """float32 when it holds the values; otherwise the (wider) stored dtype itself."""
-    float32, stored = by_name("float32"), by_name(info.dtype)
-    assert float32 is not None and stored is not None
-    return float32 if peak <= float32.max else stored
+    """The dtype a tensor that overflows the export dtype is written in, by convert's rule."""
+    stored = by_name(info.dtype)
+    assert stored is not None
+    return fallback_dtype(stored, peak)
 
 
 def _overflow_note(info: TensorInfo, dtype: str, store: DType, peak: float) -> str:
@@ -246,7 +246,7 @@ def _write_tensors(weights: WeightsFile, files: dict[str, list[_File]], staging:
             store = by_code(header["dtype"])
             data = _cast(chunk, store)
             if data is not chunk and store is not None and store.max < by_numpy(chunk.dtype).max:
-                peak = _finite_peak(chunk)
+                peak = finite_peak(chunk)
                 if peak > store.max:
                     overflow[info.name] = max(peak, overflow.get(info.name, 0.0))
             target.seek(base + header["data_offsets"][0] + offset * data.dtype.itemsize)
@@ -259,24 +259,8 @@ def _write_tensors(weights: WeightsFile, files: dict[str, list[_File]], staging:
 
 def _cast(data: np.ndarray, store: DType | None) -> np.ndarray:
     assert store is not None
-    if data.dtype == store.numpy:
-        return data
-    if data.dtype == np.dtype(by_name("bfloat16").numpy):  # type: ignore[union-attr]
-        data = data.astype(np.float32)
     with np.errstate(over="ignore"):  # values beyond the range are found and written again wider
-        return data.astype(store.numpy)
-
-
-def _finite_peak(data: np.ndarray) -> float:
-    """Largest finite magnitude of a chunk (0 for an empty one)."""
-    if data.size == 0:
-        return 0.0
-    values = data.astype(np.float32) if data.dtype == by_name("bfloat16").numpy else data  # type: ignore[union-attr]
-    lo, hi = float(values.min()), float(values.max())
-    if math.isfinite(lo) and math.isfinite(hi):
-        return max(-lo, hi)
-    finite = values[np.isfinite(values)]
-    return float(np.abs(finite).max()) if finite.size else 0.0
+        return cast_array(data, store)
 
 
 def _write_index(shards: list[_File], staging: Path) -> None:

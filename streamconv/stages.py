@@ -84,19 +84,19 @@ class TensorChunk:
             return data
         source = by_numpy(data.dtype)
         if self.mode == "store":
-            return _cast_to(data, self.store_as)
-        peak = _finite_peak(data) if self.store_as.max < source.max else 0.0
+            return cast_array(data, self.store_as)
+        peak = finite_peak(data) if self.store_as.max < source.max else 0.0
         if peak <= self.store_as.max:
-            return _cast_to(data, self.store_as)
+            return cast_array(data, self.store_as)
         if self.mode == "check":
             raise CastOverflowError(self.ref.source_name, peak, self.store_as.name)
-        return _cast_to(data, _fallback(source, peak))
+        return cast_array(data, fallback_dtype(source, peak))
 
     def note_for(self, stored: np.ndarray) -> str | None:
         """The warning for the user once the piece is loaded as ``stored``, if any."""
         if self.note or self.mode != "decide" or self.store_as is None or stored.dtype == self.store_as.numpy:
             return self.note
-        return _overflow_note(self.ref, self.store_as, by_numpy(stored.dtype), _finite_peak(stored))
+        return _overflow_note(self.ref, self.store_as, by_numpy(stored.dtype), finite_peak(stored))
 
     def __repr__(self) -> str:
         return f"TensorChunk({self.name!r}, {self.index + 1}/{self.count}, elements [{self.start}, {self.stop}))"
@@ -233,14 +233,15 @@ def cast(chunks: Iterable[TensorChunk], dtype: str, *, prescan: bool = True) -> 
         else:
             if decided is None or decided[0] is not piece.ref:
                 peak = _tensor_peak(piece.ref, piece.element_count) if target.max < source.max else 0.0
-                store = target if peak <= target.max else _fallback(source, peak)
+                store = target if peak <= target.max else fallback_dtype(source, peak)
                 note = None if store == target else _overflow_note(piece.ref, target, store, peak)
                 decided = (piece.ref, store, note)
             note = decided[2] if piece.index == 0 else None
             yield dataclasses.replace(piece, store_as=decided[1], mode="store", note=note)
 
 
-def _cast_to(data: np.ndarray, store: DType) -> np.ndarray:
+def cast_array(data: np.ndarray, store: DType) -> np.ndarray:
+    """``data`` in ``store``'s dtype, by the documented cast (numpy's, round to nearest even)."""
     # Direct, also for bfloat16 -> float16: ml_dtypes casts it 2.5x faster than via float32, with
     # the same bits for every non-NaN value (tests/test_codec.py checks all 65,536); NaNs stay NaNs
     # of the same sign but become the canonical quiet NaN instead of keeping payload bits.
@@ -258,12 +259,13 @@ def _tensor_peak(ref: TensorRef, step: int) -> float:
     """Largest finite magnitude of a whole tensor, read piece by piece."""
     step = max(1, step)
     return max(
-        (_finite_peak(ref.read(start, min(start + step, ref.numel))) for start in range(0, ref.numel, step)),
+        (finite_peak(ref.read(start, min(start + step, ref.numel))) for start in range(0, ref.numel, step)),
         default=0.0,
     )
 
 
-def _finite_peak(data: np.ndarray) -> float:
+def finite_peak(data: np.ndarray) -> float:
+    """Largest finite magnitude of ``data`` (0 for an empty array): what decides an overflow."""
     if data.size == 0:
         return 0.0
     values = data.astype(np.float32) if data.dtype == by_name("bfloat16").numpy else data  # type: ignore[union-attr]
@@ -274,7 +276,7 @@ def _finite_peak(data: np.ndarray) -> float:
     return float(np.abs(finite).max()) if finite.size else 0.0
 
 
-def _fallback(source: DType, peak: float) -> DType:
+def fallback_dtype(source: DType, peak: float) -> DType:
     """float32 when it holds the values; otherwise the (wider) source dtype itself."""
     float32 = by_name("float32")
     assert float32 is not None

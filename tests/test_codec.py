@@ -14,7 +14,7 @@ import zstandard
 import streamconv
 from streamconv import codec
 from streamconv.dtypes import by_name
-from streamconv.stages import _cast_to
+from streamconv.stages import cast_array
 
 DTYPES = [np.float64, np.float32, np.float16, ml_dtypes.bfloat16, np.int64, np.int32, np.int16,
           np.int8, np.uint8, np.bool_]
@@ -250,7 +250,7 @@ def test_bfloat16_to_float16_direct_cast_matches_the_cast_via_float32() -> None:
     is used.
     """
     every = np.arange(65536, dtype=np.uint16).view(ml_dtypes.bfloat16)
-    direct = _cast_to(every, by_name("float16"))
+    direct = cast_array(every, by_name("float16"))
     with np.errstate(over="ignore"):
         via = every.astype(np.float32).astype(np.float16)
     assert direct.dtype == np.float16

@@ -138,16 +138,21 @@ def features_tensor(value: Any) -> Any:
 def image_probe(
     context: ProbeContext, channels: int, size: int, needs: tuple[str, ...] = (), label: str = "image"
 ) -> Probe:
-    """Image features through the projection (``get_image_features``), else the model's first output.
+    """Image features through the projection (``get_image_features``); for a bare vision tower, its
+    hidden states and pooled output side by side, so the pooling head is exercised too.
 
-    For any image tower with a projection (CLIP, SigLIP...): give the vision config's sizes.
+    For any image tower (CLIP, SigLIP...): give the vision config's sizes.
     """
     pixels = image_batch(context, channels, size)
+    torch = context.torch
 
     def run(model: Any) -> Any:
         if hasattr(model, "get_image_features"):
             return features_tensor(model.get_image_features(pixel_values=pixels))
-        return output_tensor(model(pixel_values=pixels))
+        out = model(pixel_values=pixels)
+        hidden = output_tensor(out).flatten(1)
+        pooled = getattr(out, "pooler_output", None)
+        return hidden if pooled is None else torch.cat([hidden, pooled.flatten(1)], dim=1)
 
     return Probe(label, run, needs=needs)
 

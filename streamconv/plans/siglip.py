@@ -55,24 +55,21 @@ class SiglipPlan(Plan):
     default_parts = ("vision",)
 
     def probes(self, context: ProbeContext) -> list[Probe]:
-        """Pooled image embeddings of a seeded batch; text embeddings when the text tower was converted."""
-        torch, config = context.torch, context.model.config
+        """8 varied images through the pooling head; 8 texts when the text tower was converted."""
+        from streamconv.plans.probes import features_tensor, image_probe, text_batch
+
+        config = context.model.config
         vision_only = config.model_type == "siglip_vision_model"
         vision = config if vision_only else config.vision_config
-        pixels = torch.randn(8, vision.num_channels, vision.image_size, vision.image_size, generator=context.generator())
-
-        def image(model: Any) -> Any:
-            if vision_only:
-                return model(pixel_values=pixels).pooler_output
-            return _pooled(model.get_image_features(pixel_values=pixels))
-
-        probes = [Probe("image", image, needs=() if vision_only else ("vision_model.",))]
+        probes = [image_probe(context, vision.num_channels, vision.image_size, needs=() if vision_only else ("vision_model.",))]
         if not vision_only:
-            ids = context.token_ids(config.text_config.vocab_size)
-            probes.append(Probe("text", lambda m: _pooled(m.get_text_features(input_ids=ids)), needs=("text_model.",)))
+            text = config.text_config
+            batch = text_batch(
+                context, text.vocab_size, text.max_position_embeddings, pad_id=getattr(text, "pad_token_id", None) or 0
+            )
+
+            def run(model: Any) -> Any:
+                return features_tensor(model.get_text_features(**batch))
+
+            probes.append(Probe("text", run, needs=("text_model.",)))
         return probes
-
-
-def _pooled(value: Any) -> Any:
-    # transformers 5 returns an output object from get_*_features; the embedding is its pooled output.
-    return value if hasattr(value, "shape") else value.pooler_output

@@ -118,7 +118,7 @@ def _check_outputs(
     torch, transformers = mod.import_torch()
     steps = _Steps(progress, 4 + len(describe(output)))
     steps.say("loading the original model")
-    reference = mod.load_reference(torch, transformers, checkpoint.root, plan.model_class(metadata), report.messages)
+    reference = mod.load_reference(torch, transformers, checkpoint, plan.model_class(metadata), report.messages)
     loaded = mod.LoadedModel(torch, reference, [r.source_name for r in checkpoint.tensors])
     context = mod.new_context(torch, reference, output, metadata, checkpoint.root, seed)
     stored = {t.source_name for t in describe(output)}

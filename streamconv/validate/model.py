@@ -1,7 +1,7 @@
 """The output check: one model in memory, reference outputs first, then the output's weights.
 
-1. The original model is loaded (``from_pretrained`` on the source, float32) and every probe's
-   reference output is computed.
+1. The original model is loaded (``from_pretrained`` on the source's tensors, read one at a time
+   in float32) and every probe's reference output is computed.
 2. Every model tensor the source holds is *poisoned* (NaN; integers -1), so a tensor the output
    does not provide cannot silently keep the original's value: the model is in effect built from
    its config with fresh weights.
@@ -24,6 +24,7 @@ from typing import Any
 from streamconv.errors import MissingDependencyError, PlanError
 from streamconv.plans import Plan, ProbeContext
 from streamconv.reader import iter_tensors
+from streamconv.source import Checkpoint, TensorRef
 
 __all__ = ["LoadedModel", "capture", "import_torch", "load_reference"]
 
@@ -79,22 +80,42 @@ class _ListHandler(logging.Handler):
         self.messages.append(f"{record.levelname.lower()}: {record.getMessage()}")
 
 
-def load_reference(torch: Any, transformers: Any, root: Path, class_name: str, messages: list[str]) -> Any:
+def load_reference(torch: Any, transformers: Any, checkpoint: Checkpoint, class_name: str, messages: list[str]) -> Any:
     """The original model in float32, eval mode, with transformers' output captured.
+
+    The source's tensors are read one at a time into float32 tensors that transformers adopts as
+    the model's parameters without copying them. Its own loader maps the shards instead, and every
+    page it touches stays resident until it returns: the checkpoint's size on top of the float32
+    model (3.5 GB instead of 2.6 GB for a 1.1 GB bfloat16 checkpoint).
 
     Raises:
         PlanError: transformers cannot load the checkpoint.
     """
     cls = getattr(transformers, class_name, None) or transformers.AutoModel
+    root = str(checkpoint.root)
     try:
         with capture(transformers, messages):
-            model = cls.from_pretrained(str(root), dtype=torch.float32)
+            config = transformers.AutoConfig.from_pretrained(root)
+            state = {ref.source_name: _float32(torch, ref) for ref in checkpoint.tensors}
+            model = cls.from_pretrained(None, config=config, state_dict=state, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:
         raise PlanError(
             f"{root}: transformers cannot load this checkpoint as {class_name} ({exc}); "
             "validation needs a transformers model"
         ) from exc
     return model.eval()
+
+
+def _float32(torch: Any, ref: TensorRef) -> Any:
+    """One source tensor as a torch tensor: floating types in float32, others as stored."""
+    import numpy as np
+
+    array = ref.read().reshape(ref.shape)
+    if array.dtype.name == "bfloat16":  # torch cannot take ml_dtypes' bfloat16 from numpy
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16).float()
+    if array.dtype.kind == "f":
+        return torch.from_numpy(array.astype(np.float32, copy=False))
+    return torch.from_numpy(array)
 
 
 class LoadedModel:

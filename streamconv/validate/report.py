@@ -116,22 +116,30 @@ class ValidationReport:
 
 def compare(torch: Any, want: Any, got: Any) -> dict[str, float]:
     """The metrics of ``got`` against the reference ``want`` (see the module docstring)."""
-    a = want.detach().double().reshape(want.shape[0] if want.dim() > 1 else 1, -1)
-    b = got.detach().double().reshape(a.shape)
-    diff = b - a
-    norms = a.norm(dim=1) * b.norm(dim=1)
-    cosine = (a * b).sum(dim=1) / norms.clamp_min(1e-300)
-    cosine = torch.where((diff == 0).all(dim=1), torch.ones_like(cosine), cosine)  # equal items: exactly 1
-    ref_energy = float((a * a).sum())
-    err_energy = float((diff * diff).sum())
-    scale = float(a.abs().max()) if a.numel() else 0.0
-    max_err = float(diff.abs().max()) if a.numel() else 0.0
-    nan = not math.isfinite(err_energy) or bool(torch.isnan(b).any())
+    rows = want.shape[0] if want.dim() > 1 else 1
+    want, got = want.detach().reshape(rows, -1), got.detach().reshape(rows, -1)
+    cosines, ref_energy, err_energy, scale, max_err, nan = [], 0.0, 0.0, 0.0, 0.0, False
+    # One input at a time, in float64: a language model's logits for the whole batch are hundreds
+    # of MB, and a few float64 temporaries of them would cost more than the model.
+    for w, g in zip(want, got, strict=True):
+        a, b = w.double(), g.double()
+        diff = b - a
+        if bool((diff == 0).all()):
+            cosines.append(1.0)  # equal items: exactly 1
+        else:
+            cosines.append(float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-300)))
+        ref_energy += float((a * a).sum())
+        err_energy += float((diff * diff).sum())
+        if a.numel():
+            scale = max(scale, float(a.abs().max()))
+            max_err = max(max_err, float(diff.abs().max()))
+        nan = nan or bool(torch.isnan(b).any())
+    nan = nan or not math.isfinite(err_energy)
     return {
-        "min_cosine": float("nan") if nan else float(cosine.min()),
+        "min_cosine": float("nan") if nan else min(cosines),
         "nmse": float("nan") if nan else (err_energy / ref_energy if ref_energy else float(err_energy > 0)),
         "max_abs_error_ratio": float("nan") if nan else (max_err / scale if scale else max_err),
-        "items": float(a.shape[0]),
+        "items": float(rows),
     }
 
 

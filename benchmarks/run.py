@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 import other_paths
+import sizes
 import pyarrow.parquet as pq
 
 from make_checkpoints import (
@@ -84,7 +85,6 @@ RSS_LIMIT_MIB = 160.0
 SPEEDUP_TARGETS = {"bert-base": 12.0, "bert-large": 10.0}  # naive ÷ streamconv, whole process
 FLOOR_RATIO_TARGET = 1.3  # convert ÷ encode floor, iter_tensors ÷ decode floor
 LOAD_SLACK_MIB = 100.0  # load's peak RSS ≤ decoded size + this
-ENTROPY_SLACK = 1.01
 FLOOR_CHECKPOINTS = ("bert-large", "llama-bf16")
 QUICK_FLOOR_CHECKPOINTS = ("tiny-bert", "tiny-llama")
 PROFILE_CHECKPOINT = "bert-large"
@@ -134,6 +134,7 @@ class Result:
     source_bytes: int
     runs: dict[str, list[Run]] = field(init=False)
     output_bytes: dict[str, int] = field(default_factory=dict)
+    weights_bytes: int | None = None  # streamconv's weights file(s) alone
     errors: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     stored: Stored | None = None
@@ -237,22 +238,6 @@ def disk_bytes(path: Path, pattern: str = "*") -> int:
     return sum(f.stat().st_size for f in path.rglob(pattern) if f.is_file())
 
 
-def plane_entropy_bytes(array: np.ndarray) -> float:
-    """Order-0 entropy, in bytes, of the little-endian byte planes of ``array``.
-
-    Plane j holds byte j of every element; each plane costs its Shannon entropy
-    (over the 256 byte values) times its length, in bits.
-    """
-    little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-    planes = little.view(np.uint8).reshape(-1, little.dtype.itemsize)
-    bits = 0.0
-    for j in range(planes.shape[1]):
-        counts = np.bincount(planes[:, j], minlength=256)
-        p = counts[counts > 0] / planes.shape[0]
-        bits += float(-(p * np.log2(p)).sum()) * planes.shape[0]
-    return bits / 8
-
-
 def digest(data: bytes | memoryview) -> str:
     """Short content hash used to compare tensors across the two outputs."""
     return hashlib.blake2b(data, digest_size=16).hexdigest()
@@ -295,7 +280,7 @@ def read_stored(output: Path) -> Stored:
         stored.tensors += 1
         stored.parameters += array.size
         stored.raw_bytes += array.nbytes
-        stored.entropy_bytes += plane_entropy_bytes(array)
+        stored.entropy_bytes += sizes.plane_entropy_bytes(array)
         stored.digests[source_name or source_names[name]] = digest(np.ascontiguousarray(array).data)
     return stored
 
@@ -393,6 +378,7 @@ def measure(checkpoint: Checkpoint, workdir: Path, runs: int, warmup: str, paral
     # ct2's tensors are renamed, fused and deduplicated: only naive and streamconv are compared.
     if "streamconv" in outputs and "streamconv" not in result.errors:
         result.stored = read_stored(outputs["streamconv"])
+        result.weights_bytes = sizes.weights_bytes(outputs["streamconv"])
     if "naive" in outputs and "naive" not in result.errors:
         result.naive_digests = read_naive_digests(outputs["naive"])
     # The naive outputs are not needed again; the big ones would fill the disk.
@@ -932,7 +918,8 @@ def verdict(ok: bool | None, crashed: bool = False) -> str:
     return "PASS" if ok else "**FAIL**"
 
 
-def targets_table(results: list[Result], floors: list[Floors], scale: Scale | None) -> str:
+def targets_table(results: list[Result], floors: list[Floors], scale: Scale | None,
+                  size_rows: list[list[str]] | None = None) -> str:
     """The issue's targets, checked against the measured numbers."""
     rows = []
     for r in results:
@@ -961,12 +948,13 @@ def targets_table(results: list[Result], floors: list[Floors], scale: Scale | No
         rows.append([f"load peak RSS ≤ decoded size + {LOAD_SLACK_MIB:.0f} MiB", f.checkpoint.label,
                      f"{fmt(peak, '.0f')} MiB vs {limit:.0f} MiB",
                      verdict(None if peak is None else peak <= limit, f.error is not None)])  # fmt: skip
+    limit = sizes.LIMITS["float16"]
     for r in results:
-        out, entropy = r.output_bytes.get("streamconv"), r.stored.entropy_bytes if r.stored else None
+        out, entropy = r.weights_bytes, r.stored.entropy_bytes if r.stored else None
         ratio = out / entropy if out and entropy else None
-        rows.append([f"output ≤ {ENTROPY_SLACK} × entropy bound", r.checkpoint.label, f"{fmt(ratio, '.4f')}",
-                     verdict(None if ratio is None else ratio <= ENTROPY_SLACK, "streamconv" in r.errors)])  # fmt: skip
-    return table(["Target", "Checkpoint", "Measured", "Result"], rows)
+        rows.append([f"weights ÷ entropy bound ≤ {limit} (float16)", r.checkpoint.label, f"{fmt(ratio, '.4f')}",
+                     verdict(None if ratio is None else ratio <= limit, "streamconv" in r.errors)])  # fmt: skip
+    return table(["Target", "Checkpoint", "Measured", "Result"], rows + (size_rows or []))
 
 
 def version(distribution: str) -> str:
@@ -1015,7 +1003,8 @@ def figure(paths: dict[str, Path], key: str, alt: str, report: Path) -> list[str
 
 def render(run: dict[str, Any], results: list[Result], floors: list[Floors], scale: Scale | None,
            profile: Profile | None, paths: dict[str, Path], report: Path,
-           other: list[str] | None = None) -> str:  # fmt: skip
+           other: list[str] | None = None,
+           size_report: tuple[list[str], list[list[str]]] | None = None) -> str:  # fmt: skip
     """The whole of docs/benchmarks.md."""
     runs = run["runs"]
     names = ", ".join(r.checkpoint.name for r in results)
@@ -1030,7 +1019,7 @@ def render(run: dict[str, Any], results: list[Result], floors: list[Floors], sca
         f"- Command: `{run['command']}`",
         f"- Date: {run['date']}; the whole run took {run['minutes']:.1f} min",
         f"- Peers on: {names}; {runs} timed run(s) per tool{'' if run['warmup'] else ', no warm-up'}",
-        *([f"- Sections run: {run['sections']}"] if run["sections"] != "peers,floors,scale,profile,other" else []),
+        *([f"- Sections run: {run['sections']}"] if run["sections"] != "peers,floors,scale,profile,sizes,other" else []),
         "",
         "## Machine",
         "",
@@ -1038,7 +1027,7 @@ def render(run: dict[str, Any], results: list[Result], floors: list[Floors], sca
         "",
         "## Targets",
         "",
-        targets_table(results, floors, scale),
+        targets_table(results, floors, scale, size_report[1] if size_report else None),
         "",
         f"## Floors (in process, median of {runs} run(s), {WORKERS} threads)",
         "",
@@ -1117,6 +1106,7 @@ def render(run: dict[str, Any], results: list[Result], floors: list[Floors], sca
         "- The profile samples the whole probe process, imports included, so `--repeat` converts several",
         "  times to make the conversion dominate.",
         "",
+        *(size_report[0] if size_report else []),
         *(other or []),
     ])
 
@@ -1128,7 +1118,7 @@ def main() -> None:
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(CHECKPOINTS)} for the peers")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny checkpoints, 1 run, scratch output")
     parser.add_argument("--skip-scale", action="store_true", help="skip the >= 8 GB checkpoint")
-    parser.add_argument("--sections", default="peers,floors,scale,profile,other", help="comma-separated parts to run")
+    parser.add_argument("--sections", default="peers,floors,scale,profile,sizes,other", help="comma-separated parts to run")
     parser.add_argument("--scale-gb", type=float, help=f"size of the scale checkpoint (default {SCALE_BYTES / 1e9})")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="checkpoints and outputs")
     parser.add_argument("--output", type=Path, help="report to write (default docs/benchmarks.md; --quick: scratch)")
@@ -1175,6 +1165,10 @@ def main() -> None:
         profile = step("profile", lambda: measure_profile(CHECKPOINTS[profile_name], args.workdir, profile_repeat))
     if profile is not None and profile.error:
         broken.append("profile")
+    size_report = None
+    if "sizes" in sections:
+        size_report = step("sizes", lambda: sizes.measure(
+            args.workdir, args.quick, lambda argv: timed([sys.executable, "-m", "streamconv", *argv])))
     other = None
     if "other" in sections:
         other = step("other", lambda: other_paths.measure(args.workdir, runs, timed, args.quick))
@@ -1188,7 +1182,7 @@ def main() -> None:
         "sections": args.sections,
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render(run, results, floors, scale, profile, paths, output, other))
+    output.write_text(render(run, results, floors, scale, profile, paths, output, other, size_report))
     log(f"wrote {output} in {run['minutes']:.1f} min")
     if broken:
         log(f"FAILED steps: {', '.join(broken)}")

@@ -56,14 +56,15 @@ def parse_size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``streamconv`` argument parser with its subcommands."""
-    common = _Parser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
-
     parser = _Parser(
         prog="streamconv",
         description="Stream Hugging Face safetensors checkpoints into compressed Parquet weights.",
-        parents=[common],
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    # Given after the command too. SUPPRESS: a command without it keeps what the main parser set
+    # (a default there would overwrite `streamconv --debug validate`'s True with False).
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     parser.add_argument("--version", action="version", version=f"streamconv {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 

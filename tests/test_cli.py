@@ -112,6 +112,18 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert done.returncode != 0 and "Traceback" in done.stderr
 
 
+@pytest.mark.parametrize("command", ["validate", "verify", "inspect"])
+def test_debug_works_before_the_command_as_after_it(command: str, tmp_path: Path) -> None:
+    """`streamconv --debug CMD` is `streamconv CMD --debug`: the command's default must not reset it."""
+    not_converted = str(tmp_path)
+    for argv in (["--debug", command, not_converted], [command, "--debug", not_converted]):
+        with pytest.raises(streamconv.StreamconvError):
+            main(argv)
+    assert main([command, not_converted]) != 0  # without it: one line, no traceback
+    done = run("--debug", command, not_converted)
+    assert done.returncode != 0 and "Traceback" in done.stderr
+
+
 def test_parse_size() -> None:
     assert parse_size("4MiB") == parse_size("4M") == 4 * 1024 * 1024
     assert parse_size("512k") == 512 * 1024 and parse_size("100") == 100

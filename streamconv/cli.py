@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -28,6 +29,7 @@ from streamconv.interrupts import (
     sigterm_raises,
 )
 from streamconv.options import ConvertOptions, option_names
+from streamconv.startup import program_start
 
 __all__ = ["build_parser", "main"]
 
@@ -161,7 +163,11 @@ def _default(name: str) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 on success)."""
+    """Run the CLI; returns the exit code (0 on success).
+
+    Without ``argv`` it is the program (``streamconv``, ``python -m streamconv``) and starts as
+    one (:func:`streamconv.startup.program_start`); with ``argv`` it leaves the process alone.
+    """
     args: argparse.Namespace | None = None
     before = None
     parser = build_parser()
@@ -170,7 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             with interrupts_held():  # start-up: parse, and import numpy, pyarrow... (see there)
                 args = parser.parse_args(argv)
                 before = output_identity(args)  # with args, so an interrupt line can compare
-                _import_command(args.command)
+                uses_blas = args.command == "validate" or getattr(args, "validate", False)
+                with program_start(uses_blas) if argv is None else contextlib.nullcontext():
+                    _import_command(args.command)
             if args.command is None:
                 parser.print_help()
                 return 2

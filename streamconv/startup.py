@@ -21,13 +21,14 @@ __all__ = ["program_start"]
 def program_start(uses_blas: bool) -> Iterator[None]:
     """Run the block (the command's imports) as a program's start-up.
 
-    - numpy's OpenBLAS starts a thread per core when numpy is imported, and each spins ~0.1 s
-      waiting for work that no command but ``validate`` ever gives it: one thread
-      (``OPENBLAS_NUM_THREADS=1``) unless the user chose, or the command uses BLAS.
-    - The imports create ~30,000 objects that live until exit; the garbage collector would
-      traverse them on every pass, ~65 times while importing and at exit. It is off while the
-      block runs, then those objects are frozen out of its passes (``gc.freeze``); cycles made
-      later are collected as usual.
+    - numpy's OpenBLAS starts a helper thread per extra core when numpy is imported, which
+      busy-waits for work no command but ``validate`` gives it (~45 ms of CPU here, taken from
+      our own threads on 2 cores): ``OPENBLAS_NUM_THREADS=1`` unless the user chose, or the
+      command uses BLAS.
+    - The imports create ~30,000 objects that live until exit; the garbage collector ran ~65
+      passes over them while importing and a full one at exit (~30 ms together). It is off
+      while the block runs, then those objects are frozen out of its passes (``gc.freeze``);
+      cycles made later are collected as usual.
 
     Args:
         uses_blas: The command does linear algebra (validation runs the model).

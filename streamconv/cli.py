@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -28,6 +29,7 @@ from streamconv.interrupts import (
     sigterm_raises,
 )
 from streamconv.options import ConvertOptions, option_names
+from streamconv.startup import program_start
 
 __all__ = ["build_parser", "main"]
 
@@ -56,14 +58,15 @@ def parse_size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``streamconv`` argument parser with its subcommands."""
-    common = _Parser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
-
     parser = _Parser(
         prog="streamconv",
         description="Stream Hugging Face safetensors checkpoints into compressed Parquet weights.",
-        parents=[common],
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    # Given after the command too. SUPPRESS: a command without it keeps what the main parser set
+    # (a default there would overwrite `streamconv --debug validate`'s True with False).
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     parser.add_argument("--version", action="version", version=f"streamconv {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -160,7 +163,11 @@ def _default(name: str) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 on success)."""
+    """Run the CLI; returns the exit code (0 on success).
+
+    Without ``argv`` it is the program (``streamconv``, ``python -m streamconv``) and starts as
+    one (:func:`streamconv.startup.program_start`); with ``argv`` it leaves the process alone.
+    """
     args: argparse.Namespace | None = None
     before = None
     parser = build_parser()
@@ -169,7 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             with interrupts_held():  # start-up: parse, and import numpy, pyarrow... (see there)
                 args = parser.parse_args(argv)
                 before = output_identity(args)  # with args, so an interrupt line can compare
-                _import_command(args.command)
+                uses_blas = args.command == "validate" or getattr(args, "validate", False)
+                with program_start(uses_blas) if argv is None else contextlib.nullcontext():
+                    _import_command(args.command)
             if args.command is None:
                 parser.print_help()
                 return 2

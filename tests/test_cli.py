@@ -112,6 +112,18 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert done.returncode != 0 and "Traceback" in done.stderr
 
 
+@pytest.mark.parametrize("command", ["validate", "verify", "inspect"])
+def test_debug_works_before_the_command_as_after_it(command: str, tmp_path: Path) -> None:
+    """`streamconv --debug CMD` is `streamconv CMD --debug`: the command's default must not reset it."""
+    not_converted = str(tmp_path)
+    for argv in (["--debug", command, not_converted], [command, "--debug", not_converted]):
+        with pytest.raises(streamconv.StreamconvError):
+            main(argv)
+    assert main([command, not_converted]) != 0  # without it: one line, no traceback
+    done = run("--debug", command, not_converted)
+    assert done.returncode != 0 and "Traceback" in done.stderr
+
+
 def test_parse_size() -> None:
     assert parse_size("4MiB") == parse_size("4M") == 4 * 1024 * 1024
     assert parse_size("512k") == 512 * 1024 and parse_size("100") == 100
@@ -247,3 +259,46 @@ def test_bad_options_fail_before_anything_is_written(tiny_checkpoint: Path, tmp_
         done = run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"), *options)
         assert_one_line_error(done)
         assert not (tmp_path / "out").exists(), options
+
+
+PROCESS_STATE = (
+    "import gc, os, sys\n"
+    "from streamconv.cli import main\n"
+    "code = main({argv})\n"
+    "print(code, os.environ.get('OPENBLAS_NUM_THREADS'), gc.isenabled(), gc.get_freeze_count() > 0)\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (None, {}, "0 1 True True"),  # the program: one BLAS thread, start-up objects out of the collector's way
+        (None, {"OPENBLAS_NUM_THREADS": "3"}, "0 3 True True"),  # the user's choice stays
+        ("list(sys.argv[1:])", {}, "0 None True False"),  # main(argv) in someone's process: left alone
+    ],
+)
+def test_the_program_starts_as_one_and_main_with_argv_leaves_the_process_alone(
+    argv: str | None, env: dict[str, str], expected: str, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    code = PROCESS_STATE.format(argv=argv or "")
+    environ = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"} | env
+    done = subprocess.run(
+        [sys.executable, "-c", code, "convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"), "--quiet"],
+        capture_output=True, text=True, env=environ,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == expected.split()
+
+
+def test_a_command_that_uses_blas_keeps_its_threads() -> None:
+    code = (
+        "import gc, os\n"
+        "gc.disable()\n"
+        "from streamconv.startup import program_start\n"
+        "with program_start(uses_blas=True):\n"
+        "    import numpy\n"
+        "print(os.environ.get('OPENBLAS_NUM_THREADS'), gc.isenabled(), gc.get_freeze_count())\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, check=True)
+    assert done.stdout.split() == ["None", "False", "0"]  # and a collector the user turned off stays off

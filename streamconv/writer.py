@@ -35,6 +35,7 @@ from streamconv.constants import (
 from streamconv.dtypes import by_numpy
 from streamconv.errors import InvalidOptionError
 from streamconv.hashing import HashingFile
+from streamconv.heap import pin_mmap_threshold
 from streamconv.stages import TensorChunk
 
 __all__ = ["SCHEMA", "WeightsWriter", "WriteSummary", "checksum", "row_group_bytes_for"]
@@ -172,6 +173,7 @@ class WeightsWriter:
         self._pending_bytes = 0
 
     def __enter__(self) -> WeightsWriter:
+        pin_mmap_threshold()  # before the first chunk: see streamconv/heap.py
         schema = SCHEMA.with_metadata(
             {
                 "streamconv.format_version": str(FORMAT_VERSION),

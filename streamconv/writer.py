@@ -35,6 +35,7 @@ from streamconv.constants import (
 from streamconv.dtypes import by_numpy
 from streamconv.errors import InvalidOptionError
 from streamconv.hashing import HashingFile
+from streamconv.heap import pin_mmap_threshold
 from streamconv.stages import TensorChunk
 
 __all__ = ["SCHEMA", "WeightsWriter", "WriteSummary", "checksum", "row_group_bytes_for"]
@@ -63,12 +64,14 @@ STATISTICS_COLUMNS = ["name"]
 # a row group, a large chunk gets one of its own, and at most this much is buffered before writing.
 ROW_GROUP_BYTES = 1024 * 1024
 MAX_ROWS_PER_GROUP = 1024
-# The Parquet writer keeps every row group's metadata in memory until the file is closed (12
-# columns each, far more than the ~700 serialized footer bytes), so for large models row groups
-# grow to keep their count near this many. Measured on an 8.6 GB bf16 checkpoint: peak RSS 208 MiB
-# with 8,200 row groups of 1 MiB, 175 MiB with 2,048 of 4 MiB, 182 MiB with 1,024 of 8 MiB; every
-# model under ~2 GB keeps 1 MiB row groups. Past 16 MiB the buffered row group costs more than the
-# metadata saves, so a 70B-parameter model (140 GB in bf16) gets 16 MiB row groups, ~8,300 of them.
+# The Parquet writer keeps every row group's metadata in memory until the file is closed: ~11 KiB
+# each (12 column chunks; measured writing 8,000 one-row groups, whatever the statistics, encodings
+# or codecs), against ~1.4 KB in the footer. So for large models row groups grow to keep their
+# count near this many: the 8.6 GB bf16 checkpoint gets 1,028 row groups, ~11 MiB of metadata,
+# every model under ~2 GB keeps 1 MiB row groups. A buffered row group costs its own size, so past
+# 16 MiB the count grows instead: a 70B-parameter model (140 GB in bf16, ~92 GB stored) gets ~5,500
+# row groups, ~60 MiB of metadata. (The peaks once measured here, 208 MiB with 8,200 row groups of
+# 1 MiB and 175-182 MiB with 1,024-2,048 larger ones, were mostly malloc's free space: heap.py.)
 TARGET_ROW_GROUPS = 2048
 MAX_ROW_GROUP_BYTES = 16 * 1024 * 1024
 # Chunks queued per worker thread. A queued chunk holds nothing until a worker loads it, and only
@@ -172,6 +175,7 @@ class WeightsWriter:
         self._pending_bytes = 0
 
     def __enter__(self) -> WeightsWriter:
+        pin_mmap_threshold()  # before the first chunk: see streamconv/heap.py
         schema = SCHEMA.with_metadata(
             {
                 "streamconv.format_version": str(FORMAT_VERSION),

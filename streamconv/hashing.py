@@ -2,22 +2,23 @@
 
 Arrow writes the Parquet file natively, straight to its descriptor, and never seeks back. The
 hashing thread follows it through a second descriptor: each time the writer says the file has grown
-(after a row group, and once at the end) it reads back, from the page cache, everything up to the
-file's current size (data a ``write`` has returned from is visible to ``preadv`` up to
-``st_size``), into one reused buffer, and hashes it. The writer's thread spends no time on the hash
+(after a row group, and once at the end) it hashes everything up to the file's current size (data
+a ``write`` has returned from is visible to other descriptors up to ``st_size``), in the page
+cache where it lies, through a read-only mapping. The writer's thread spends no time on the hash
 and none of Arrow's buffers ever passes through Python.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import threading
 from pathlib import Path
 
 __all__ = ["FileHasher"]
 
-# The hasher reads back this much at a time.
+# The hasher maps and hashes this much at a time.
 _STEP = 4 * 1024 * 1024
 
 
@@ -72,8 +73,6 @@ class FileHasher:
             self._reader = -1
 
     def _hash(self) -> None:
-        buffer = bytearray(_STEP)
-        view = memoryview(buffer)
         done = 0
         try:
             while True:
@@ -86,12 +85,18 @@ class FileHasher:
                     return
                 size = os.fstat(self._reader).st_size  # what the writer's `write` calls have returned
                 while done < size and not self._abandoned:
-                    n = os.preadv(self._reader, [view[: min(_STEP, size - done)]], done)
-                    if n <= 0:
-                        raise OSError(f"the output file ended at {done} bytes, {size} were written")
-                    self._digest.update(view[:n])  # releases the GIL
-                    done += n
+                    done = self._hash_range(done, min(size, done + _STEP))
                 if final:
                     return
         except BaseException as error:  # re-raised on the writer's thread by hexdigest
             self._error = error
+
+    def _hash_range(self, start: int, stop: int) -> int:
+        # Hashed where the page cache holds it, through a read-only mapping: no copy into a buffer.
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        with (
+            mmap.mmap(self._reader, stop - base, prot=mmap.PROT_READ, offset=base) as mapped,
+            memoryview(mapped) as view,
+        ):
+            self._digest.update(view[start - base :])  # releases the GIL
+        return stop

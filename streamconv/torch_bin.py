@@ -140,8 +140,9 @@ class TorchTensorRef(TensorRef):
     key: str = ""
     cache: ShardCache | None = field(default=None, compare=False, repr=False)
 
-    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Elements ``[start, stop)`` of the flattened (C-order) tensor, as a new 1-D array.
+    def read(self, start: int = 0, stop: int | None = None, *, buffer: np.ndarray | None = None) -> np.ndarray:
+        """Elements ``[start, stop)`` of the flattened (C-order) tensor, as a new 1-D array or a
+        view of ``buffer`` (as :meth:`TensorRef.read`).
 
         Non-contiguous tensors (views of a shared storage) are read element by element through
         their strides, only over the range asked for.
@@ -159,7 +160,11 @@ class TorchTensorRef(TensorRef):
         else:
             array = tensor.numpy()
             values = array[np.unravel_index(np.arange(start, stop), array.shape)] if stop > start else array.reshape(-1)[:0]
-        return np.array(values, copy=True).view(dtype).reshape(-1)
+        if buffer is None:
+            return np.array(values, copy=True).view(dtype).reshape(-1)
+        out = buffer[: (stop - start) * dtype.itemsize].view(values.dtype)
+        out[...] = values.reshape(-1)
+        return out.view(dtype)
 
 
 def read_bin_file(path: Path, prefix: str = "", cache: ShardCache | None = None) -> list[TensorRef]:

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +34,7 @@ from streamconv.constants import (
 )
 from streamconv.dtypes import by_numpy
 from streamconv.errors import InvalidOptionError
-from streamconv.hashing import HashingFile
+from streamconv.hashing import FileHasher
 from streamconv.heap import pin_mmap_threshold
 from streamconv.stages import TensorChunk
 
@@ -82,7 +82,7 @@ QUEUE_PER_WORKER = 8
 # ones of a row group are joined into one buffer first, so a row group of many small tensors is not
 # written as a thousand one-value arrays.
 _ZERO_COPY_BYTES = 64 * 1024
-# Writes reach the file (and the SHA-256 thread) through a buffer of this size.
+# Arrow's writes reach the file through a buffer of this size (a larger write goes straight through).
 _SINK_BUFFER = 1024 * 1024
 
 
@@ -168,8 +168,7 @@ class WeightsWriter:
         self._partial = self.path.with_name(self.path.name + ".incomplete")
         self.sha256: str | None = None  # hex digest of the file, once closed without an error
         self._writer: pq.ParquetWriter | None = None
-        self._raw: IO[bytes] | None = None
-        self._hashing: HashingFile | None = None
+        self._hasher: FileHasher | None = None
         self._sink: pa.BufferedOutputStream | None = None
         self._rows: list[tuple[TensorChunk, _Encoded]] = []
         self._pending_bytes = 0
@@ -184,10 +183,11 @@ class WeightsWriter:
                 "streamconv.byte_planes": "true",
             }
         )
-        self._raw = open(self._partial, "wb")  # closed in __exit__
-        self._hashing = HashingFile(self._raw, self._partial)
+        # A native sink: Arrow writes to the file without a Python call or a copy per write (through a
+        # Python file object it took 0.3 s more CPU on BERT-large); the hasher reads the file back.
+        self._sink = pa.BufferedOutputStream(pa.OSFile(str(self._partial), mode="wb"), _SINK_BUFFER)
         try:
-            self._sink = pa.BufferedOutputStream(pa.PythonFile(self._hashing, mode="w"), _SINK_BUFFER)
+            self._hasher = FileHasher(self._partial)
             self._writer = pq.ParquetWriter(
                 self._sink,
                 schema,
@@ -196,8 +196,9 @@ class WeightsWriter:
                 write_statistics=STATISTICS_COLUMNS,
             )
         except BaseException:
-            self._hashing.abandon()
-            self._raw.close()
+            if self._hasher is not None:
+                self._hasher.abandon()
+            self._sink.close()
             self._partial.unlink(missing_ok=True)
             raise
         return self
@@ -208,26 +209,26 @@ class WeightsWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._writer is not None and self._sink is not None and self._raw is not None
+        assert self._writer is not None and self._sink is not None and self._hasher is not None
         try:
             try:
                 if exc_type is None:
                     self._flush()
                 self._writer.close()
-                self._sink.close()
-                if exc_type is None:
-                    assert self._hashing is not None
-                    self.sha256 = self._hashing.hexdigest()
             finally:
-                if self.sha256 is None and self._hashing is not None:
-                    self._hashing.abandon()
-                self._raw.close()
+                # Closed here, never by Arrow when the stream is destroyed: it would print a message
+                # of its own after an interrupt or a full disk.
+                self._sink.close()
+            if exc_type is None:
+                self.sha256 = self._hasher.hexdigest()
         except BaseException:
+            self._hasher.abandon()
             self._partial.unlink(missing_ok=True)
             raise
         if exc_type is None:
             os.replace(self._partial, self.path)
         else:
+            self._hasher.abandon()
             self._partial.unlink(missing_ok=True)
 
     def write(
@@ -296,6 +297,8 @@ class WeightsWriter:
         table = pa.table(_columns(self._rows), schema=SCHEMA)
         assert self._writer is not None
         self._writer.write_table(table, row_group_size=len(self._rows))
+        assert self._hasher is not None
+        self._hasher.grown()
         self._rows.clear()
         self._pending_bytes = 0
 

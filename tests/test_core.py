@@ -212,6 +212,44 @@ def test_bfloat16_overflow_to_float16_keeps_float32(tmp_path: Path) -> None:
     assert got.dtype == np.float32 and bits(got) == bits(array.astype(np.float32))
 
 
+def _hard_values(source: np.dtype, target: np.dtype) -> list[float]:
+    """Values at the edge of ``target``'s range, as ``source`` holds them."""
+    top = float(ml_dtypes.finfo(target).max)
+    as_source = np.array([top], source)
+    up, down = np.nextafter(as_source, np.inf), np.nextafter(as_source, 0)  # bf16: nearest neighbours
+    halfway = float(ml_dtypes.finfo(target).max) * (1 + 2.0 ** -(ml_dtypes.finfo(target).nmant + 2))
+    return [top, -top, float(up[0]), -float(up[0]), float(down[0]), halfway, -halfway, top * 2, np.inf,
+            -np.inf, np.nan, -0.0, float(ml_dtypes.finfo(target).smallest_subnormal)]
+
+
+@pytest.mark.parametrize("source, target", [("float32", "float16"), ("bfloat16", "float16"),
+                                            ("float64", "float32"), ("float32", "bfloat16")])
+def test_overflow_check_on_the_cast_result_decides_as_the_exact_rule(tmp_path: Path, source: str, target: str) -> None:
+    """Each hard value among ordinary ones: stored, kept wider or refused exactly as ``finite_peak`` decides."""
+    from streamconv.dtypes import by_name
+    from streamconv.stages import TensorChunk, fallback_dtype, finite_peak
+
+    src, dst = by_name(source), by_name(target)
+    with np.errstate(over="ignore"):
+        tensors = {f"t{i}": np.array([0.5, value, -3.0], np.float64).astype(src.numpy)
+                   for i, value in enumerate(_hard_values(src.numpy, dst.numpy))}
+    write_safetensors(tmp_path / "model.safetensors", tensors)
+    for ref in streamconv.open_checkpoint(tmp_path):
+        data = ref.read()
+        peak = finite_peak(data)
+        expected = dst if peak <= dst.max else fallback_dtype(src, peak)
+        decided = TensorChunk(ref, 0, 1, 0, ref.numel, store_as=dst, mode="decide").load()
+        assert decided.dtype == expected.numpy, (ref.name, data)
+        with np.errstate(over="ignore"):
+            assert bits(decided) == bits(data.astype(expected.numpy))
+        checked = TensorChunk(ref, 0, 2, 0, ref.numel, store_as=dst, mode="check")
+        if expected == dst:
+            assert bits(checked.load()) == bits(decided)
+        else:
+            with pytest.raises(streamconv.errors.CastOverflowError):
+                checked.load()
+
+
 def test_failure_while_writing_leaves_nothing(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
     real = codec.encode

@@ -8,8 +8,9 @@ decodes a row group's chunks, checking each against its stored checksum first.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,7 +25,7 @@ from streamconv.errors import FormatError
 from streamconv.records import TensorInfo
 from streamconv.writer import checksum
 
-__all__ = ["Chunk", "Entry", "Expected", "META_COLUMNS", "WeightsPart", "numel"]
+__all__ = ["Chunk", "Entry", "Expected", "META_COLUMNS", "WeightsPart", "numel", "payloads"]
 
 #: (tensor name, next chunk index, next element offset) while reading rows; None between tensors.
 Expected = tuple[str, int, int] | None
@@ -167,23 +168,24 @@ class WeightsPart:
 
     def _decode_group(
         self, group: int, table: pa.Table, wanted: set[str], pending: dict[str, np.ndarray], pool: ThreadPoolExecutor
-    ) -> list[str]:
-        """Decode a row group's chunks into their tensors' arrays; returns the tensors completed."""
-        data = table.column("data").combine_chunks()
+    ) -> tuple[list[Future[None]], list[str]]:
+        """Start decoding a row group's chunks into their tensors' arrays, without waiting.
+
+        Returns the jobs and the tensors complete once they are done.
+        """
         jobs, finished = [], []
-        for row, (name, index, offset, count, expected_sum) in enumerate(self.chunks[group]):
+        for payload, (name, index, offset, count, expected_sum) in zip(payloads(table), self.chunks[group],
+                                                                       strict=True):
             if name not in wanted:
                 continue
             entry = self.entries[name]
             if index == 0:
                 pending[name] = np.empty(numel(entry.shape), dtype=entry.dtype.numpy)
             out = pending[name][offset:offset + count]
-            jobs.append(pool.submit(self._decode, name, index, data[row].as_buffer(), expected_sum, out))
+            jobs.append(pool.submit(self._decode, name, index, payload, expected_sum, out))
             if index == entry.row["chunk_count"] - 1:
                 finished.append(name)
-        for job in jobs:
-            job.result()
-        return finished
+        return jobs, finished
 
     def _decode(self, name: str, chunk: int, payload: pa.Buffer, expected_sum: int | None, out: np.ndarray) -> None:
         if expected_sum is not None and checksum(memoryview(payload)) != expected_sum:
@@ -192,6 +194,21 @@ class WeightsPart:
             codec.decode_into(payload, out, self.compression, self.version)
         except Exception as exc:  # zstd errors, size mismatches: all mean a damaged chunk
             raise FormatError(self.path, f"tensor {name!r}: chunk {chunk} is damaged ({exc})") from exc
+
+
+def payloads(table: pa.Table) -> list[pa.Buffer]:
+    """Every row's ``data`` value, as a slice of the column's own Arrow buffer (nothing copied).
+
+    ``combine_chunks`` would copy the column, and ``array[row].as_buffer()`` copies each value.
+    """
+    sliced: list[pa.Buffer] = []
+    for chunk in (c for c in table.column("data").chunks if len(c)):
+        _, offsets, values = chunk.buffers()
+        width = "<i8" if pa.types.is_large_binary(chunk.type) else "<i4"
+        ends = np.frombuffer(offsets, width)[chunk.offset:chunk.offset + len(chunk) + 1].tolist()
+        values = values if values is not None else pa.py_buffer(b"")
+        sliced.extend(values.slice(start, end - start) for start, end in pairwise(ends))
+    return sliced
 
 
 def numel(shape: tuple[int, ...]) -> int:

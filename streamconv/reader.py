@@ -3,7 +3,7 @@
 A weights file is opened once into a table of contents built from its metadata columns only (never
 the ``data`` column), and every tensor's chunks are checked to tile its shape before anything is
 decoded or allocated. Chunks are then decoded on worker threads, checked against their stored
-checksum (format 2), and written straight into the tensor's final array.
+checksum (format 2), and written straight from the Arrow buffer into the tensor's final array.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from streamconv.constants import (
 from streamconv.errors import FormatError, NotConvertedError, TensorNotFoundError
 from streamconv.records import NameKind, TensorInfo, TensorRecord
 from streamconv.split import INDEX_FILENAME, read_index
-from streamconv.toc import Entry, Expected, WeightsPart, payloads
+from streamconv.toc import Entry, Expected, Recycler, WeightsPart, numel, payloads
 
 __all__ = [
     "TensorInfo",
@@ -140,9 +140,10 @@ class WeightsFile:
             (self.parts[file], group, self._table(self.parts[file], group)) for file, group in groups)
         in_flight: deque[tuple[list[Future[None]], list[str]]] = deque()
         queued = 0
+        arrays = Recycler([numel(e.shape) * e.dtype.numpy.itemsize for e in self.entries.values() if e.row["name"] in wanted])
         with WorkerPool(workers, thread_name_prefix="streamconv-decode") as pool:
             for part, group, table in tables:
-                in_flight.append(part._decode_group(group, table, wanted, pending, pool))
+                in_flight.append(part._decode_group(group, table, wanted, pending, pool, arrays))
                 queued += len(in_flight[-1][0])
                 while queued > CHUNKS_IN_FLIGHT * workers:
                     jobs, finished = in_flight.popleft()
@@ -213,7 +214,9 @@ def iter_tensors(
 ) -> Iterator[TensorRecord]:
     """Yield a :class:`TensorRecord` for every tensor, one at a time, in file order.
 
-    Memory holds one row group and the tensors it completes. The records are the same whatever
+    Memory holds a few row groups, the tensors they complete, and arrays of tensors the caller has
+    dropped that a tensor soon to come will be decoded into (never one still referred to; see
+    :class:`streamconv.toc.Recycler`). The records are the same whatever
     ``names``; it says which name a record unpacks as (``for name, array in iter_tensors(...)``).
 
     Args:

@@ -35,7 +35,6 @@ from streamconv.constants import (
 from streamconv.dtypes import by_numpy
 from streamconv.errors import InvalidOptionError
 from streamconv.hashing import FileHasher
-from streamconv.heap import pin_mmap_threshold
 from streamconv.stages import TensorChunk
 
 __all__ = ["SCHEMA", "WeightsWriter", "WriteSummary", "checksum", "row_group_bytes_for"]
@@ -70,8 +69,9 @@ MAX_ROWS_PER_GROUP = 1024
 # count near this many: the 8.6 GB bf16 checkpoint gets 1,028 row groups, ~11 MiB of metadata,
 # every model under ~2 GB keeps 1 MiB row groups. A buffered row group costs its own size, so past
 # 16 MiB the count grows instead: a 70B-parameter model (140 GB in bf16, ~92 GB stored) gets ~5,500
-# row groups, ~60 MiB of metadata. (The peaks once measured here, 208 MiB with 8,200 row groups of
-# 1 MiB and 175-182 MiB with 1,024-2,048 larger ones, were mostly malloc's free space: heap.py.)
+# row groups, ~60 MiB of metadata. Most of the rest of the 8.6 GB peak (~175 MiB) is free space
+# inside glibc's heaps. A fixed 256 KiB mmap threshold returned it (peak 129 MiB) but cost 7 million
+# page faults and 30% more time on this VM, so it is not used.
 TARGET_ROW_GROUPS = 2048
 MAX_ROW_GROUP_BYTES = 16 * 1024 * 1024
 # Chunks queued per worker thread. A queued chunk holds nothing until a worker loads it, and only
@@ -174,7 +174,6 @@ class WeightsWriter:
         self._pending_bytes = 0
 
     def __enter__(self) -> WeightsWriter:
-        pin_mmap_threshold()  # before the first chunk: see streamconv/heap.py
         schema = SCHEMA.with_metadata(
             {
                 "streamconv.format_version": str(FORMAT_VERSION),

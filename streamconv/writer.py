@@ -312,10 +312,10 @@ def _columns(rows: list[tuple[TensorChunk, _Encoded]]) -> list[pa.Array | pa.Chu
     np.cumsum([len(shape) for shape in shapes], out=shape_offsets[1:])
     dims = np.fromiter((d for shape in shapes for d in shape), np.int64, int(shape_offsets[-1]))
     return [
-        pa.array([p.name for p in pieces], pa.string()),
-        pa.array([p.ref.source_name for p in pieces], pa.string()),
-        pa.array([e.dtype for e in encoded], pa.string()),
-        pa.array([p.ref.dtype_name for p in pieces], pa.string()),
+        _strings([p.name for p in pieces]),
+        _strings([p.ref.source_name for p in pieces]),
+        _strings([e.dtype for e in encoded]),
+        _strings([p.ref.dtype_name for p in pieces]),
         pa.ListArray.from_arrays(_numeric(shape_offsets), _numeric(dims), type=pa.list_(pa.int64())),
         _numeric(np.fromiter((p.index for p in pieces), np.int32, len(rows))),
         _numeric(np.fromiter((p.count for p in pieces), np.int32, len(rows))),
@@ -325,6 +325,15 @@ def _columns(rows: list[tuple[TensorChunk, _Encoded]]) -> list[pa.Array | pa.Chu
         _numeric(sizes),
         _numeric(np.fromiter((e.checksum for e in encoded), np.uint64, len(rows))),
     ]
+
+
+def _strings(values: list[str]) -> pa.Array:
+    # from_buffers, not pa.array: pa.array(list) imports pandas when it is installed, to ask whether
+    # the list is a pandas object (hundreds of ms and tens of MiB in every conversion).
+    encoded = [value.encode() for value in values]
+    offsets = np.zeros(len(encoded) + 1, np.int32)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return pa.StringArray.from_buffers(len(encoded), pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded)))
 
 
 def _numeric(values: np.ndarray) -> pa.Array:

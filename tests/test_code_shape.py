@@ -4,6 +4,7 @@ names outside streamconv/plans/, no torch on the convert path."""
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -63,3 +64,23 @@ def test_convert_imports_neither_torch_nor_transformers() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_converting_and_reading_never_import_pandas(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    # pyarrow imports pandas, when it is installed, from calls such as pa.array(list): a few hundred
+    # ms and tens of MiB in every conversion. A stand-in pandas records that it was asked for.
+    fake = tmp_path / "site" / "pandas"
+    fake.mkdir(parents=True)
+    marker = tmp_path / "pandas-imported"
+    (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError('stand-in')\n")
+    out = tmp_path / "out"
+    code = (
+        "import sys, streamconv\n"
+        f"streamconv.convert({str(tiny_checkpoint)!r}, {str(out)!r}, force=True)\n"
+        f"streamconv.load({str(out)!r}); list(streamconv.iter_tensors({str(out)!r}))\n"
+        f"streamconv.verify({str(out)!r})\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), str(PACKAGE.parent)])}
+    subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert (out / "weights.parquet").is_file()
+    assert not marker.exists()

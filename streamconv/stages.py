@@ -77,6 +77,9 @@ class TensorChunk:
     def load(self) -> np.ndarray:
         """Read the piece and cast it: a new 1-D array in the stored dtype.
 
+        A float32 -> float16 result is read-only (it is Arrow's buffer, see :func:`cast_array`);
+        copy it to change it in place.
+
         Raises:
             CastOverflowError: in ``check`` mode, values beyond the target's range.
         """
@@ -244,7 +247,10 @@ def cast(chunks: Iterable[TensorChunk], dtype: str, *, prescan: bool = True) -> 
 
 
 def cast_array(data: np.ndarray, store: DType) -> np.ndarray:
-    """``data`` in ``store``'s dtype, by the documented cast (numpy's, round to nearest even)."""
+    """``data`` in ``store``'s dtype, by the documented cast (numpy's, round to nearest even).
+
+    float32 -> float16 goes through Arrow's kernel and returns a read-only view of Arrow's buffer.
+    """
     # Direct, also for bfloat16 -> float16: ml_dtypes casts it 2.5x faster than via float32, with
     # the same bits for every non-NaN value (tests/test_codec.py checks all 65,536); NaNs stay NaNs
     # of the same sign but become the canonical quiet NaN instead of keeping payload bits.

@@ -17,7 +17,7 @@ import dataclasses
 import fnmatch
 import math
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -77,8 +77,7 @@ class TensorChunk:
     def load(self) -> np.ndarray:
         """Read the piece and cast it: a new 1-D array in the stored dtype.
 
-        A float32 -> float16 result is read-only (it is Arrow's buffer, see :func:`cast_array`);
-        copy it to change it in place.
+        The result may be read-only (see :func:`cast_array`); copy it to change it in place.
 
         Raises:
             CastOverflowError: in ``check`` mode, values beyond the target's range.
@@ -87,9 +86,11 @@ class TensorChunk:
             return self.ref.read(self.start, self.stop)
         # The source elements die with this call: read them into this thread's reused buffer.
         data = self.ref.read(self.start, self.stop, buffer=thread_buffer("read", self.element_count * self.ref.dtype.itemsize))
-        stored = cast_array(data, self.store_as)
+        stored, below_max = _cast(data, self.store_as)
         source = by_numpy(data.dtype)
-        if self.mode == "store" or self.store_as.max >= source.max or _below_max(stored, self.store_as):
+        if self.mode == "store" or self.store_as.max >= source.max:
+            return stored
+        if below_max if below_max is not None else _below_max(stored, self.store_as):
             return stored
         peak = finite_peak(data)
         if peak <= self.store_as.max:
@@ -249,24 +250,55 @@ def cast(chunks: Iterable[TensorChunk], dtype: str, *, prescan: bool = True) -> 
 def cast_array(data: np.ndarray, store: DType) -> np.ndarray:
     """``data`` in ``store``'s dtype, by the documented cast (numpy's, round to nearest even).
 
-    float32 -> float16 goes through Arrow's kernel and returns a read-only view of Arrow's buffer.
+    The result may be read-only (without the compiled kernel, float32 -> float16 returns a view of
+    Arrow's buffer).
     """
-    # Direct, also for bfloat16 -> float16: ml_dtypes casts it 2.5x faster than via float32, with
-    # the same bits for every non-NaN value (tests/test_codec.py checks all 65,536); NaNs stay NaNs
-    # of the same sign but become the canonical quiet NaN instead of keeping payload bits.
-    if data.dtype == _FLOAT32 and store.numpy == _FLOAT16 and data.flags.c_contiguous:
-        return _arrow_float16(data)
+    return _cast(data, store)[0]
+
+
+def _cast(data: np.ndarray, store: DType) -> tuple[np.ndarray, bool | None]:
+    """The cast, and whether every result is finite and below ``store.max`` if the kernel said so.
+
+    float32 and bfloat16 -> float16 go through the CPU's conversion instruction
+    (streamconv/_halfcast.c), which also reports the largest result. Without it: Arrow's kernel for
+    float32 and ml_dtypes' direct cast for bfloat16. All give numpy's bits for every value that is
+    not a NaN (bfloat16 -> float16 is rounded once, as a direct cast; tests/test_codec.py checks all
+    65,536 bfloat16 values and the hard float32 ones); a NaN stays a NaN of the same sign, its
+    payload bits may differ.
+    """
+    if store.numpy == _FLOAT16 and data.dtype in _HALF_SOURCES and data.flags.c_contiguous:
+        if _HALFCAST is not None:
+            out = np.empty(data.shape, _FLOAT16)
+            return out, _HALFCAST(data, out) < _FLOAT16_MAX_BITS
+        if data.dtype == _FLOAT32:
+            return _arrow_float16(data), None
     with np.errstate(over="ignore"):  # a value beyond the target's range becomes inf: callers check
-        return data.astype(store.numpy)
+        return data.astype(store.numpy), None
 
 
 _FLOAT32, _FLOAT16 = np.dtype("<f4"), np.dtype("<f2")
+_HALF_SOURCES = (_FLOAT32, by_name("bfloat16").numpy)  # type: ignore[union-attr]
+_FLOAT16_MAX_BITS = 0x7BFF  # 65504, float16's largest finite value
+
+
+def _load_halfcast() -> Callable[[np.ndarray, np.ndarray], int] | None:
+    """The compiled kernel, if it was built and this CPU has the instructions: ``(data, out)`` casts
+    into ``out`` and returns the largest magnitude bits (``bits & 0x7fff``) among the results."""
+    try:
+        from streamconv import _halfcast
+    except ImportError:
+        return None
+    if not _halfcast.supported():
+        return None
+    return lambda data, out: _halfcast.to_float16(data, out, data.itemsize)
+
+
+_HALFCAST = _load_halfcast()
 
 
 def _arrow_float16(data: np.ndarray) -> np.ndarray:
-    """float32 to float16 by Arrow's cast kernel: the same bits as numpy's for every one of the 2**32
-    float32 patterns, NaNs included (checked exhaustively once; tests/test_codec.py checks the hard
-    cases), and faster (BERT-large: 0.18 s less CPU in convert, 0.23 s in the encode floor)."""
+    """float32 to float16 by Arrow's cast kernel (without the compiled one): the same bits as numpy's
+    for every one of the 2**32 float32 patterns, NaNs included (checked exhaustively once)."""
     import pyarrow as pa
     from pyarrow import _compute  # not pyarrow.compute: that costs every conversion 20-100 ms
 

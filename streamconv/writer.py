@@ -82,8 +82,9 @@ QUEUE_PER_WORKER = 8
 # ones of a row group are joined into one buffer first, so a row group of many small tensors is not
 # written as a thousand one-value arrays.
 _ZERO_COPY_BYTES = 64 * 1024
-# Arrow's writes reach the file through a buffer of this size (a larger write goes straight through).
-_SINK_BUFFER = 1024 * 1024
+# Arrow's writes reach the file through a buffer of this size; a larger write (every data page of a
+# large chunk) goes straight through instead of being copied into it first.
+_SINK_BUFFER = 64 * 1024
 
 
 class _Encoded(NamedTuple):
@@ -190,7 +191,9 @@ class WeightsWriter:
             self._writer = pq.ParquetWriter(
                 self._sink,
                 schema,
-                compression={c: ("none" if c == "data" else "zstd") for c in SCHEMA.names},
+                # No Parquet codec: ``data`` carries its own, and the small columns of a row group are
+                # tens of bytes, which zstd made larger and cost a fresh zstd context per column chunk.
+                compression="none",
                 use_dictionary=["name", "source_name", "dtype", "source_dtype"],
                 write_statistics=STATISTICS_COLUMNS,
             )

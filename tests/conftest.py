@@ -74,6 +74,16 @@ def all_dtype_tensors(seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
+@pytest.fixture(params=["compiled", "fallback"])
+def half_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with the compiled float16 cast (streamconv/_halfcast.c) and with its fallback."""
+    from streamconv import stages
+
+    if request.param == "fallback":
+        monkeypatch.setattr(stages, "_HALFCAST", None)
+    return str(request.param)
+
+
 @pytest.fixture
 def tiny_checkpoint(tmp_path: Path) -> Path:
     """A folder with model.safetensors holding one tensor of every dtype, and a config.json."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import zstandard
 
 import streamconv
-from streamconv import codec
+from streamconv import codec, stages
 from streamconv.dtypes import by_name
 from streamconv.stages import cast_array
 
@@ -241,13 +242,13 @@ def test_entropy_bound_definition() -> None:
     assert codec.entropy_bound(two) == pytest.approx(4 * 1.5 / 8)
 
 
-def test_bfloat16_to_float16_direct_cast_matches_the_cast_via_float32() -> None:
+def test_bfloat16_to_float16_direct_cast_matches_the_cast_via_float32(half_kernel: str) -> None:
     """All 65,536 bfloat16 bit patterns. Every non-NaN value gives the same float16 bits.
 
     NaNs differ: via float32, numpy keeps the top payload bits (0x7f81 -> 0x7c08, a signalling
-    NaN); ml_dtypes' direct cast gives the canonical quiet NaN with the sign kept (0x7f81 ->
-    0x7e00). Both are NaN with the same sign; weights never carry NaN payloads, so the direct cast
-    is used.
+    NaN); the compiled kernel makes it quiet (0x7e08) and ml_dtypes' direct cast gives the
+    canonical quiet NaN (0x7e00), with the sign kept. All are NaN with the same sign; weights never
+    carry NaN payloads.
     """
     every = np.arange(65536, dtype=np.uint16).view(ml_dtypes.bfloat16)
     direct = cast_array(every, by_name("float16"))
@@ -261,20 +262,42 @@ def test_bfloat16_to_float16_direct_cast_matches_the_cast_via_float32() -> None:
     assert (np.signbit(direct[nan]) == np.signbit(via[nan])).all()
 
 
-def test_float32_to_float16_cast_matches_numpys_bits_on_hard_values() -> None:
-    """cast_array's float32 -> float16 kernel (Arrow's) gives numpy's bits: subnormals, ties,
-    the overflow boundary, infinities, NaNs with payloads, -0, and a million random patterns."""
+def test_float32_to_float16_cast_matches_numpys_bits_on_hard_values(half_kernel: str) -> None:
+    """cast_array's float32 -> float16 kernels give numpy's bits: subnormals, ties, the overflow
+    boundary, infinities, -0, odd lengths and a million random patterns. NaNs stay NaNs of the same
+    sign; Arrow's kernel (the fallback) keeps numpy's payload bits exactly, the compiled one makes a
+    signalling NaN quiet."""
     tie = 2.0 ** -11  # half an ulp of float16 at 1.0
     values = np.array([0.0, -0.0, 1.0, 1 + tie, 1 + 3 * tie, -(1 + tie), 2.0 ** -24, 2.0 ** -25, 3 * 2.0 ** -26,
                        2.0 ** -14, 2.0 ** -14 - 2.0 ** -25, 65504.0, 65519.99, 65520.0, -65520.0, 65536.0,
                        3.4e38, 1e-45, np.inf, -np.inf], np.float32)
-    nan_bits = np.array([0x7F800001, 0x7FC00000, 0xFFC00001, 0x7FBFFFFF, 0x7F802000, 0xFFFFFFFF], np.uint32)
-    random_bits = np.random.default_rng(0).integers(0, 2**32, 1 << 20, dtype=np.uint64).astype(np.uint32)
+    nan_bits = np.array([0x7F800001, 0x7FC00000, 0xFFC00001, 0x7FBFFFFF, 0x7F802000, 0xFFFFFFFF, 0x7FE01234],
+                        np.uint32)
+    random_bits = np.random.default_rng(0).integers(0, 2**32, (1 << 20) + 5, dtype=np.uint64).astype(np.uint32)
     every = np.concatenate([values.view(np.uint32), nan_bits, random_bits]).view(np.float32)
-    got = cast_array(every, by_name("float16"))
-    with np.errstate(over="ignore"):
-        expected = every.astype(np.float16)
-    assert got.dtype == np.float16 and bits(got) == bits(expected)
+    for length in (every.size, 7, 1, 0):  # the kernel converts 8 at a time: the tail too
+        got = cast_array(every[:length], by_name("float16"))
+        with np.errstate(over="ignore"):
+            expected = every[:length].astype(np.float16)
+        nan = np.isnan(every[:length])
+        assert got.dtype == np.float16 and got.shape == (length,)
+        assert bits(got[~nan]) == bits(expected[~nan])
+        assert np.isnan(got[nan]).all() and (np.signbit(got[nan]) == np.signbit(expected[nan])).all()
+        if half_kernel == "fallback":
+            assert bits(got[nan]) == bits(expected[nan])
+        else:  # sign, quiet bit set, then the payload's top 9 bits
+            source = every[:length][nan].view(np.uint32)
+            quieted = ((source >> 16) & 0x8000) | 0x7E00 | ((source >> 13) & 0x1FF)
+            assert (got[nan].view(np.uint16) == quieted).all()
+
+
+def test_the_compiled_kernel_is_built_and_used_on_x86() -> None:
+    """make test builds streamconv/_halfcast.c (setup.py); on these machines it must be there."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the compiled kernel is x86-only; elsewhere Arrow and ml_dtypes cast")
+    assert stages._HALFCAST is not None
+    out = cast_array(np.array([1.0, 70000.0], np.float32), by_name("float16"))
+    assert out.flags.writeable  # the kernel's own array, not a view of Arrow's buffer
 
 
 def test_minilm_sizes_are_within_the_targets_of_the_entropy_bound() -> None:

@@ -173,7 +173,7 @@ def test_writer_generator_api(tmp_path: Path) -> None:
     assert all(bits(loaded[k]) == bits(v) for k, v in all_dtype_tensors().items())
 
 
-def test_fp16_overflow_keeps_float32_and_warns(tmp_path: Path) -> None:
+def test_fp16_overflow_keeps_float32_and_warns(tmp_path: Path, half_kernel: str) -> None:
     big = np.linspace(-1, 1, 600, dtype=np.float32)
     big[-1] = 70000.0  # in the last chunk only: the whole tensor must still stay float32
     fine = np.array([65504.0, -65504.0, np.inf, -np.inf, np.nan], dtype=np.float32)
@@ -204,7 +204,7 @@ def test_cast_without_prescan_raises_on_a_late_overflow(tmp_path: Path) -> None:
     assert [p.load().dtype for p in scanned] == [np.float32, np.float32]
 
 
-def test_bfloat16_overflow_to_float16_keeps_float32(tmp_path: Path) -> None:
+def test_bfloat16_overflow_to_float16_keeps_float32(tmp_path: Path, half_kernel: str) -> None:
     array = np.array([1.0, 1e6], dtype=np.float32).astype(ml_dtypes.bfloat16)
     write_safetensors(tmp_path / "m" / "model.safetensors", {"t": array})
     result = streamconv.convert(tmp_path / "m", tmp_path / "out", dtype="float16")
@@ -224,7 +224,9 @@ def _hard_values(source: np.dtype, target: np.dtype) -> list[float]:
 
 @pytest.mark.parametrize("source, target", [("float32", "float16"), ("bfloat16", "float16"),
                                             ("float64", "float32"), ("float32", "bfloat16")])
-def test_overflow_check_on_the_cast_result_decides_as_the_exact_rule(tmp_path: Path, source: str, target: str) -> None:
+def test_overflow_check_on_the_cast_result_decides_as_the_exact_rule(
+    tmp_path: Path, source: str, target: str, half_kernel: str
+) -> None:
     """Each hard value among ordinary ones: stored, kept wider or refused exactly as ``finite_peak`` decides."""
     from streamconv.dtypes import by_name
     from streamconv.stages import TensorChunk, fallback_dtype, finite_peak

@@ -127,7 +127,7 @@ def _looks_random(plane: np.ndarray) -> bool:
     return float(-(p * np.log2(p)).sum()) > STORE_ABOVE_BITS
 
 
-def encode(data: np.ndarray, compression: str, level: int | None = None) -> bytes:
+def encode(data: np.ndarray, compression: str, level: int | None = None) -> np.ndarray:
     """Encode a chunk's elements as a format-version-2 payload (layout: module docstring).
 
     Args:
@@ -136,26 +136,51 @@ def encode(data: np.ndarray, compression: str, level: int | None = None) -> byte
         level: ``None`` (default) for the tuned coder per plane (stored or starved zstd);
             an int for zstd at that level (-7..22) on every plane.
 
-    Thread-safe: each thread has its own compressors.
+    Returns:
+        The payload's bytes, as a new 1-D ``uint8`` array (bytes-like: ``bytes(payload)`` copies it).
+
+    Thread-safe: each thread has its own compressors and scratch buffers. The payload is the only
+    memory an encode allocates: planes and zstd frames are built in this thread's reused buffers
+    (a conversion's fresh temporaries otherwise fragment the heap between the payloads that wait to
+    be written: 8.6 GB checkpoint, 73 MiB free but resident inside malloc's arenas at the peak).
     """
-    planes = _split(np.ascontiguousarray(data).reshape(-1), "encode")  # dead once joined below
+    planes = _split(np.ascontiguousarray(data).reshape(-1), "encode")
     if compression == "none":
-        return planes.tobytes()
+        return planes.reshape(-1).copy()
     if compression != "zstd":
         raise ValueError(f"unknown compression {compression!r}")
+    k, n = planes.shape
     compressor = _compressor(level)
-    coders = bytearray()
-    bodies: list[Any] = []
-    for plane in planes:
-        body = None
-        if plane.size and not (level is None and _looks_random(plane)):
-            body = compressor.compress(plane)  # one call: output sized by the bound, no growth
-            if len(body) >= plane.size:
-                body = None
-        coders.append(_STORED if body is None else _ZSTD)
-        bodies.append(plane if body is None else body)
-    lengths = np.array([len(b) if isinstance(b, bytes) else b.size for b in bodies], "<u8")
-    return b"".join([coders, lengths.tobytes(), *bodies])  # the one copy of the output
+    frames = thread_buffer("frames", k * n)
+    coders, bodies, used = np.empty(k, np.uint8), list[np.ndarray](), 0
+    for j, plane in enumerate(planes):
+        size = n  # a frame that does not fit in fewer bytes than the plane: stored
+        if n and not (level is None and _looks_random(plane)):
+            size = _compress_into(compressor, plane, frames[used : used + n])
+        coders[j] = _ZSTD if size < n else _STORED
+        bodies.append(frames[used : used + size] if size < n else plane)
+        used += size if size < n else 0
+    lengths = np.array([body.size for body in bodies], "<u8")
+    payload = np.empty(9 * k + int(lengths.sum()), np.uint8)
+    payload[:k], payload[k : 9 * k] = coders, lengths.view(np.uint8)
+    start = 9 * k
+    for body in bodies:  # the one copy of the output
+        payload[start : start + body.size] = body
+        start += body.size
+    return payload
+
+
+def _compress_into(compressor: zstandard.ZstdCompressor, plane: np.ndarray, target: np.ndarray) -> int:
+    """Compress ``plane`` as one frame into ``target``; its length, or ``target.size`` if it does not fit."""
+    got = 0
+    with compressor.stream_reader(plane.data, size=plane.size, read_size=plane.size) as reader:
+        view = target.data
+        while got < target.size:
+            step = reader.readinto(view[got:])
+            if not step:
+                return got
+            got += step
+    return target.size
 
 
 def decode(payload: Any, dtype: np.dtype, count: int, compression: str,

@@ -74,10 +74,15 @@ class TensorChunk:
         """Number of elements in this piece."""
         return self.stop - self.start
 
-    def load(self) -> np.ndarray:
+    def load(self, *, scratch: bool = False) -> np.ndarray:
         """Read the piece and cast it: a new 1-D array in the stored dtype.
 
         The result may be read-only (see :func:`cast_array`); copy it to change it in place.
+
+        Args:
+            scratch: Cast into this thread's reused buffer where the cast allows, instead of a new
+                array: the result is then valid only until this thread loads again (the writer's
+                workers encode it at once; a fresh array per chunk fragments the heap).
 
         Raises:
             CastOverflowError: in ``check`` mode, values beyond the target's range.
@@ -86,7 +91,7 @@ class TensorChunk:
             return self.ref.read(self.start, self.stop)
         # The source elements die with this call: read them into this thread's reused buffer.
         data = self.ref.read(self.start, self.stop, buffer=thread_buffer("read", self.element_count * self.ref.dtype.itemsize))
-        stored, below_max = _cast(data, self.store_as)
+        stored, below_max = _cast(data, self.store_as, "cast" if scratch else None)
         source = by_numpy(data.dtype)
         if self.mode == "store" or self.store_as.max >= source.max:
             return stored
@@ -256,8 +261,10 @@ def cast_array(data: np.ndarray, store: DType) -> np.ndarray:
     return _cast(data, store)[0]
 
 
-def _cast(data: np.ndarray, store: DType) -> tuple[np.ndarray, bool | None]:
+def _cast(data: np.ndarray, store: DType, scratch: str | None = None) -> tuple[np.ndarray, bool | None]:
     """The cast, and whether every result is finite and below ``store.max`` if the kernel said so.
+
+    ``scratch`` names the thread buffer the compiled kernel casts into, instead of a new array.
 
     float32 and bfloat16 -> float16 go through the CPU's conversion instruction
     (streamconv/_halfcast.c), which also reports the largest result. Without it: Arrow's kernel for
@@ -268,7 +275,8 @@ def _cast(data: np.ndarray, store: DType) -> tuple[np.ndarray, bool | None]:
     """
     if store.numpy == _FLOAT16 and data.dtype in _HALF_SOURCES and data.flags.c_contiguous:
         if _HALFCAST is not None:
-            out = np.empty(data.shape, _FLOAT16)
+            out = np.empty(data.shape, _FLOAT16) if scratch is None else \
+                thread_buffer(scratch, 2 * data.size)[: 2 * data.size].view(_FLOAT16).reshape(data.shape)
             return out, _HALFCAST(data, out) < _FLOAT16_MAX_BITS
         if data.dtype == _FLOAT32:
             return _arrow_float16(data), None

@@ -90,14 +90,14 @@ _SINK_BUFFER = 64 * 1024
 class _Encoded(NamedTuple):
     dtype: str
     nbytes: int
-    payload: bytes
+    payload: np.ndarray  # uint8
     checksum: int
     note: str | None
 
 
-def checksum(payload: bytes | memoryview) -> int:
+def checksum(payload: bytes | memoryview | np.ndarray) -> int:
     """The ``data_xxh3`` of a stored ``data`` value: xxHash's XXH3-64 of its bytes, seed 0."""
-    return xxhash.xxh3_64_intdigest(payload)
+    return xxhash.xxh3_64_intdigest(payload.data if isinstance(payload, np.ndarray) else payload)
 
 
 @dataclass
@@ -259,7 +259,7 @@ class WeightsWriter:
     def _encode(self, piece: TensorChunk) -> _Encoded:
         # Runs in a worker thread: the piece is read, cast and compressed here, and its array is
         # dropped on return, so the queue holds descriptions and payloads, never arrays.
-        data = piece.load()
+        data = piece.load(scratch=True)  # encoded at once, before this thread loads again
         payload = codec.encode(data, self.compression, self.level)
         return _Encoded(by_numpy(data.dtype).name, data.nbytes, payload, checksum(payload), piece.note_for(data))
 
@@ -344,9 +344,9 @@ def _numeric(values: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
 
-def _data_column(payloads: list[bytes]) -> pa.ChunkedArray:
+def _data_column(payloads: list[np.ndarray]) -> pa.ChunkedArray:
     """The ``data`` column: each large payload wrapped as it is, runs of small ones joined."""
-    chunks, run = [], list[bytes]()
+    chunks, run = [], list[np.ndarray]()
     for payload in payloads:
         if len(payload) < _ZERO_COPY_BYTES:
             run.append(payload)
@@ -360,8 +360,8 @@ def _data_column(payloads: list[bytes]) -> pa.ChunkedArray:
     return pa.chunked_array(chunks, pa.large_binary())
 
 
-def _binary(payloads: list[bytes]) -> pa.Array:
+def _binary(payloads: list[np.ndarray]) -> pa.Array:
     offsets = np.zeros(len(payloads) + 1, np.int64)
     np.cumsum([len(p) for p in payloads], out=offsets[1:])
-    values = pa.py_buffer(payloads[0] if len(payloads) == 1 else b"".join(payloads))
+    values = pa.py_buffer(payloads[0] if len(payloads) == 1 else b"".join(p.data for p in payloads))
     return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(payloads), [None, pa.py_buffer(offsets), values])

@@ -21,6 +21,10 @@ Modes:
 - ``load OUT``: ``streamconv.load`` (every tensor held at once).
 - ``safetensors DIR``: ``safetensors.safe_open(..., "np")`` and ``get_tensor`` of every tensor of
   every ``*.safetensors`` file in DIR.
+- ``cast -``: the float16 cast of one 2 MiB chunk (seeded normal values), float32 and bfloat16
+  sources, with streamconv's compiled kernel, its fallback (Arrow's cast for float32, ml_dtypes'
+  for bfloat16) and numpy's ``astype``, one thread: prints M elements/s per source and kernel
+  (median of 9 timings of 20 casts each).
 
 Usage: python benchmarks/probe.py MODE PATH [OUT] [--workers 2] [--repeat 1]
 """
@@ -218,6 +222,39 @@ def read_safetensors(folder: Path) -> tuple[int, int]:
     return total, tensors
 
 
+def cast_speeds() -> dict[str, float]:
+    """M elements/s of each float16 cast of one 2 MiB chunk, keyed ``"<source> <kernel>"``."""
+    import statistics
+
+    from streamconv import stages
+    from streamconv.dtypes import by_name
+
+    float16 = by_name("float16")
+    rng = np.random.default_rng(0)
+    sources = {"float32": (rng.standard_normal(CHUNK_BYTES // 4) * 0.02).astype(np.float32),
+               "bfloat16": (rng.standard_normal(CHUNK_BYTES // 2) * 0.02).astype(ml_dtypes.bfloat16)}
+    compiled, speeds = stages._HALFCAST, {}
+    try:
+        for source, data in sources.items():
+            for kernel in ("compiled", "fallback", "numpy"):
+                if kernel == "compiled" and compiled is None:
+                    speeds[f"{source} {kernel}"] = float("nan")
+                    continue
+                stages._HALFCAST = compiled if kernel == "compiled" else None
+                def cast(data: np.ndarray = data, kernel: str = kernel) -> Any:
+                    return data.astype(np.float16) if kernel == "numpy" else stages.cast_array(data, float16)
+                timings = []
+                for _ in range(9):
+                    start = time.perf_counter()
+                    for _ in range(20):
+                        cast()
+                    timings.append((time.perf_counter() - start) / 20)
+                speeds[f"{source} {kernel}"] = data.size / statistics.median(timings) / 1e6
+    finally:
+        stages._HALFCAST = compiled
+    return speeds
+
+
 def convert(src: Path, out: Path, workers: int, model_type: str) -> tuple[int, int]:
     import streamconv
 
@@ -228,7 +265,8 @@ def convert(src: Path, out: Path, workers: int, model_type: str) -> tuple[int, i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["encode-floor", "convert", "decode-floor", "iter", "load", "safetensors"])
+    parser.add_argument("mode", choices=["encode-floor", "convert", "decode-floor", "iter", "load", "safetensors",
+                                         "cast"])
     parser.add_argument("path", type=Path)
     parser.add_argument("out", type=Path, nargs="?")
     parser.add_argument("--workers", type=int, default=2)
@@ -242,6 +280,9 @@ def main() -> None:
 
     if args.mode == "safetensors":
         import safetensors  # noqa: F401
+    if args.mode == "cast":
+        print(json.dumps({"mode": "cast", "melements_per_s": cast_speeds()}))
+        return
     operations = {
         "encode-floor": lambda: encode_floor(args.path, args.workers),
         "convert": lambda: convert(args.path, args.out, args.workers, args.type),

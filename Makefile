@@ -25,7 +25,7 @@ demo: $(STAMP)
 # Lint and types first (they fail on any finding), then the suite under coverage, CLI subprocesses
 # included (pyproject.toml: [tool.coverage]); under 90% of streamconv/'s lines fails.
 test: $(STAMP)
-	$(VENV)/bin/ruff check streamconv tests
+	$(VENV)/bin/ruff check streamconv tests benchmarks
 	$(VENV)/bin/mypy
 	$(PY) -m coverage erase
 	$(PY) -m coverage run -m pytest -q

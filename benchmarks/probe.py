@@ -166,6 +166,7 @@ def weights_file(out: Path) -> Path:
 
 def decode_floor(out: Path, workers: int) -> tuple[int, int]:
     import pyarrow.parquet as pq
+
     from streamconv import codec
 
     parquet = pq.ParquetFile(weights_file(out))
@@ -216,7 +217,7 @@ def read_safetensors(folder: Path) -> tuple[int, int]:
     total = tensors = 0
     for file in safetensors_files(folder):
         with safe_open(file, framework="np") as f:
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118 (safe_open is no dict)
                 total += f.get_tensor(key).nbytes
                 tensors += 1
     return total, tensors
@@ -275,8 +276,9 @@ def main() -> None:
     args = parser.parse_args()
     # Import what every mode needs before the clock starts.
     import pyarrow.parquet  # noqa: F401
-    import streamconv  # noqa: F401
     import zstandard  # noqa: F401
+
+    import streamconv  # noqa: F401
 
     if args.mode == "safetensors":
         import safetensors  # noqa: F401

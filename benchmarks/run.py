@@ -42,8 +42,8 @@ import sys
 import tempfile
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,9 +51,8 @@ from typing import Any
 
 import numpy as np
 import other_paths
-import sizes
 import pyarrow.parquet as pq
-
+import sizes
 from make_checkpoints import (
     CHECKPOINTS,
     DEFAULT_WORKDIR,
@@ -179,7 +178,7 @@ def timed(command: list[str]) -> Run:
     with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
         proc = subprocess.run(
             ["/usr/bin/time", "-v", "-o", report.name, *command],
-            capture_output=True, text=True, env=child_env(), timeout=TIMEOUT_S,
+            check=False, capture_output=True, text=True, env=child_env(), timeout=TIMEOUT_S,
         )  # fmt: skip
         if proc.returncode != 0:
             raise failure(proc, command)
@@ -189,7 +188,7 @@ def timed(command: list[str]) -> Run:
 def probe(*args: str | Path) -> dict[str, Any]:
     """Run benchmarks/probe.py with ``args``; its JSON report."""
     command = [sys.executable, str(PROBE_SCRIPT), *map(str, args), "--workers", str(WORKERS)]
-    proc = subprocess.run(command, capture_output=True, text=True, env=child_env(), timeout=TIMEOUT_S)
+    proc = subprocess.run(command, check=False, capture_output=True, text=True, env=child_env(), timeout=TIMEOUT_S)
     if proc.returncode != 0:
         raise failure(proc, command)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -201,7 +200,7 @@ def unavailable(tool: str) -> str | None:
     module = REQUIRES.get(tool)
     if module is None:
         return None
-    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], check=False, capture_output=True, text=True)
     if proc.returncode == 0:
         return None
     last = (proc.stderr.strip().splitlines() or ["no error message"])[-1]
@@ -311,7 +310,8 @@ def write_safetensors_copy(output: Path, target: Path) -> int:
     offset = 0
     for t in index:
         nbytes = int(np.prod(t["shape"], dtype=np.int64)) * np.dtype(t["dtype"] if t["dtype"] != "bfloat16" else "u2").itemsize
-        header[t["name"]] = {"dtype": SAFETENSORS_CODES[t["dtype"]], "shape": t["shape"], "data_offsets": [offset, offset + nbytes]}
+        header[t["name"]] = {"dtype": SAFETENSORS_CODES[t["dtype"]], "shape": t["shape"],
+                             "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
@@ -565,7 +565,7 @@ def measure_profile(checkpoint: Checkpoint, workdir: Path, repeat: int, top: int
                       f"{checkpoint.name} --repeat {repeat}")  # fmt: skip
     counts: dict[str, int] = {}
     python: dict[str, int] = {}
-    proc = subprocess.run([*spy, *target], capture_output=True, text=True, env=child_env(), timeout=TIMEOUT_S)
+    proc = subprocess.run([*spy, *target], check=False, capture_output=True, text=True, env=child_env(), timeout=TIMEOUT_S)
     if proc.returncode == 0 and raw.exists():
         for line in raw.read_text().splitlines():
             stack, _, n = line.rpartition(" ")
@@ -621,7 +621,8 @@ def pyinstrument_self_times(target: list[str], folder: Path) -> dict[str, int]:
     """Self time in ms per frame from pyinstrument (main thread only), when py-spy cannot run."""
     driver = folder / "pyinstrument_driver.py"
     driver.write_text(PYINSTRUMENT_DRIVER)
-    proc = subprocess.run([sys.executable, str(driver), *target[1:]], capture_output=True, text=True, env=child_env())
+    proc = subprocess.run([sys.executable, str(driver), *target[1:]], check=False, capture_output=True, text=True,
+                          env=child_env())
     try:
         counts = json.loads(proc.stderr.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
@@ -833,13 +834,13 @@ def floors_tables(floors: list[Floors]) -> list[str]:
         "### Encode: in-process `convert` vs the encode floor",
         "",
         table(["Checkpoint", "Source MB", "Encode floor s", "convert s", "convert ÷ floor",
-               "convert peak RSS MiB", "Error"], enc),  # fmt: skip
+               "convert peak RSS MiB", "Error"], enc),
         "",
         "### Read: `iter_tensors` and `load` vs the decode floor and safetensors",
         "",
         table(["Checkpoint", "Decoded MB", "Decode floor s", "iter_tensors s", "iter ÷ floor",
                "iter peak RSS MiB", "load s", "load peak RSS MiB (target)", "safetensors fp16 s",
-               "iter ÷ safetensors"], dec),  # fmt: skip
+               "iter ÷ safetensors"], dec),
         "",
     ]
 
@@ -990,9 +991,9 @@ def machine() -> list[str]:
     meminfo = Path("/proc/meminfo").read_text()
     ram_kib = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1))  # type: ignore[union-attr]
     cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True)
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "streamconv"],
-                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+                           check=False, capture_output=True, text=True).stdout.strip()  # fmt: skip
     core = ("numpy", "pyarrow", "zstandard")
     others = ("torch", "transformers", "safetensors", "ctranslate2", "matplotlib", "py-spy", "pyinstrument")
     return [
@@ -1011,7 +1012,7 @@ def failures(results: list[Result]) -> list[str]:
     lines = []
     for r in results:
         for tool, error in r.errors.items():
-            lines += [f"- {r.checkpoint.label}, {tool}:", "", "  ```", *(f"  {l}" for l in error.splitlines()), "  ```"]
+            lines += [f"- {r.checkpoint.label}, {tool}:", "", "  ```", *(f"  {line}" for line in error.splitlines()), "  ```"]
     return ["## Failures", "", *lines, ""] if lines else []
 
 
@@ -1187,7 +1188,9 @@ def main() -> None:
     floors = [measure_floors(CHECKPOINTS[n], args.workdir, runs) for n in floor_names if "floors" in sections]
     broken += [f"floors {f.checkpoint.name}" for f in floors if f.error]
     cast = step("cast", lambda: probe("cast", "-")["melements_per_s"]) if "floors" in sections else None
-    scale = None if args.skip_scale or "scale" not in sections else step("scale", lambda: measure_scale(args.workdir, scale_bytes, shard_bytes))
+    scale = None
+    if not args.skip_scale and "scale" in sections:
+        scale = step("scale", lambda: measure_scale(args.workdir, scale_bytes, shard_bytes))
     if scale is None and "scale" in broken:
         scale = Scale(error="the scale step crashed; its traceback is in the run's log")
     elif scale is not None and scale.error:

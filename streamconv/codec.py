@@ -5,29 +5,42 @@ byte ``j`` of every little-endian element, in element order (one-byte dtypes are
 Splitting puts the sign/exponent bytes of floats side by side, where an entropy coder shrinks
 them, and leaves the near-random low mantissa bytes together, where nothing helps.
 
-Payload layout, format version 2 (what :func:`encode` writes):
+Payload layout, format version 3 (what :func:`encode` writes):
 
 - compression ``none``: the planes, concatenated (plane 0 first): ``k * n`` bytes.
 - compression ``zstd``: a header, then one body per plane, in plane order, nothing between::
 
       coder[k]    k bytes, one per plane: 0 = stored (the body is the plane's n bytes as they
                   are), 1 = zstd (the body is one zstd frame whose header declares a content
-                  size of n; no frame checksum, the format's checksum column covers the chunk)
+                  size of n; no frame checksum, the format's checksum column covers the chunk),
+                  2 = bit-split zstd (version 3; below)
       length[k]   k unsigned 64-bit little-endian integers: the byte length of each body
       body[0] .. body[k-1]
 
   The payload is exactly ``9 * k + sum(length)`` bytes; a stored body is exactly ``n`` bytes.
   An empty chunk is ``k`` stored planes of length 0.
 
-Format version 1: compression ``none`` as above; ``zstd`` is all planes, concatenated, as one
-zstd frame with content size ``k * n`` (and a content checksum). :func:`decode` reads both.
+A bit-split body codes the plane's bytes ``b`` as two zstd frames (each declaring content size
+``n``, no checksum): ``shift`` (1 byte, 1 to 7), ``high_length`` (unsigned 64-bit little-endian),
+then a frame of ``b >> shift`` that is ``high_length`` bytes long, then a frame of
+``b & (2**shift - 1)`` filling the rest of the body. The plane is ``(high << shift) | low``.
+
+Format version 2 is version 3 without coder 2. Format version 1: compression ``none`` as above;
+``zstd`` is all planes, concatenated, as one zstd frame with content size ``k * n`` (and a
+content checksum). :func:`decode` reads all three.
 
 Which coder each plane gets (:func:`encode`, default ``level=None``, chosen by measurement in
 benchmarks/codec_choice.py): a plane whose sampled order-0 entropy exceeds
 ``STORE_ABOVE_BITS`` bits per byte is stored; other planes get zstd with match finding starved
 (:data:`TUNED_PARAMETERS`), which turns zstd into a Huffman coder of literals, with a Huffman
-table per 128 KiB block. A plane whose frame is not smaller than the plane is stored too. An
-explicit ``level=N`` compresses every plane with zstd level N (stored only if that is no smaller).
+table per 128 KiB block. A plane whose sampled bytes nearly all (:data:`SPLIT_SHARE`) end in
+the same ``shift`` zero bits gets the bit-split coder instead: float16 cast from bfloat16 has 3
+fewer mantissa bits, so its low plane holds 32 common values and a few rare ones (subnormals),
+and zstd's Huffman codes, at most 11 bits long, cost 2.2% over the entropy there; split, the high
+part is 32 near-equiprobable values (5 bits each) and the low part nearly all zeros, which zstd
+level 1 codes as runs (llama-style bf16 to float16: 1.0135x of the bound to 1.0039x). A plane
+whose coding is not smaller than the plane is stored too. An explicit ``level=N`` compresses
+every plane with zstd level N (stored only if that is no smaller).
 
 The *entropy bound* this is measured against (benchmarks/codec_choice.py): for each chunk, the sum
 over its byte planes of plane length times the order-0 Shannon entropy of that plane's byte
@@ -49,7 +62,7 @@ __all__ = ["FORMAT_VERSIONS", "STORE_ABOVE_BITS", "TUNED_PARAMETERS", "decode", 
            "entropy_bound", "join_planes", "split_planes"]
 
 #: Payload layouts :func:`decode` understands.
-FORMAT_VERSIONS = (1, 2)
+FORMAT_VERSIONS = (1, 2, 3)
 #: zstd with almost no match finding: on float byte planes LZ matches only get in the way, and
 #: without them zstd is a fast Huffman coder (measured: benchmarks/codec_choice.py).
 TUNED_PARAMETERS = zstandard.ZstdCompressionParameters(
@@ -58,8 +71,11 @@ TUNED_PARAMETERS = zstandard.ZstdCompressionParameters(
 #: A plane whose sample has more order-0 entropy than this (bits per byte) is stored as it is:
 #: zstd would store its blocks raw anyway (it needs a gain of 1/64), after spending time finding out.
 STORE_ABOVE_BITS = 7.86
+#: The share of a plane's sampled bytes that must end in ``shift`` zero bits for the bit-split coder.
+SPLIT_SHARE = 0.99
 _SAMPLE = 8192  # bytes sampled (evenly spaced) per plane to estimate its entropy
-_STORED, _ZSTD = 0, 1
+_STORED, _ZSTD, _SPLIT = 0, 1, 2
+_RUNS_LEVEL = 1  # zstd level for a bit-split plane's low part: nearly all zeros, coded as runs
 _local = threading.local()
 
 
@@ -154,10 +170,13 @@ def encode(data: np.ndarray, compression: str, level: int | None = None) -> np.n
     frames = thread_buffer("frames", k * n)
     coders, bodies, used = np.empty(k, np.uint8), list[np.ndarray](), 0
     for j, plane in enumerate(planes):
-        size = n  # a frame that does not fit in fewer bytes than the plane: stored
-        if n and not (level is None and _looks_random(plane)):
-            size = _compress_into(compressor, plane, frames[used : used + n])
-        coders[j] = _ZSTD if size < n else _STORED
+        size, coder = n, _STORED  # a coding that does not fit in fewer bytes than the plane: stored
+        shift = _common_zero_bits(plane) if level is None else 0
+        if shift:
+            size, coder = _split_into(compressor, plane, shift, frames[used : used + n]), _SPLIT
+        elif n and not (level is None and _looks_random(plane)):
+            size, coder = _compress_into(compressor, plane, frames[used : used + n]), _ZSTD
+        coders[j] = coder if size < n else _STORED
         bodies.append(frames[used : used + size] if size < n else plane)
         used += size if size < n else 0
     lengths = np.array([body.size for body in bodies], "<u8")
@@ -168,6 +187,41 @@ def encode(data: np.ndarray, compression: str, level: int | None = None) -> np.n
         payload[start : start + body.size] = body
         start += body.size
     return payload
+
+
+def _common_zero_bits(plane: np.ndarray) -> int:
+    """The most low bits (up to 7) that are zero in at least SPLIT_SHARE of an evenly spaced
+    sample of ``plane``, or 0; also 0 for a plane whose sampled bytes are nearly all one value
+    (plain zstd codes that as well) or that is smaller than the sample."""
+    if plane.size < _SAMPLE:
+        return 0
+    sample = plane[:: plane.size // _SAMPLE]
+    if np.bincount(sample, minlength=256).max() >= SPLIT_SHARE * sample.size:
+        return 0
+    for shift in range(7, 0, -1):
+        if np.count_nonzero(sample & ((1 << shift) - 1)) <= (1 - SPLIT_SHARE) * sample.size:
+            return shift
+    return 0
+
+
+def _split_into(compressor: zstandard.ZstdCompressor, plane: np.ndarray, shift: int, target: np.ndarray) -> int:
+    """Code ``plane`` as a bit-split body into ``target``; its length, or ``target.size`` if it does not fit."""
+    n, head = plane.size, 9
+    if target.size <= head:
+        return target.size
+    parts = thread_buffer("bitsplit", 2 * n)
+    high, low = parts[:n], parts[n : 2 * n]
+    np.right_shift(plane, shift, out=high)
+    np.bitwise_and(plane, (1 << shift) - 1, out=low)
+    high_size = _compress_into(compressor, high, target[head:])
+    if head + high_size >= target.size:
+        return target.size
+    low_size = _compress_into(_compressor(_RUNS_LEVEL), low, target[head + high_size :])
+    if head + high_size + low_size >= target.size:
+        return target.size
+    target[0] = shift
+    target[1:head] = np.array([high_size], "<u8").view(np.uint8)
+    return head + high_size + low_size
 
 
 def _compress_into(compressor: zstandard.ZstdCompressor, plane: np.ndarray, target: np.ndarray) -> int:
@@ -184,7 +238,7 @@ def _compress_into(compressor: zstandard.ZstdCompressor, plane: np.ndarray, targ
 
 
 def decode(payload: Any, dtype: np.dtype, count: int, compression: str,
-           format_version: int = 2) -> np.ndarray:
+           format_version: int = 3) -> np.ndarray:
     """Decode one ``data`` value into a new array of ``count`` elements of ``dtype``.
 
     The payload is checked against ``count`` before anything of that size is allocated.
@@ -197,7 +251,7 @@ def decode(payload: Any, dtype: np.dtype, count: int, compression: str,
     return out
 
 
-def decode_into(payload: Any, out: np.ndarray, compression: str, format_version: int = 2) -> None:
+def decode_into(payload: Any, out: np.ndarray, compression: str, format_version: int = 3) -> None:
     """Decode one ``data`` value straight into ``out``, a preallocated 1-D contiguous array.
 
     ``out``'s dtype and size say what the payload must hold (a slice of the final tensor buffer,
@@ -249,10 +303,25 @@ def _parse(buf: np.ndarray, k: int, n: int, compression: str, version: int) -> l
         start += length
         if coder == _STORED and length != n:
             raise ValueError(f"stored plane {j} holds {length} bytes, expected {n}")
-        if coder not in (_STORED, _ZSTD):
+        if coder not in (_STORED, _ZSTD, _SPLIT) or (coder == _SPLIT and version < 3):
             raise ValueError(f"plane {j} has unknown coder {coder}")
-        parts.append((coder, body if coder == _STORED else _checked_frame(body, n)))
+        parts.append((coder, body if coder == _STORED else _checked_frame(body, n) if coder == _ZSTD
+                      else _checked_split(body, n)))
     return parts
+
+
+def _checked_split(body: np.ndarray, n: int) -> np.ndarray:
+    """A bit-split body whose shift and two frames hold together (layout: module docstring)."""
+    if body.size < 9:
+        raise ValueError(f"bit-split body of {body.size} bytes is shorter than its 9-byte header")
+    shift, high_size = int(body[0]), int(body[1:9].view("<u8")[0])
+    if not 1 <= shift <= 7:
+        raise ValueError(f"bit-split body has shift {shift}, not 1 to 7")
+    if high_size > body.size - 9:
+        raise ValueError(f"bit-split body's first frame of {high_size} bytes runs past its end")
+    _checked_frame(body[9 : 9 + high_size], n)
+    _checked_frame(body[9 + high_size :], n)
+    return body
 
 
 def _checked_frame(body: np.ndarray, size: int) -> np.ndarray:
@@ -272,13 +341,23 @@ def _fill(parts: list[tuple[int, np.ndarray]], out: np.ndarray) -> None:
     if n == 0:
         return
     part_size = k * n // len(parts)  # k planes in k parts, or all planes in one part
-    scratch = thread_buffer("decode", part_size * sum(coder == _ZSTD for coder, _ in parts))
+    slots = sum({_STORED: 0, _ZSTD: 1, _SPLIT: 2}[coder] for coder, _ in parts)
+    scratch = thread_buffer("decode", part_size * slots)
     used, planes = 0, list[np.ndarray]()
     for coder, body in parts:
         if coder == _ZSTD:
             target, used = scratch[used:used + part_size], used + part_size
             _decompress_into(body, target)
             body = target
+        elif coder == _SPLIT:
+            high, low = scratch[used:used + part_size], scratch[used + part_size:used + 2 * part_size]
+            used += 2 * part_size
+            shift, high_size = int(body[0]), int(body[1:9].view("<u8")[0])
+            _decompress_into(body[9:9 + high_size], high)
+            _decompress_into(body[9 + high_size:], low)
+            np.left_shift(high, shift, out=high)
+            np.bitwise_or(high, low, out=high)
+            body = high
         planes.extend(body.reshape(-1, n))
     _join_into(planes, out)
 

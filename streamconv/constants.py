@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 #: Version of the output layout written by this package (see docs/format.md). Readers accept
 #: every version up to this one.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 WEIGHTS_FILENAME = "weights.parquet"
 METADATA_FILENAME = "metadata.json"
 

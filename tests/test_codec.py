@@ -201,7 +201,58 @@ def test_damaged_payloads_raise_value_error_with_a_reason(dtype: type) -> None:
     with pytest.raises(ValueError, match="compression"):
         codec.decode(payload, data.dtype, data.size, "lz4")
     with pytest.raises(ValueError, match="version"):
-        codec.decode(payload, data.dtype, data.size, "zstd", format_version=3)
+        codec.decode(payload, data.dtype, data.size, "zstd", format_version=4)
+
+
+def bf16_sourced_float16(n: int, seed: int = 0) -> np.ndarray:
+    """float16 cast from bfloat16 weights: the low plane has 3 trailing zero bits (but subnormals)."""
+    weights = np.random.default_rng(seed).standard_normal(n).astype(np.float32) * 0.02
+    return weights.astype(ml_dtypes.bfloat16).astype(np.float16)
+
+
+def test_bit_split_coder_on_float16_cast_from_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The low plane goes bit-split (coder 2, shift 3): within 0.5% of the entropy bound, where
+    plain zstd is 1.3% over; it round-trips bit for bit, also through decode_into."""
+    data = bf16_sourced_float16(1 << 20)
+    payload = codec.encode(data, "zstd").tobytes()
+    assert list(payload[:2]) == [2, 1]
+    low_length = int(np.frombuffer(payload, "<u8", count=1, offset=2)[0])
+    assert payload[18] == 3  # after the 18-byte header, the split body starts with its shift
+    high_size = int(np.frombuffer(payload, "<u8", count=1, offset=19)[0])
+    assert 0 < high_size < low_length - 9
+    assert len(payload) <= 1.005 * codec.entropy_bound(data)
+    assert codec.encode(data, "zstd", 3).tobytes()[:2] == bytes([1, 1])  # an explicit level never splits
+    with monkeypatch.context() as patch:
+        patch.setattr(codec, "SPLIT_SHARE", 1.01)  # no plane qualifies: the tuned coder alone
+        plain = codec.encode(data, "zstd")
+    assert plain.tobytes()[:2] == bytes([1, 1])
+    assert len(payload) < 0.995 * len(plain)
+    assert bits(codec.decode(payload, data.dtype, data.size, "zstd")) == bits(data)
+    out = np.full(data.size + 10, 7.0, np.float16)
+    codec.decode_into(payload, out[5:-5], "zstd")
+    assert bits(out[5:-5]) == bits(data) and (out[:5] == 7).all() and (out[-5:] == 7).all()
+    # a version-2 reader's payload cannot hold coder 2
+    with pytest.raises(ValueError, match="unknown coder 2"):
+        codec.decode(payload, data.dtype, data.size, "zstd", format_version=2)
+
+
+def test_damaged_bit_split_bodies_raise_value_error() -> None:
+    data = bf16_sourced_float16(100_000, seed=1)
+    payload = codec.encode(data, "zstd").tobytes()
+    assert payload[0] == 2
+    body = 18  # the low plane's body starts after the 2-plane header
+    high_size = int(np.frombuffer(payload, "<u8", count=1, offset=body + 1)[0])
+    damaged = {
+        "shift 0": payload[:body] + b"\0" + payload[body + 1:],
+        "shift 8": payload[:body] + b"\x08" + payload[body + 1:],
+        "first frame past the end": payload[:body + 1] + np.array([2**40], "<u8").tobytes() + payload[body + 9:],
+        "first frame cut": payload[:body + 1] + np.array([high_size - 1], "<u8").tobytes() + payload[body + 9:],
+        "second frame magic": payload[:body + 9 + high_size] + b"\0\0\0\0" + payload[body + 13 + high_size:],
+    }
+    for name, bad in damaged.items():
+        with pytest.raises(ValueError) as info:
+            codec.decode(bad, data.dtype, data.size, "zstd")
+        assert len(str(info.value)) > 10, name
 
 
 def test_a_frame_declaring_a_huge_size_is_refused_before_allocating() -> None:

@@ -55,7 +55,7 @@ def test_output_folder_contents_and_metadata(tiny_checkpoint: Path, tmp_path: Pa
     names = sorted(p.name for p in result.output_dir.iterdir())
     assert names == ["config.json", "metadata.json", "weights.parquet"]
     meta = json.loads(result.metadata_path.read_text())
-    assert meta["format_version"] == 2
+    assert meta["format_version"] == 3
     assert (meta["compression"], meta["level"]) == ("zstd", 5)
     assert meta["files"] == [result.files[0]] and result.files[0]["path"] == "weights.parquet"
     assert meta["source"]["path"] == str(tiny_checkpoint.resolve())
@@ -400,8 +400,9 @@ def test_convert_does_not_import_torch_or_transformers(tiny_checkpoint: Path, tm
     assert done.stdout.strip() == "0 []", done.stderr
 
 
-def test_format_doc_snippet_reads_a_tensor(minilm_converted) -> None:
-    """The plain pyarrow + numpy + zstandard reader in docs/format.md works as written."""
+def test_format_doc_snippet_reads_a_tensor(minilm_converted, tmp_path: Path) -> None:
+    """The plain pyarrow + numpy + zstandard reader in docs/format.md works as written, also on a
+    bit-split plane (float16 cast from bfloat16)."""
     out = minilm_converted()
     doc = (Path(__file__).parents[1] / "docs" / "format.md").read_text()
     snippet = doc.split("```python\n", 1)[1].split("```", 1)[0]
@@ -410,6 +411,11 @@ def test_format_doc_snippet_reads_a_tensor(minilm_converted) -> None:
     name = "encoder.layer.0.attention.self.query.weight"
     got = namespace["read_tensor"](out / "weights.parquet", name)
     assert bits(got) == bits(streamconv.load_tensor(out, name))
+    bf16 = (np.random.default_rng(0).standard_normal((500, 400)) * 0.02).astype(ml_dtypes.bfloat16)
+    write_safetensors(tmp_path / "m" / "model.safetensors", {"w": bf16})
+    split = streamconv.convert(tmp_path / "m", tmp_path / "out", dtype="float16").output_dir
+    assert pq.read_table(split / "weights.parquet")["data"][0].as_py()[0] == 2
+    assert bits(namespace["read_tensor"](split / "weights.parquet", "w")) == bits(streamconv.load_tensor(split, "w"))
 
 
 def test_readme_generator_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -430,3 +436,25 @@ def test_row_groups_follow_the_writer_setting_and_grow_only_for_huge_models(tiny
     assert row_group_bytes_for(1_340_000_000) == ROW_GROUP_BYTES  # BERT-large
     assert row_group_bytes_for(8_600_000_000) == 8_600_000_000 // 2048  # the 8.6 GB benchmark checkpoint
     assert row_group_bytes_for(140 * 10**9) == 16 * 1024 * 1024  # 70B parameters in bf16: capped
+
+
+def test_format_2_files_still_read(tmp_path: Path) -> None:
+    """Format 3 only added the bit-split coder: a format-2 file (coders 0 and 1) reads as before,
+    and a format-2 file cannot carry coder 2."""
+    import pyarrow.compute as pc
+
+    weights = {"w": np.random.default_rng(0).standard_normal((300, 40)).astype(np.float32),
+               "b": (np.random.default_rng(1).standard_normal(70_000) * 0.02).astype(ml_dtypes.bfloat16)}
+    write_safetensors(tmp_path / "m" / "model.safetensors", weights)
+    out = streamconv.convert(tmp_path / "m", tmp_path / "out", dtype="float16").output_dir
+    expected = streamconv.load(out)
+    path = out / "weights.parquet"
+    table = pq.read_table(path)
+    coders = {n: p[:2] for n, p in zip(table["name"].to_pylist(), table["data"].to_pylist(), strict=True)}
+    assert coders["b"][0] == 2 and 2 not in coders["w"]  # the bf16-sourced low plane is bit-split
+    as_v2 = table.replace_schema_metadata({**table.schema.metadata, b"streamconv.format_version": b"2"})
+    pq.write_table(as_v2.filter(pc.equal(table["name"], "w")), path)
+    assert bits(streamconv.load(out)["w"]) == bits(expected["w"])
+    pq.write_table(as_v2, path)
+    with pytest.raises(streamconv.errors.FormatError, match="unknown coder 2"):
+        streamconv.load(out)

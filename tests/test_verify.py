@@ -66,7 +66,7 @@ def test_a_sound_output_passes(small: Path, tmp_path: Path) -> None:
     out = convert(small, tmp_path / "out")
     report = streamconv.verify(out)
     assert report.passed and report.damaged == {} and report.problems == [] and report.unchecked == []
-    assert report.tensor_count == 15 and report.format_version == 2
+    assert report.tensor_count == 15 and report.format_version == 3
     assert report.chunk_count == json.loads((out / "metadata.json").read_text())["chunk_count"] > 15
     assert {f["kind"] for f in report.files} == {"weights", "asset"} and all(f["ok"] for f in report.files)
     done = run_verify(out)

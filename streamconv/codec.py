@@ -34,12 +34,8 @@ benchmarks/codec_choice.py): a plane whose sampled order-0 entropy exceeds
 ``STORE_ABOVE_BITS`` bits per byte is stored; other planes get zstd with match finding starved
 (:data:`TUNED_PARAMETERS`), which turns zstd into a Huffman coder of literals, with a Huffman
 table per 128 KiB block. A plane whose sampled bytes nearly all (:data:`SPLIT_SHARE`) end in
-the same ``shift`` zero bits gets the bit-split coder instead: float16 cast from bfloat16 has 3
-fewer mantissa bits, so its low plane holds 32 common values and a few rare ones (subnormals),
-and zstd's Huffman codes, at most 11 bits long, cost 2.2% over the entropy there; split, the high
-part is 32 near-equiprobable values (5 bits each) and the low part nearly all zeros, which zstd
-level 1 codes as runs (llama-style bf16 to float16: 1.0135x of the bound to 1.0039x). A plane
-whose coding is not smaller than the plane is stored too. An explicit ``level=N`` compresses
+the same ``shift`` zero bits is bit-split instead (float16 cast from bfloat16; why: docs/format.md).
+A plane whose coding is not smaller than the plane is stored too. An explicit ``level=N`` compresses
 every plane with zstd level N (stored only if that is no smaller).
 
 The *entropy bound* this is measured against (benchmarks/codec_choice.py): for each chunk, the sum
@@ -75,7 +71,11 @@ STORE_ABOVE_BITS = 7.86
 SPLIT_SHARE = 0.99
 _SAMPLE = 8192  # bytes sampled (evenly spaced) per plane to estimate its entropy
 _STORED, _ZSTD, _SPLIT = 0, 1, 2
-_RUNS_LEVEL = 1  # zstd level for a bit-split plane's low part: nearly all zeros, coded as runs
+#: A bit-split plane's low part, nearly all zeros: zstd level 1 codes it as runs; the tuned coder's
+#: window, so readers' decompressors need no more memory (level 1's 1 MiB window: +1 MiB per thread).
+RUNS_PARAMETERS = zstandard.ZstdCompressionParameters.from_level(
+    1, window_log=17, write_content_size=True, write_checksum=False)
+_MERGE_PIECE = 64 * 1024  # a bit-split plane's low part is decoded and merged this much at a time
 _local = threading.local()
 
 
@@ -123,14 +123,18 @@ def _join_into(planes: list[np.ndarray], out: np.ndarray) -> None:
             grid[:, j] = plane
 
 
-def _compressor(level: int | None) -> zstandard.ZstdCompressor:
+def _compressor(level: int | str | None) -> zstandard.ZstdCompressor:
+    """This thread's compressor: ``None`` the tuned one, ``"runs"`` RUNS_PARAMETERS, an int that level."""
     # A ZstdCompressor must not be shared between threads: one per thread and level.
     cache = getattr(_local, "compressors", None)
     if cache is None:
         cache = _local.compressors = {}
     if level not in cache:
-        cache[level] = (zstandard.ZstdCompressor(compression_params=TUNED_PARAMETERS) if level is None
-                        else zstandard.ZstdCompressor(level=level, write_checksum=False))
+        if level is None or level == "runs":
+            params = TUNED_PARAMETERS if level is None else RUNS_PARAMETERS
+            cache[level] = zstandard.ZstdCompressor(compression_params=params)
+        else:
+            cache[level] = zstandard.ZstdCompressor(level=int(level), write_checksum=False)
     return cache[level]
 
 
@@ -216,7 +220,7 @@ def _split_into(compressor: zstandard.ZstdCompressor, plane: np.ndarray, shift: 
     high_size = _compress_into(compressor, high, target[head:])
     if head + high_size >= target.size:
         return target.size
-    low_size = _compress_into(_compressor(_RUNS_LEVEL), low, target[head + high_size :])
+    low_size = _compress_into(_compressor("runs"), low, target[head + high_size :])
     if head + high_size + low_size >= target.size:
         return target.size
     target[0] = shift
@@ -341,8 +345,7 @@ def _fill(parts: list[tuple[int, np.ndarray]], out: np.ndarray) -> None:
     if n == 0:
         return
     part_size = k * n // len(parts)  # k planes in k parts, or all planes in one part
-    slots = sum({_STORED: 0, _ZSTD: 1, _SPLIT: 2}[coder] for coder, _ in parts)
-    scratch = thread_buffer("decode", part_size * slots)
+    scratch = thread_buffer("decode", part_size * sum(coder != _STORED for coder, _ in parts))
     used, planes = 0, list[np.ndarray]()
     for coder, body in parts:
         if coder == _ZSTD:
@@ -350,28 +353,32 @@ def _fill(parts: list[tuple[int, np.ndarray]], out: np.ndarray) -> None:
             _decompress_into(body, target)
             body = target
         elif coder == _SPLIT:
-            high, low = scratch[used:used + part_size], scratch[used + part_size:used + 2 * part_size]
-            used += 2 * part_size
+            target, used = scratch[used:used + part_size], used + part_size
             shift, high_size = int(body[0]), int(body[1:9].view("<u8")[0])
-            _decompress_into(body[9:9 + high_size], high)
-            _decompress_into(body[9 + high_size:], low)
-            np.left_shift(high, shift, out=high)
-            np.bitwise_or(high, low, out=high)
-            body = high
+            _decompress_into(body[9:9 + high_size], target)
+            np.left_shift(target, shift, out=target)
+            _decompress_into(body[9 + high_size:], target, merge=True)
+            body = target
         planes.extend(body.reshape(-1, n))
     _join_into(planes, out)
 
 
-def _decompress_into(frame: np.ndarray, target: np.ndarray) -> None:
+def _decompress_into(frame: np.ndarray, target: np.ndarray, *, merge: bool = False) -> None:
+    """Decompress ``frame`` into ``target``; with ``merge``, OR it into ``target`` instead, through a
+    small buffer (a bit-split plane's low part: no second plane-sized scratch area per thread)."""
     decompressor = getattr(_local, "decompressor", None)
     if decompressor is None:
         decompressor = _local.decompressor = zstandard.ZstdDecompressor()
+    piece = thread_buffer("merge", _MERGE_PIECE) if merge else None
     got = 0
     try:
         with decompressor.stream_reader(frame.data) as reader:
-            view = target.data
             while got < target.size:
-                step = reader.readinto(view[got:])
+                if piece is None:
+                    step = reader.readinto(target.data[got:])
+                else:
+                    step = reader.readinto(piece.data[: min(piece.size, target.size - got)])
+                    np.bitwise_or(target[got:got + step], piece[:step], out=target[got:got + step])
                 if not step:
                     break
                 got += step

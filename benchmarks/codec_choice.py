@@ -12,7 +12,7 @@ cut in 2 MiB chunks as a bf16 checkpoint would be; float32 keep), it codes every
 - ``v2 tuned, no stored planes``: the tuned coder, but zstd on every plane (what storing buys).
 
 Sizes are divided by the entropy bound: per chunk, the sum over byte planes of the plane's length
-times the order-0 entropy of its byte histogram (``codec.entropy_bound``), summed over chunks.
+times the order-0 entropy of its byte histogram (``entropy_bound``), summed over chunks.
 Speeds are MB of stored-dtype input per second, the median of N runs on 1 and 2 threads, variants
 interleaved within each run so that machine noise hits them alike, and MB per CPU-second
 (process CPU time, both thread counts), which other load on a shared machine disturbs least.
@@ -41,13 +41,14 @@ import zstandard
 import streamconv
 from streamconv import codec
 from streamconv.buffers import thread_buffer
+from streamconv.planes import entropy_bound, split_planes
 
 CHUNK_BYTES = 2 * 1024 * 1024
 
 
 def v1_encode(data: np.ndarray, level: int = 3) -> bytes:
     """The format-version-1 encoder, as it was (baseline)."""
-    planes = codec.split_planes(data)
+    planes = split_planes(data)
     stream = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj(size=planes.size)
     parts = []
     for plane in planes.reshape(data.dtype.itemsize, -1):
@@ -220,7 +221,7 @@ def main() -> None:
     chunks_bf16 = by_dtype["bfloat16 keep"]
     for dtype, chunks in by_dtype.items():
         raw = sum(c.nbytes for c in chunks)
-        bound = sum(codec.entropy_bound(c) for c in chunks)
+        bound = sum(entropy_bound(c) for c in chunks)
         print(f"| {dtype} | *entropy bound* ({len(chunks)} chunks) | {bound / 1e6:.2f} | {raw / bound:.3f} "
               "| 1 | | | | | | |")
         for row in measure(chunks, args.runs):

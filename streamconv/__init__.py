@@ -31,7 +31,7 @@ from streamconv._version import __version__
 # pyarrow's wheels carry it (x86-64 Linux). With the system allocator, Parquet's page buffers
 # fragment glibc's main heap between the writer's long-lived metadata: an 8.6 GB conversion peaked
 # at 180 MiB with 73 MiB of it free inside malloc's arenas, against 143 MiB with jemalloc, at the
-# same speed; it also converts under a lower RLIMIT_DATA (176 MiB against 192). mimalloc, Arrow's
+# same speed; it also converts under a lower RLIMIT_DATA (184 MiB against 192). mimalloc, Arrow's
 # default elsewhere, reserves address space RLIMIT_DATA counts (it fails at 256 MiB). Set before
 # pyarrow is imported, only if the user chose nothing.
 if "pyarrow" not in sys.modules:

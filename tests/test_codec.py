@@ -15,6 +15,7 @@ import zstandard
 import streamconv
 from streamconv import codec, stages
 from streamconv.dtypes import by_name
+from streamconv.planes import entropy_bound, join_planes, split_planes
 from streamconv.stages import cast_array
 
 DTYPES = [np.float64, np.float32, np.float16, ml_dtypes.bfloat16, np.int64, np.int32, np.int16,
@@ -44,7 +45,7 @@ def bits(array: np.ndarray) -> bytes:
 
 def v1_encode(data: np.ndarray, level: int = 3) -> bytes:
     """The format-version-1 encoder, as it was released."""
-    planes = codec.split_planes(data)
+    planes = split_planes(data)
     stream = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj(size=planes.size)
     parts = []
     for plane in planes.reshape(data.dtype.itemsize, -1):
@@ -82,16 +83,16 @@ def test_round_trip_every_dtype_and_size(dtype: type, n: int) -> None:
         assert bits(codec.decode(payload, data.dtype, n, compression)) == bits(data), (compression, level)
         assert bits(decode_chunk(payload, data.dtype, n, compression, 2)) == bits(data)
         if compression == "none":
-            assert payload == codec.split_planes(data).tobytes() == bits(codec.split_planes(data))
+            assert payload == split_planes(data).tobytes() == bits(split_planes(data))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_split_and_join_are_inverse_and_match_the_definition(dtype: type) -> None:
     data = sample(dtype, 1001)
     k = data.dtype.itemsize
-    planes = codec.split_planes(data)
+    planes = split_planes(data)
     assert bits(planes) == bits(data.view(np.uint8).reshape(-1, k).T)
-    assert bits(codec.join_planes(planes, data.dtype)) == bits(data)
+    assert bits(join_planes(planes, data.dtype)) == bits(data)
 
 
 def test_decode_into_fills_a_slice_of_a_tensor_from_any_buffer_type() -> None:
@@ -129,7 +130,7 @@ def test_version_1_payloads_still_decode(dtype: type, n: int) -> None:
     out = np.empty(n, data.dtype)
     codec.decode_into(old, out, "zstd", 1)
     assert bits(out) == bits(data)
-    raw = codec.split_planes(data).tobytes()  # version 1 "none" is the same as version 2
+    raw = split_planes(data).tobytes()  # version 1 "none" is the same as version 2
     assert bits(codec.decode(raw, data.dtype, n, "none", format_version=1)) == bits(data)
 
 
@@ -142,7 +143,7 @@ def test_tuned_coder_stores_random_planes_and_compresses_exponents() -> None:
     lengths = np.frombuffer(payload, "<u8", count=4, offset=4)
     assert lengths[0] == lengths[2] == data.size
     assert lengths[3] < data.size // 2
-    assert len(payload) <= 1.02 * codec.entropy_bound(data)
+    assert len(payload) <= 1.02 * entropy_bound(data)
     # an explicit level puts zstd on every plane that it shrinks
     assert codec.encode(np.zeros(1000, np.float32), "zstd", 3).tobytes()[:4] == bytes([1, 1, 1, 1])
 
@@ -220,7 +221,7 @@ def test_bit_split_coder_on_float16_cast_from_bfloat16(monkeypatch: pytest.Monke
     assert payload[18] == 3  # after the 18-byte header, the split body starts with its shift
     high_size = int(np.frombuffer(payload, "<u8", count=1, offset=19)[0])
     assert 0 < high_size < low_length - 9
-    assert len(payload) <= 1.005 * codec.entropy_bound(data)
+    assert len(payload) <= 1.005 * entropy_bound(data)
     assert codec.encode(data, "zstd", 3).tobytes()[:2] == bytes([1, 1])  # an explicit level never splits
     with monkeypatch.context() as patch:
         patch.setattr(codec, "SPLIT_SHARE", 1.01)  # no plane qualifies: the tuned coder alone
@@ -287,11 +288,11 @@ def test_random_corruption_gives_value_error_or_data_never_a_crash() -> None:
 
 
 def test_entropy_bound_definition() -> None:
-    assert codec.entropy_bound(np.zeros(1000, np.float32)) == 0
+    assert entropy_bound(np.zeros(1000, np.float32)) == 0
     uniform = np.tile(np.arange(256, dtype=np.uint8), 64)  # every byte value equally often
-    assert codec.entropy_bound(uniform) == pytest.approx(uniform.size)
+    assert entropy_bound(uniform) == pytest.approx(uniform.size)
     two = np.array([0x0100, 0x0100, 0x0200, 0x0300], "<u2")  # low plane constant; high: 1/2, 1/4, 1/4
-    assert codec.entropy_bound(two) == pytest.approx(4 * 1.5 / 8)
+    assert entropy_bound(two) == pytest.approx(4 * 1.5 / 8)
 
 
 def test_bfloat16_to_float16_direct_cast_matches_the_cast_via_float32(half_kernel: str) -> None:
@@ -361,5 +362,5 @@ def test_minilm_sizes_are_within_the_targets_of_the_entropy_bound() -> None:
         for piece in streamconv.cast(streamconv.chunk(checkpoint), dtype):
             data = piece.load()
             size += len(codec.encode(data, "zstd"))
-            bound += codec.entropy_bound(data)
+            bound += entropy_bound(data)
         assert size <= target * bound, (dtype, size / bound)

@@ -1,9 +1,7 @@
 """How one chunk's elements become the bytes of the Parquet ``data`` column, and back.
 
-A chunk of ``n`` elements of ``k`` bytes is first split into ``k`` byte planes: plane ``j`` holds
-byte ``j`` of every little-endian element, in element order (one-byte dtypes are one plane).
-Splitting puts the sign/exponent bytes of floats side by side, where an entropy coder shrinks
-them, and leaves the near-random low mantissa bytes together, where nothing helps.
+A chunk of ``n`` elements of ``k`` bytes is first split into ``k`` byte planes of ``n`` bytes
+(streamconv/planes.py, which also defines the entropy bound the coders are measured against).
 
 Payload layout, format version 3 (what :func:`encode` writes):
 
@@ -37,8 +35,6 @@ table per 128 KiB block. A plane whose sampled bytes nearly all (:data:`SPLIT_SH
 the same ``shift`` zero bits is bit-split instead (float16 cast from bfloat16; why: docs/format.md).
 A plane whose coding is not smaller than the plane is stored too. An explicit ``level=N`` compresses
 every plane with zstd level N (stored only if that is no smaller).
-
-The byte planes and the entropy bound the coder is measured against: streamconv/planes.py.
 """
 
 from __future__ import annotations
@@ -121,8 +117,8 @@ def encode(data: np.ndarray, compression: str, level: int | None = None) -> np.n
     Args:
         data: The chunk's elements (any shape; flattened in C order).
         compression: ``zstd`` or ``none``.
-        level: ``None`` (default) for the tuned coder per plane (stored or starved zstd);
-            an int for zstd at that level (-7..22) on every plane.
+        level: ``None`` (default) for the tuned coder per plane (stored, starved zstd or
+            bit-split); an int for zstd at that level (-7..22) on every plane.
 
     Returns:
         The payload's bytes, as a new 1-D ``uint8`` array (bytes-like: ``bytes(payload)`` copies it).

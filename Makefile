@@ -13,7 +13,7 @@ DEMO_OUT := demo-output/all-MiniLM-L6-v2
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py streamconv/_halfcast.c requirements-dev.txt
+$(STAMP): pyproject.toml setup.py streamconv/stages/_halfcast.c requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(PIP_FIND_LINKS_OPT) -r requirements-dev.txt -e '.[validate]'

@@ -7,7 +7,7 @@ cut in 2 MiB chunks as a bf16 checkpoint would be; float32 keep), it codes every
 
 - ``v1 zstd-3``: the format-version-1 codec (one zstd-3 frame, a block boundary per plane), the
   baseline, copied here as it was;
-- ``v2 tuned``: :func:`streamconv.codec.encode` with its default (stored planes + starved zstd);
+- ``v2 tuned``: :func:`streamconv.format.codec.encode` with its default (stored planes + starved zstd);
 - ``v2 zstd-N``: an explicit ``level=N`` (zstd level N on every plane);
 - ``v2 tuned, no stored planes``: the tuned coder, but zstd on every plane (what storing buys).
 
@@ -39,9 +39,9 @@ import pyarrow as pa
 import zstandard
 
 import streamconv
-from streamconv import codec
 from streamconv.buffers import thread_buffer
-from streamconv.planes import entropy_bound, split_planes
+from streamconv.format import codec
+from streamconv.format.planes import entropy_bound, split_planes
 
 CHUNK_BYTES = 2 * 1024 * 1024
 

@@ -10,12 +10,12 @@ Modes:
 
 - ``encode-floor SRC``: read, cast to float16, byte-split and compress every 2 MiB piece of every
   tensor of the safetensors files in SRC on ``--workers`` threads, writing nothing, with the
-  kernels streamconv uses: plain ``os.preadv`` into numpy, ``streamconv.stages.cast_array`` (bf16
-  straight to float16, as streamconv casts it) and ``streamconv.codec.encode`` with convert's
+  kernels streamconv uses: plain ``os.preadv`` into numpy, ``streamconv.stages.pieces.cast_array`` (bf16
+  straight to float16, as streamconv casts it) and ``streamconv.format.codec.encode`` with convert's
   default coder. The least work any converter with streamconv's format must do.
 - ``convert SRC OUT``: ``streamconv.convert(SRC, OUT, dtype="float16", force=True, workers=N)``.
 - ``decode-floor OUT``: read the ``data`` column of OUT's weights row group by row group with
-  pyarrow and decode every chunk with ``streamconv.codec.decode`` on ``--workers`` threads,
+  pyarrow and decode every chunk with ``streamconv.format.codec.decode`` on ``--workers`` threads,
   keeping nothing: the least work any reader of the format must do.
 - ``iter OUT``: ``streamconv.iter_tensors`` over every tensor (each dropped once counted).
 - ``load OUT``: ``streamconv.load`` (every tensor held at once).
@@ -122,9 +122,9 @@ def pieces(folder: Path) -> Iterator[tuple[int, int, int, str]]:
 
 def encode_piece(piece: tuple[int, int, int, str]) -> int:
     """Read, cast to float16, split and compress one piece as convert does; return its source bytes."""
-    from streamconv import codec
     from streamconv.dtypes import by_name
-    from streamconv.stages import cast_array
+    from streamconv.format import codec
+    from streamconv.stages.pieces import cast_array
 
     fd, offset, count, code = piece
     dtype = ST_DTYPES[code]
@@ -167,7 +167,7 @@ def weights_file(out: Path) -> Path:
 def decode_floor(out: Path, workers: int) -> tuple[int, int]:
     import pyarrow.parquet as pq
 
-    from streamconv import codec
+    from streamconv.format import codec
 
     parquet = pq.ParquetFile(weights_file(out))
     compression = parquet.schema_arrow.metadata[b"streamconv.compression"].decode()
@@ -227,8 +227,8 @@ def cast_speeds() -> dict[str, float]:
     """M elements/s of each float16 cast of one 2 MiB chunk, keyed ``"<source> <kernel>"``."""
     import statistics
 
-    from streamconv import stages
     from streamconv.dtypes import by_name
+    from streamconv.stages import pieces as stages
 
     float16 = by_name("float16")
     rng = np.random.default_rng(0)

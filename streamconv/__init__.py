@@ -42,48 +42,48 @@ if "pyarrow" not in sys.modules:
 # line starts without numpy and pyarrow and a Ctrl-C during their import is caught by the CLI
 # (one line, exit 130) instead of printing a traceback from here.
 _LAZY = {
-    "ConversionResult": "streamconv.result",
-    "ConvertOptions": "streamconv.options",
-    "ModelConverter": "streamconv.convert",
-    "convert": "streamconv.convert",
-    "export": "streamconv.export",
-    "ExportResult": "streamconv.export",
+    "ConversionResult": "streamconv.pipeline.result",
+    "ConvertOptions": "streamconv.pipeline.options",
+    "ModelConverter": "streamconv.pipeline.convert",
+    "convert": "streamconv.pipeline.convert",
+    "export": "streamconv.tools.export",
+    "ExportResult": "streamconv.tools.export",
     "StreamconvError": "streamconv.errors",
-    "validate": "streamconv.validate",
-    "ValidationReport": "streamconv.validate",
-    "TensorInfo": "streamconv.records",
-    "TensorRecord": "streamconv.records",
-    "describe": "streamconv.reader",
-    "iter_tensors": "streamconv.reader",
-    "load": "streamconv.reader",
-    "load_tensor": "streamconv.reader",
-    "read_metadata": "streamconv.reader",
-    "Checkpoint": "streamconv.source",
-    "TensorRef": "streamconv.source",
-    "open_checkpoint": "streamconv.source",
-    "read_safetensors_header": "streamconv.source",
-    "TensorChunk": "streamconv.stages",
-    "cast": "streamconv.stages",
-    "chunk": "streamconv.stages",
-    "rename": "streamconv.stages",
-    "select": "streamconv.stages",
-    "WeightsWriter": "streamconv.writer",
-    "verify": "streamconv.verify",
-    "VerifyReport": "streamconv.verify",
+    "validate": "streamconv.tools.validate",
+    "ValidationReport": "streamconv.tools.validate",
+    "TensorInfo": "streamconv.format.records",
+    "TensorRecord": "streamconv.format.records",
+    "describe": "streamconv.format.reader",
+    "iter_tensors": "streamconv.format.reader",
+    "load": "streamconv.format.reader",
+    "load_tensor": "streamconv.format.reader",
+    "read_metadata": "streamconv.format.reader",
+    "Checkpoint": "streamconv.sources.checkpoint",
+    "TensorRef": "streamconv.sources.checkpoint",
+    "open_checkpoint": "streamconv.sources.checkpoint",
+    "read_safetensors_header": "streamconv.sources.checkpoint",
+    "TensorChunk": "streamconv.stages.pieces",
+    "cast": "streamconv.stages.pieces",
+    "chunk": "streamconv.stages.pieces",
+    "rename": "streamconv.stages.pieces",
+    "select": "streamconv.stages.pieces",
+    "WeightsWriter": "streamconv.format.writer",
+    "verify": "streamconv.tools.verify",
+    "VerifyReport": "streamconv.tools.verify",
 }
 
 if TYPE_CHECKING:
-    from streamconv.convert import ModelConverter, convert
     from streamconv.errors import StreamconvError
-    from streamconv.export import ExportResult, export
-    from streamconv.options import ConvertOptions
-    from streamconv.reader import TensorInfo, TensorRecord, describe, iter_tensors, load, load_tensor, read_metadata
-    from streamconv.result import ConversionResult
-    from streamconv.source import Checkpoint, TensorRef, open_checkpoint, read_safetensors_header
-    from streamconv.stages import TensorChunk, cast, chunk, rename, select
-    from streamconv.validate import ValidationReport, validate
-    from streamconv.verify import VerifyReport, verify
-    from streamconv.writer import WeightsWriter
+    from streamconv.format.reader import TensorInfo, TensorRecord, describe, iter_tensors, load, load_tensor, read_metadata
+    from streamconv.format.writer import WeightsWriter
+    from streamconv.pipeline.convert import ModelConverter, convert
+    from streamconv.pipeline.options import ConvertOptions
+    from streamconv.pipeline.result import ConversionResult
+    from streamconv.sources.checkpoint import Checkpoint, TensorRef, open_checkpoint, read_safetensors_header
+    from streamconv.stages.pieces import TensorChunk, cast, chunk, rename, select
+    from streamconv.tools.export import ExportResult, export
+    from streamconv.tools.validate import ValidationReport, validate
+    from streamconv.tools.verify import VerifyReport, verify
 
 
 def __getattr__(name: str) -> Any:

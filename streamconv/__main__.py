@@ -3,7 +3,7 @@
 import sys
 
 try:
-    from streamconv.cli import main
+    from streamconv.cli.app import main
 except KeyboardInterrupt:  # still importing: nothing was read or written
     sys.stderr.write("error: interrupted; nothing was written\n")
     raise SystemExit(130) from None

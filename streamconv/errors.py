@@ -245,7 +245,7 @@ class InvalidOptionError(StreamconvError, ValueError):
     option with the value given in ``values``, ``{name=text}`` the option with a literal value.
 
     Attributes:
-        argument: The option at fault (a field of :class:`streamconv.options.ConvertOptions`, or a
+        argument: The option at fault (a field of :class:`streamconv.pipeline.options.ConvertOptions`, or a
             keyword of the function called).
         values: The values the message quotes, by option name.
     """

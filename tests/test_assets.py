@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 
 import streamconv
-from streamconv.cli import main
+from streamconv.cli.app import main
 from streamconv.errors import AssetError, MissingDependencyError
 from tests import models
 

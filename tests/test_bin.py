@@ -20,7 +20,7 @@ from streamconv.errors import (
     UnsafeCheckpointError,
     UnsupportedDtypeError,
 )
-from streamconv.torch_bin import ShardCache, load_state_dict
+from streamconv.sources.torch_bin import ShardCache, load_state_dict
 from tests import models
 
 
@@ -157,7 +157,7 @@ def test_malicious_pickle_is_refused_and_never_run(tmp_path: Path, capsys: pytes
         streamconv.convert(folder, tmp_path / "out")
     assert "\n" not in str(info.value) and "system" in str(info.value)
     assert not marker.exists() and not (tmp_path / "out").exists()
-    from streamconv.cli import main
+    from streamconv.cli.app import main
 
     assert main(["convert", str(folder), "-o", str(tmp_path / "o2"), "-q"]) == 3
     err = capsys.readouterr().err
@@ -196,7 +196,7 @@ def test_without_torch_the_error_says_how_to_install(tmp_path: Path, monkeypatch
 
 
 def test_bin_file_path_converts_like_a_safetensors_file_path(bert_state: tuple[Path, dict], tmp_path: Path) -> None:
-    from streamconv.cli import main
+    from streamconv.cli.app import main
 
     source, state = bert_state
     folder = _bin_folder(tmp_path / "bin", source, [state])
@@ -231,7 +231,7 @@ def test_hub_cache_with_only_a_bin(bert_state: tuple[Path, dict], tmp_path: Path
 def test_hub_fetches_bin_only_when_the_repo_has_no_safetensors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub
 
-    from streamconv.hub import BIN_ALLOW_PATTERNS, HUB_ALLOW_PATTERNS, download_snapshot
+    from streamconv.sources.hub import BIN_ALLOW_PATTERNS, HUB_ALLOW_PATTERNS, download_snapshot
 
     calls: list[tuple[str | None, list[str]]] = []
     snapshot = tmp_path / "snapshots" / "0123abcd"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import streamconv
-from streamconv.cli import main, parse_size
+from streamconv.cli.app import main, parse_size
 from tests.conftest import write_raw_safetensors, write_safetensors, write_sharded
 
 
@@ -294,7 +294,7 @@ def test_a_command_that_uses_blas_keeps_its_threads() -> None:
     code = (
         "import gc, os\n"
         "gc.disable()\n"
-        "from streamconv.startup import program_start\n"
+        "from streamconv.cli.startup import program_start\n"
         "with program_start(uses_blas=True):\n"
         "    import numpy\n"
         "print(os.environ.get('OPENBLAS_NUM_THREADS'), gc.isenabled(), gc.get_freeze_count())\n"

@@ -59,7 +59,7 @@ def test_no_module_outside_plans_names_a_model_family() -> None:
 
 def test_convert_imports_neither_torch_nor_transformers() -> None:
     code = (
-        "import sys, streamconv, streamconv.cli, streamconv.convert\n"
+        "import sys, streamconv, streamconv.cli, streamconv.pipeline.convert\n"
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -13,10 +13,11 @@ import pytest
 import zstandard
 
 import streamconv
-from streamconv import codec, stages
 from streamconv.dtypes import by_name
-from streamconv.planes import entropy_bound, join_planes, split_planes
-from streamconv.stages import cast_array
+from streamconv.format import codec
+from streamconv.format.planes import entropy_bound, join_planes, split_planes
+from streamconv.stages import pieces as stages
+from streamconv.stages.pieces import cast_array
 
 DTYPES = [np.float64, np.float32, np.float16, ml_dtypes.bfloat16, np.int64, np.int32, np.int16,
           np.int8, np.uint8, np.bool_]
@@ -345,7 +346,7 @@ def test_float32_to_float16_cast_matches_numpys_bits_on_hard_values(half_kernel:
 
 
 def test_the_compiled_kernel_is_built_and_used_on_x86() -> None:
-    """make test builds streamconv/_halfcast.c (setup.py); on these machines it must be there."""
+    """make test builds streamconv/stages/_halfcast.c (setup.py); on these machines it must be there."""
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("the compiled kernel is x86-only; elsewhere Arrow and ml_dtypes cast")
     assert stages._HALFCAST is not None

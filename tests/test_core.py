@@ -14,8 +14,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import streamconv
-from streamconv import codec
 from streamconv.errors import OutputExistsError
+from streamconv.format import codec
 from tests.conftest import all_dtype_tensors, write_safetensors, write_sharded
 
 
@@ -229,7 +229,7 @@ def test_overflow_check_on_the_cast_result_decides_as_the_exact_rule(
 ) -> None:
     """Each hard value among ordinary ones: stored, kept wider or refused exactly as ``finite_peak`` decides."""
     from streamconv.dtypes import by_name
-    from streamconv.stages import TensorChunk, fallback_dtype, finite_peak
+    from streamconv.stages.pieces import TensorChunk, fallback_dtype, finite_peak
 
     src, dst = by_name(source), by_name(target)
     with np.errstate(over="ignore"):
@@ -427,7 +427,7 @@ def test_readme_generator_example_runs(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_row_groups_follow_the_writer_setting_and_grow_only_for_huge_models(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from streamconv.writer import ROW_GROUP_BYTES, row_group_bytes_for
+    from streamconv.format.writer import ROW_GROUP_BYTES, row_group_bytes_for
 
     checkpoint = streamconv.open_checkpoint(tiny_checkpoint)
     with streamconv.WeightsWriter(tmp_path / "one-per-row.parquet", row_group_bytes=1) as writer:

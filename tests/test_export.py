@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import streamconv
-from streamconv.cli import main
+from streamconv.cli.app import main
 from streamconv.errors import FormatError, InvalidOptionError, OutputExistsError
 from tests import models
 

@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 
 import streamconv
 from streamconv.plans import get_plan
-from streamconv.stages import matches_any
+from streamconv.stages.pieces import matches_any
 from tests import models
 
 
@@ -45,7 +45,7 @@ def test_every_part_round_trips_by_source_name(family: tuple[models.Family, Path
 
 
 def test_converted_model_validates(family: tuple[models.Family, Path], tmp_path: Path) -> None:
-    from streamconv.validate import validate
+    from streamconv.tools.validate import validate
 
     case, folder = family
     out = streamconv.convert(folder, tmp_path / "out", parts=list(case.parts)).output_dir

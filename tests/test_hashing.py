@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streamconv.hashing import FileHasher
+from streamconv.format.hashing import FileHasher
 
 
 @pytest.mark.parametrize("tell_every", [1, 3, 1000])

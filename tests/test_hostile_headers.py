@@ -26,15 +26,15 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from safetensors.numpy import load_file
 
-from streamconv.cli import main
+from streamconv.cli.app import main
 from streamconv.dtypes import CODES as STORED_CODES
 from streamconv.errors import (
     CorruptCheckpointError,
     ShardIndexError,
     UnsupportedDtypeError,
 )
-from streamconv.header import DTYPE_BITS
-from streamconv.source import open_checkpoint, read_safetensors_header
+from streamconv.sources.checkpoint import open_checkpoint, read_safetensors_header
+from streamconv.sources.safetensors_header import DTYPE_BITS
 from tests.conftest import write_safetensors, write_sharded
 
 FUZZ = settings(

@@ -12,11 +12,11 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import streamconv
-from streamconv.cli import main
+from streamconv.cli.app import main
 from streamconv.errors import InvalidOptionError, PlanError
 from streamconv.plans import ModelInfo, choose_plan, plan_names
 from streamconv.plans.sentence_transformers import SentenceTransformersPlan
-from streamconv.source import Checkpoint, open_checkpoint
+from streamconv.sources.checkpoint import Checkpoint, open_checkpoint
 from tests import models
 from tests.models import LAYERS
 

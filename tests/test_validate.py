@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import streamconv
-from streamconv.cli import main
-from streamconv.validate import ValidationReport, validate
+from streamconv.cli.app import main
+from streamconv.tools.validate import ValidationReport, validate
 from tests.conftest import damage_output
 
 QUERY = "encoder.layer.0.attention.self.query.weight"
@@ -183,7 +183,7 @@ def test_cli_json_limits_and_exit_codes(tiny_bert: tuple[Path, Path], capsys: py
 def test_convert_validate_records_failure_and_exits_6(
     tiny_bert: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from streamconv.validate import report
+    from streamconv.tools.validate import report
 
     monkeypatch.setitem(report.LIMITS, "float16", (1.0, 0.0))  # float16 can never be exact: a failure
     out = tmp_path / "out"
@@ -236,9 +236,9 @@ def test_transformers_load_report_is_captured(tmp_path: Path, capsys: pytest.Cap
 def test_hub_source_is_opened_at_its_recorded_commit(
     tiny_bert: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import streamconv.validate
+    import streamconv.tools.validate
 
-    validation = sys.modules["streamconv.validate"]  # the package name `streamconv.validate` is the function
+    validation = sys.modules["streamconv.tools.validate"]  # the package name `streamconv.validate` is the function
     out = _copy(tiny_bert[1], tmp_path)
     metadata = json.loads((out / "metadata.json").read_text())
     metadata["source"].update(path=str(tmp_path / "gone"), repo_id="org/tiny-bert", revision="0123abc")

@@ -175,10 +175,10 @@ def test_format_1_is_read_and_says_what_it_could_not_check(small: Path, tmp_path
 
 
 def test_verify_is_the_function_once_its_module_is_imported() -> None:
-    import streamconv.verify as module  # noqa: F401  (binds the submodule on the package)
+    import streamconv.tools.verify as module  # noqa: F401  (binds the submodule on the package)
 
     assert callable(streamconv.verify) and streamconv.verify.__name__ == "verify"
-    assert streamconv.VerifyReport.__module__ == "streamconv.verify"
+    assert streamconv.VerifyReport.__module__ == "streamconv.tools.verify"
 
 
 @pytest.mark.parametrize("compression", ["zstd", "none"])

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from streamconv.assets import COMMON_ASSETS, SAMPLE_TEXTS
 from streamconv.dtypes import CODES, by_code
 from streamconv.errors import PlanError, UnsupportedDtypeError
-from streamconv.source import Checkpoint, TensorRef
-from streamconv.stages import RenameRule, matches_any, rename, select
+from streamconv.pipeline.assets import COMMON_ASSETS, SAMPLE_TEXTS
+from streamconv.sources.checkpoint import Checkpoint, TensorRef
+from streamconv.stages.pieces import RenameRule, matches_any, rename, select
 
 __all__ = ["Layout", "ModelInfo", "Part", "Plan", "Probe", "ProbeContext", "Resolution"]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from streamconv.errors import PlanError
 from streamconv.plans.base import Plan, Probe, ProbeContext
-from streamconv.source import Checkpoint, TensorRef, read_safetensors_header
+from streamconv.sources.checkpoint import Checkpoint, TensorRef, read_safetensors_header
 
 __all__ = ["Module", "SentenceTransformersPlan", "read_modules"]
 
@@ -163,7 +163,7 @@ def _dense_tensors(root: Path, module: Module) -> list[TensorRef]:
     if weights.is_file():
         return read_safetensors_header(weights, prefix=module.prefix)
     if (folder / MODULE_BIN_FILE).is_file():
-        from streamconv.torch_bin import read_bin_file  # here: only .bin modules may need torch
+        from streamconv.sources.torch_bin import read_bin_file  # here: only .bin modules may need torch
 
         return read_bin_file(folder / MODULE_BIN_FILE, prefix=module.prefix)
     found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []

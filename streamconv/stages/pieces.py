@@ -1,6 +1,6 @@
 """The pipeline's stages: pure generators that take an iterable and return an iterator.
 
-``select`` and ``rename`` work on lazy :class:`~streamconv.source.TensorRef` handles and read
+``select`` and ``rename`` work on lazy :class:`~streamconv.sources.checkpoint.TensorRef` handles and read
 nothing. ``chunk`` cuts each tensor into :class:`TensorChunk` values of at most ``chunk_size``
 bytes, and ``cast`` says which dtype each is stored in. A chunk is an immutable description: its
 bytes are read and cast only by :meth:`TensorChunk.load`, which the writer's worker threads call.
@@ -27,7 +27,7 @@ from streamconv.buffers import thread_buffer
 from streamconv.constants import DEFAULT_CHUNK_SIZE, DTYPE_CHOICES
 from streamconv.dtypes import DType, by_name, by_numpy
 from streamconv.errors import CastOverflowError, InvalidOptionError, PlanError
-from streamconv.source import TensorRef
+from streamconv.sources.checkpoint import TensorRef
 
 __all__ = ["TensorChunk", "RenameRule", "select", "rename", "chunk", "cast", "matches_any"]
 
@@ -267,7 +267,7 @@ def _cast(data: np.ndarray, store: DType, scratch: str | None = None) -> tuple[n
     ``scratch`` names the thread buffer the compiled kernel casts into, instead of a new array.
 
     float32 and bfloat16 -> float16 go through the CPU's conversion instruction
-    (streamconv/_halfcast.c), which also reports the largest result. Without it: Arrow's kernel for
+    (streamconv/stages/_halfcast.c), which also reports the largest result. Without it: Arrow's kernel for
     float32 and ml_dtypes' direct cast for bfloat16. All give numpy's bits for every value that is
     not a NaN (bfloat16 -> float16 is rounded once, as a direct cast; tests/test_codec.py checks all
     65,536 bfloat16 values and the hard float32 ones); a NaN stays a NaN of the same sign, its
@@ -293,7 +293,7 @@ def _load_halfcast() -> Callable[[np.ndarray, np.ndarray], int] | None:
     """The compiled kernel, if it was built and this CPU has the instructions: ``(data, out)`` casts
     into ``out`` and returns the largest magnitude bits (``bits & 0x7fff``) among the results."""
     try:
-        from streamconv import _halfcast
+        from streamconv.stages import _halfcast
     except ImportError:
         return None
     if not _halfcast.supported():

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from streamconv.errors import MissingDependencyError, PlanError
+from streamconv.format.reader import iter_tensors
 from streamconv.plans import Plan, ProbeContext
-from streamconv.reader import iter_tensors
-from streamconv.source import Checkpoint, TensorRef
+from streamconv.sources.checkpoint import Checkpoint, TensorRef
 
 __all__ = ["LoadedModel", "capture", "import_torch", "load_reference"]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from streamconv._version import __version__
 from streamconv.constants import FORMAT_VERSION, METADATA_FILENAME, WEIGHTS_FILENAME
-from streamconv.source import Checkpoint
+from streamconv.sources.checkpoint import Checkpoint
 
 __all__ = ["ConversionResult", "provenance"]
 

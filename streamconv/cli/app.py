@@ -16,10 +16,8 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from streamconv._version import __version__
-from streamconv.constants import COMPRESSION_CHOICES, DTYPE_CHOICES, progress_bars_disabled
-from streamconv.display import codec_label, conversion_summary, printable, size
-from streamconv.errors import NOVALUE, InvalidOptionError, StreamconvError
-from streamconv.interrupts import (
+from streamconv.cli.display import codec_label, conversion_summary, printable, size
+from streamconv.cli.interrupts import (
     SIGINT_EXIT,
     SIGTERM_EXIT,
     Terminated,
@@ -28,8 +26,10 @@ from streamconv.interrupts import (
     output_identity,
     sigterm_raises,
 )
-from streamconv.options import ConvertOptions, option_names
-from streamconv.startup import program_start
+from streamconv.cli.startup import program_start
+from streamconv.constants import COMPRESSION_CHOICES, DTYPE_CHOICES, progress_bars_disabled
+from streamconv.errors import NOVALUE, InvalidOptionError, StreamconvError
+from streamconv.pipeline.options import ConvertOptions, option_names
 
 __all__ = ["build_parser", "main"]
 
@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 on success).
 
     Without ``argv`` it is the program (``streamconv``, ``python -m streamconv``) and starts as
-    one (:func:`streamconv.startup.program_start`); with ``argv`` it leaves the process alone.
+    one (:func:`streamconv.cli.startup.program_start`); with ``argv`` it leaves the process alone.
     """
     args: argparse.Namespace | None = None
     before = None
@@ -202,9 +202,9 @@ def _import_command(command: str | None) -> None:
     """Import the modules ``command`` needs now, while interrupts are held."""
     import importlib
 
-    module = {"convert": "streamconv.convert", "inspect": "streamconv.reader", "validate": "streamconv.validate",
-              "types": "streamconv.plans", "export": "streamconv.export",
-              "verify": "streamconv.verify"}.get(command or "")
+    module = {"convert": "streamconv.pipeline.convert", "inspect": "streamconv.format.reader",
+              "validate": "streamconv.tools.validate", "types": "streamconv.plans", "export": "streamconv.tools.export",
+              "verify": "streamconv.tools.verify"}.get(command or "")
     if module:
         importlib.import_module(module)
 
@@ -248,7 +248,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from streamconv.convert import convert
+    from streamconv.pipeline.convert import convert
 
     if getattr(args, "source", None) and getattr(args, "model", None) and args.source != args.model:
         raise InvalidOptionError("give the checkpoint once: as SOURCE or as {model}, not both")
@@ -294,7 +294,7 @@ def _validation_table(report: dict[str, Any], debug: bool) -> str:
 def _inspect(args: argparse.Namespace) -> int:
     from streamconv.plans import FALLBACK, get_plan
     """Header (source, model type, parts, pooling), assets, then the tensors in natural order."""
-    from streamconv.reader import describe, read_metadata, weights_path
+    from streamconv.format.reader import describe, read_metadata, weights_path
 
     weights = weights_path(args.output)
     metadata = read_metadata(args.output)
@@ -338,7 +338,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from streamconv.export import export
+    from streamconv.tools.export import export
 
     result = export(args.output, args.to, dtype=args.dtype, max_shard_size=args.max_shard_size, force=args.force)
     if args.json:
@@ -358,7 +358,7 @@ def _natural_key(name: str) -> list[Any]:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from streamconv.validate import validate
+    from streamconv.tools.validate import validate
 
     progress = not args.json and sys.stderr.isatty() and not progress_bars_disabled()
     report = validate(
@@ -372,7 +372,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from streamconv.verify import exit_code, summary, verify
+    from streamconv.tools.verify import exit_code, summary, verify
 
     report = verify(args.output)
     print(json.dumps(report.to_dict(), indent=2) if args.json else summary(report))

@@ -46,7 +46,7 @@ import numpy as np
 import zstandard
 
 from streamconv.buffers import thread_buffer
-from streamconv.planes import join_into, split
+from streamconv.format.planes import join_into, split
 
 __all__ = ["FORMAT_VERSIONS", "SPLIT_SHARE", "STORE_ABOVE_BITS", "TUNED_PARAMETERS", "decode", "decode_into",
            "encode"]

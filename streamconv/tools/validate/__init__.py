@@ -26,11 +26,11 @@ from typing import Any
 
 from streamconv.constants import METADATA_FILENAME
 from streamconv.errors import SourceNotFoundError
+from streamconv.format.reader import describe, read_metadata
 from streamconv.plans import Plan, get_plan
-from streamconv.reader import describe, read_metadata
-from streamconv.source import Checkpoint, open_checkpoint
-from streamconv.validate.report import LIBRARY_LIMITS, LIMITS, Check, ValidationReport, compare, limits_for
-from streamconv.validate.weights import check_weights, left_out_reason
+from streamconv.sources.checkpoint import Checkpoint, open_checkpoint
+from streamconv.tools.validate.report import LIBRARY_LIMITS, LIMITS, Check, ValidationReport, compare, limits_for
+from streamconv.tools.validate.weights import check_weights, left_out_reason
 
 __all__ = ["LIMITS", "Check", "ValidationReport", "locate_source", "record_validation", "validate"]
 
@@ -113,7 +113,7 @@ def _check_outputs(
     progress: bool,
 ) -> list[Check]:
     """The ``model-tensors`` and ``outputs:*`` checks on one model instance (see the module docstring)."""
-    from streamconv.validate import model as mod
+    from streamconv.tools.validate import model as mod
 
     torch, transformers = mod.import_torch()
     steps = _Steps(progress, 4 + len(describe(output)))
@@ -152,7 +152,7 @@ def _model_tensors_check(
     checkpoint: Checkpoint, metadata: dict[str, Any],
 ) -> Check:
     """Every model tensor the source saves must come from the output; others are reported."""
-    from streamconv.validate.weights import _listing, expected_refs
+    from streamconv.tools.validate.weights import _listing, expected_refs
 
     missing = [name for name in loaded.expected if name not in done]
     kept, _ = expected_refs(plan, checkpoint, metadata)
@@ -198,7 +198,7 @@ def _probe_check(
 
 def _library_check(torch: Any, transformers: Any, probe: Any, want: Any, messages: list[str]) -> Check:
     """The probe's own computation on the original weights against another library's."""
-    from streamconv.validate.model import capture
+    from streamconv.tools.validate.model import capture
 
     min_cosine, max_nmse = LIBRARY_LIMITS
     with capture(transformers, messages):

@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from streamconv import codec
 from streamconv._version import __version__
 from streamconv.constants import (
     COMPRESSION_CHOICES,
@@ -34,8 +33,9 @@ from streamconv.constants import (
 )
 from streamconv.dtypes import by_numpy
 from streamconv.errors import InvalidOptionError
-from streamconv.hashing import FileHasher
-from streamconv.stages import TensorChunk
+from streamconv.format import codec
+from streamconv.format.hashing import FileHasher
+from streamconv.stages.pieces import TensorChunk
 
 __all__ = ["SCHEMA", "WeightsWriter", "WriteSummary", "checksum", "row_group_bytes_for"]
 

@@ -30,7 +30,7 @@ from streamconv.errors import (
     SourceNotFoundError,
     UnsupportedDtypeError,
 )
-from streamconv.header import (
+from streamconv.sources.safetensors_header import (
     is_file,
     parse_safetensors_header,
     quote,
@@ -166,7 +166,7 @@ class Checkpoint:
 def read_safetensors_header(path: Path, prefix: str = "") -> list[TensorRef]:
     """Parse one safetensors file's header and check it against the file's size.
 
-    The header must be one the safetensors library accepts (see :mod:`streamconv.header`): every
+    The header must be one the safetensors library accepts (see :mod:`streamconv.sources.safetensors_header`): every
     tensor's byte range lies inside the file and matches its shape and dtype, the ranges tile the
     data exactly. Dtypes streamconv cannot store are accepted here and rejected when such a tensor
     is converted, so that ``--exclude`` can drop them.
@@ -202,7 +202,7 @@ def open_checkpoint(source: str | os.PathLike[str], *, revision: str | None = No
     A folder is read as ``model.safetensors`` if present, else ``model.safetensors.index.json``
     and its shards, else its only ``.safetensors`` file, else its ``pytorch_model.bin`` (or the
     shards of ``pytorch_model.bin.index.json``). A hub repo id is resolved through the local
-    Hugging Face cache (:func:`streamconv.hub.download_snapshot`), which honours
+    Hugging Face cache (:func:`streamconv.sources.hub.download_snapshot`), which honours
     ``HF_HUB_OFFLINE`` and ``HF_HOME``.
 
     Args:
@@ -221,7 +221,7 @@ def open_checkpoint(source: str | os.PathLike[str], *, revision: str | None = No
     path = Path(text).expanduser()
     resolved_revision = None
     if not path.exists():
-        from streamconv.hub import REPO_ID, download_snapshot
+        from streamconv.sources.hub import REPO_ID, download_snapshot
 
         if text.startswith((".", "/", "~")) or not REPO_ID.match(text):
             raise SourceNotFoundError(text)
@@ -232,7 +232,7 @@ def open_checkpoint(source: str | os.PathLike[str], *, revision: str | None = No
     elif path.suffix == ".safetensors":
         weight_files, tensors = [path], read_safetensors_header(path)
     elif path.suffix == ".bin":
-        from streamconv.torch_bin import read_bin_file  # here: the .bin path alone may need torch
+        from streamconv.sources.torch_bin import read_bin_file  # here: the .bin path alone may need torch
 
         weight_files, tensors = [path], read_bin_file(path)
     else:
@@ -263,7 +263,7 @@ def _folder_weights(root: Path) -> tuple[list[Path], list[TensorRef]]:
             f"missing, and the folder holds {len(candidates)} safetensors files "
             f"({_short_list([c.name for c in candidates])}) with nothing saying how they combine",
         )
-    from streamconv.torch_bin import bin_folder_weights  # here: the .bin path alone may need torch
+    from streamconv.sources.torch_bin import bin_folder_weights  # here: the .bin path alone may need torch
 
     found = bin_folder_weights(root)
     if found is not None:

@@ -2,7 +2,7 @@
 
 Plane ``j`` holds byte ``j`` of every element, in element order (one-byte dtypes are one plane).
 Splitting puts the sign/exponent bytes of floats side by side, where an entropy coder shrinks
-them, and leaves the near-random low mantissa bytes together (streamconv.codec codes the planes).
+them, and leaves the near-random low mantissa bytes together (streamconv.format.codec codes the planes).
 
 The *entropy bound* measured against (benchmarks/codec_choice.py): for each chunk, the sum over
 its byte planes of plane length times the order-0 Shannon entropy of that plane's byte

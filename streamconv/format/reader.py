@@ -27,9 +27,9 @@ from streamconv.constants import (
     WorkerPool,
 )
 from streamconv.errors import FormatError, NotConvertedError, TensorNotFoundError
-from streamconv.records import NameKind, TensorInfo, TensorRecord
-from streamconv.split import INDEX_FILENAME, read_index
-from streamconv.toc import Entry, Expected, Recycler, WeightsPart, numel, payloads
+from streamconv.format.records import NameKind, TensorInfo, TensorRecord
+from streamconv.format.split import INDEX_FILENAME, read_index
+from streamconv.format.toc import Entry, Expected, Recycler, WeightsPart, numel, payloads
 
 __all__ = [
     "TensorInfo",
@@ -217,7 +217,7 @@ def iter_tensors(
 
     Memory holds a few row groups, the tensors they complete, and arrays of tensors the caller has
     dropped that a tensor soon to come will be decoded into (never one still referred to; see
-    :class:`streamconv.toc.Recycler`). The records are the same whatever
+    :class:`streamconv.format.toc.Recycler`). The records are the same whatever
     ``names``; it says which name a record unpacks as (``for name, array in iter_tensors(...)``).
 
     Args:

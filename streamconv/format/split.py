@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from streamconv.assets import file_record
 from streamconv.constants import FORMAT_VERSION
 from streamconv.errors import FormatError, NotConvertedError
-from streamconv.stages import TensorChunk
-from streamconv.writer import WeightsWriter, WriteSummary
+from streamconv.format.writer import WeightsWriter, WriteSummary
+from streamconv.pipeline.assets import file_record
+from streamconv.stages.pieces import TensorChunk
 
 __all__ = ["INDEX_FILENAME", "SplitWeightsWriter", "read_index", "split_name"]
 

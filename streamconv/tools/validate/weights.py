@@ -14,10 +14,10 @@ import numpy as np
 
 from streamconv.dtypes import by_numpy
 from streamconv.errors import StreamconvError
+from streamconv.format.reader import iter_tensors
 from streamconv.plans import Plan
-from streamconv.reader import iter_tensors
-from streamconv.source import Checkpoint, TensorRef
-from streamconv.validate.report import Check
+from streamconv.sources.checkpoint import Checkpoint, TensorRef
+from streamconv.tools.validate.report import Check
 
 __all__ = ["check_weights", "documented_cast", "expected_refs"]
 
@@ -45,7 +45,7 @@ def expected_refs(plan: Plan, checkpoint: Checkpoint, metadata: dict[str, Any]) 
 
 def left_out_reason(source_name: str, plan: Plan, checkpoint: Checkpoint, metadata: dict[str, Any]) -> str:
     """Why the conversion did not keep ``source_name``: its parts, or --include/--exclude."""
-    from streamconv.stages import matches_any
+    from streamconv.stages.pieces import matches_any
 
     include, exclude = metadata.get("include") or [], metadata.get("exclude") or []
     hits = [p for p in exclude if matches_any(source_name, [p])]

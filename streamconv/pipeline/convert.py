@@ -7,19 +7,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streamconv import codec
-from streamconv.assets import planned_assets, write_assets, write_json
 from streamconv.constants import METADATA_FILENAME, WEIGHTS_FILENAME, progress_bars_disabled
 from streamconv.dtypes import by_name
 from streamconv.errors import CastOverflowError
-from streamconv.options import ConvertOptions
-from streamconv.output import check_output, clean_leftovers, staged_output
+from streamconv.format import codec
+from streamconv.format.split import SplitWeightsWriter
+from streamconv.format.writer import WeightsWriter, WriteSummary, row_group_bytes_for
+from streamconv.pipeline.assets import planned_assets, write_assets, write_json
+from streamconv.pipeline.options import ConvertOptions
+from streamconv.pipeline.result import ConversionResult
+from streamconv.pipeline.staging import check_output, clean_leftovers, staged_output
 from streamconv.plans import FALLBACK, ModelInfo, Plan, Resolution, choose_plan
-from streamconv.result import ConversionResult
-from streamconv.source import Checkpoint, TensorRef, open_checkpoint
-from streamconv.split import SplitWeightsWriter
-from streamconv.stages import TensorChunk, cast, chunk
-from streamconv.writer import WeightsWriter, WriteSummary, row_group_bytes_for
+from streamconv.sources.checkpoint import Checkpoint, TensorRef, open_checkpoint
+from streamconv.stages.pieces import TensorChunk, cast, chunk
 
 __all__ = ["ConversionResult", "ModelConverter", "convert"]
 
@@ -42,12 +42,12 @@ def convert(
     Args:
         source: A checkpoint folder, a ``.safetensors`` file, or a hub repo id.
         output: The output folder to create.
-        options: A :class:`~streamconv.options.ConvertOptions` (the defaults if ``None``).
-        **overrides: Fields of :class:`~streamconv.options.ConvertOptions` to set
+        options: A :class:`~streamconv.pipeline.options.ConvertOptions` (the defaults if ``None``).
+        **overrides: Fields of :class:`~streamconv.pipeline.options.ConvertOptions` to set
             (``dtype="keep"``, ``parts=["vision", "text"]``, ``force=True``...).
 
     Returns:
-        The :class:`~streamconv.result.ConversionResult`.
+        The :class:`~streamconv.pipeline.result.ConversionResult`.
 
     Raises:
         InvalidOptionError: a bad option, before anything is read.
@@ -97,7 +97,7 @@ def convert(
 
 def _validate(result: ConversionResult, options: ConvertOptions) -> None:
     """Validate the written output and record the report in its metadata.json (imports torch)."""
-    from streamconv.validate import record_validation, validate
+    from streamconv.tools.validate import record_validation, validate
 
     report = validate(result.output_dir, progress=options.progress)
     record_validation(result.output_dir, report)
@@ -245,7 +245,7 @@ class ModelConverter:
     """The old system's shape: options set once, then ``convert(model, output_dir, model_type)``.
 
     Args:
-        options: A :class:`~streamconv.options.ConvertOptions` to start from.
+        options: A :class:`~streamconv.pipeline.options.ConvertOptions` to start from.
         **overrides: Its fields, applied to every call (``dtype="float16"``, ``force=True``...).
 
     Raises:

@@ -19,12 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streamconv import codec
 from streamconv.constants import FORMAT_VERSION
 from streamconv.dtypes import DType, by_name
 from streamconv.errors import FormatError
-from streamconv.records import TensorInfo
-from streamconv.writer import checksum
+from streamconv.format import codec
+from streamconv.format.records import TensorInfo
+from streamconv.format.writer import checksum
 
 __all__ = ["Chunk", "Entry", "Expected", "META_COLUMNS", "WeightsPart", "Recycler", "numel", "payloads"]
 

@@ -24,11 +24,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streamconv import codec
 from streamconv.constants import DEFAULT_WORKERS, WorkerPool
 from streamconv.errors import FormatError, NotConvertedError
-from streamconv.reader import WeightsFile, read_metadata, weights_path
-from streamconv.writer import checksum
+from streamconv.format import codec
+from streamconv.format.reader import WeightsFile, read_metadata, weights_path
+from streamconv.format.writer import checksum
 
 __all__ = ["VerifyReport", "verify"]
 

@@ -19,13 +19,13 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from streamconv.assets import file_record
 from streamconv.dtypes import DType, by_code, by_name, by_numpy
 from streamconv.errors import FormatError, InvalidOptionError
-from streamconv.output import check_output, staged_output
+from streamconv.format.reader import TensorInfo, WeightsFile, read_metadata
+from streamconv.pipeline.assets import file_record
+from streamconv.pipeline.staging import check_output, staged_output
 from streamconv.plans import FALLBACK, get_plan
-from streamconv.reader import TensorInfo, WeightsFile, read_metadata
-from streamconv.stages import cast_array, fallback_dtype, finite_peak
+from streamconv.stages.pieces import cast_array, fallback_dtype, finite_peak
 
 __all__ = ["EXPORT_DTYPES", "ExportResult", "export"]
 

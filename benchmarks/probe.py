@@ -10,7 +10,7 @@ Modes:
 
 - ``encode-floor SRC``: read, cast to float16, byte-split and compress every 2 MiB piece of every
   tensor of the safetensors files in SRC on ``--workers`` threads, writing nothing, with the
-  kernels streamconv uses: plain ``os.preadv`` into numpy, ``streamconv.stages.pieces.cast_array`` (bf16
+  kernels streamconv uses: plain ``os.preadv`` into numpy, ``streamconv.stages.casting.cast_array`` (bf16
   straight to float16, as streamconv casts it) and ``streamconv.format.codec.encode`` with convert's
   default coder. The least work any converter with streamconv's format must do.
 - ``convert SRC OUT``: ``streamconv.convert(SRC, OUT, dtype="float16", force=True, workers=N)``.
@@ -124,7 +124,7 @@ def encode_piece(piece: tuple[int, int, int, str]) -> int:
     """Read, cast to float16, split and compress one piece as convert does; return its source bytes."""
     from streamconv.dtypes import by_name
     from streamconv.format import codec
-    from streamconv.stages.pieces import cast_array
+    from streamconv.stages.casting import cast_array
 
     fd, offset, count, code = piece
     dtype = ST_DTYPES[code]
@@ -228,7 +228,7 @@ def cast_speeds() -> dict[str, float]:
     import statistics
 
     from streamconv.dtypes import by_name
-    from streamconv.stages import pieces as stages
+    from streamconv.stages import casting as stages
 
     float16 = by_name("float16")
     rng = np.random.default_rng(0)

@@ -1056,7 +1056,7 @@ def render(run: dict[str, Any], results: list[Result], floors: list[Floors], sca
         "How close streamconv gets to the least work its format needs. Each operation runs in a fresh process",
         "(`benchmarks/probe.py`), the operations interleaved run by run; times are of the operation alone, after",
         "the imports. The *encode floor* reads every 2 MiB piece of every tensor with `os.preadv`, casts it to",
-        "float16 with streamconv's own kernel (`streamconv.stages.pieces.cast_array`; bf16 straight to float16), and",
+        "float16 with streamconv's own kernel (`streamconv.stages.casting.cast_array`; bf16 straight to float16), and",
         "byte-splits and compresses it with `streamconv.format.codec.encode` (convert's default coder) on 2 threads,",
         "writing nothing; `convert` is",
         f"`streamconv.convert(src, out, dtype=\"float16\", force=True, workers={WORKERS})`, which also checks",

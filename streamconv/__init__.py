@@ -59,14 +59,14 @@ _LAZY = {
     "load_tensor": "streamconv.format.reader",
     "read_metadata": "streamconv.format.reader",
     "Checkpoint": "streamconv.sources.checkpoint",
-    "TensorRef": "streamconv.sources.checkpoint",
+    "TensorRef": "streamconv.sources.ref",
     "open_checkpoint": "streamconv.sources.checkpoint",
     "read_safetensors_header": "streamconv.sources.checkpoint",
     "TensorChunk": "streamconv.stages.pieces",
     "cast": "streamconv.stages.pieces",
     "chunk": "streamconv.stages.pieces",
-    "rename": "streamconv.stages.pieces",
-    "select": "streamconv.stages.pieces",
+    "rename": "streamconv.stages.names",
+    "select": "streamconv.stages.names",
     "WeightsWriter": "streamconv.format.writer",
     "verify": "streamconv.tools.verify",
     "VerifyReport": "streamconv.tools.verify",
@@ -79,8 +79,10 @@ if TYPE_CHECKING:
     from streamconv.pipeline.convert import ModelConverter, convert
     from streamconv.pipeline.options import ConvertOptions
     from streamconv.pipeline.result import ConversionResult
-    from streamconv.sources.checkpoint import Checkpoint, TensorRef, open_checkpoint, read_safetensors_header
-    from streamconv.stages.pieces import TensorChunk, cast, chunk, rename, select
+    from streamconv.sources.checkpoint import Checkpoint, open_checkpoint, read_safetensors_header
+    from streamconv.sources.ref import TensorRef
+    from streamconv.stages.names import rename, select
+    from streamconv.stages.pieces import TensorChunk, cast, chunk
     from streamconv.tools.export import ExportResult, export
     from streamconv.tools.validate import ValidationReport, validate
     from streamconv.tools.verify import VerifyReport, verify

@@ -19,6 +19,7 @@ __all__ = [
     "CorruptCheckpointError",
     "ShardIndexError",
     "UnsafeCheckpointError",
+    "UnsafeInputError",
     "UnsupportedDtypeError",
     "OutputExistsError",
     "OutputNotWritableError",
@@ -95,6 +96,18 @@ class UnsafeCheckpointError(StreamconvError, ValueError):
             f"{path}: refused: the pickle would run code or build objects that are not tensors ({problem}); "
             "it was not executed: convert only checkpoints you trust, saved as safetensors if possible"
         )
+
+
+class UnsafeInputError(StreamconvError, ValueError):
+    """A file or a path from the input is refused before it is read: it leads outside its folder, it
+    is not a regular file (a FIFO, a device, a folder), or it is larger than the cap for its kind."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path, problem: str, fix: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}; {fix}")
 
 
 class ShardIndexError(StreamconvError, ValueError):

@@ -77,7 +77,7 @@ def all_dtype_tensors(seed: int = 0) -> dict[str, np.ndarray]:
 @pytest.fixture(params=["compiled", "fallback"])
 def half_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the test with the compiled float16 cast (streamconv/stages/_halfcast.c) and with its fallback."""
-    from streamconv.stages import pieces as stages
+    from streamconv.stages import casting as stages
 
     if request.param == "fallback":
         monkeypatch.setattr(stages, "_HALFCAST", None)

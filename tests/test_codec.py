@@ -16,8 +16,8 @@ import streamconv
 from streamconv.dtypes import by_name
 from streamconv.format import codec
 from streamconv.format.planes import entropy_bound, join_planes, split_planes
-from streamconv.stages import pieces as stages
-from streamconv.stages.pieces import cast_array
+from streamconv.stages import casting as stages
+from streamconv.stages.casting import cast_array
 
 DTYPES = [np.float64, np.float32, np.float16, ml_dtypes.bfloat16, np.int64, np.int32, np.int16,
           np.int8, np.uint8, np.bool_]

@@ -229,7 +229,8 @@ def test_overflow_check_on_the_cast_result_decides_as_the_exact_rule(
 ) -> None:
     """Each hard value among ordinary ones: stored, kept wider or refused exactly as ``finite_peak`` decides."""
     from streamconv.dtypes import by_name
-    from streamconv.stages.pieces import TensorChunk, fallback_dtype, finite_peak
+    from streamconv.stages.casting import fallback_dtype, finite_peak
+    from streamconv.stages.pieces import TensorChunk
 
     src, dst = by_name(source), by_name(target)
     with np.errstate(over="ignore"):

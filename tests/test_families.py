@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 
 import streamconv
 from streamconv.plans import get_plan
-from streamconv.stages.pieces import matches_any
+from streamconv.stages.names import matches_any
 from tests import models
 
 

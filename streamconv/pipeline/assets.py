@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from streamconv.errors import AssetError, MissingDependencyError
+from streamconv.plans.probes import SAMPLE_TEXTS
 
 __all__ = [
-    "COMMON_ASSETS",
-    "SAMPLE_TEXTS",
     "SLOW_TOKENIZER_FILES",
     "TOKENIZER_FILE",
     "build_tokenizer",
@@ -31,14 +30,6 @@ __all__ = [
 ]
 
 TOKENIZER_FILE = "tokenizer.json"
-#: Copied beside the weights for every plan, when the checkpoint has them.
-COMMON_ASSETS = (
-    "config.json",
-    TOKENIZER_FILE,
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "preprocessor_config.json",
-)
 #: Files a tokenizer.json can be built from: WordPiece, BPE, sentencepiece.
 SLOW_TOKENIZER_FILES = (
     "vocab.txt",
@@ -47,14 +38,6 @@ SLOW_TOKENIZER_FILES = (
     "spiece.model",
     "sentencepiece.bpe.model",
     "tokenizer.model",
-)
-#: Texts a built tokenizer.json must encode to the same ids as the original tokenizer.
-SAMPLE_TEXTS = (
-    "Hello, world!",
-    "The quick brown fox jumps over the lazy dog.",
-    "Naïve café owners in Zürich paid 1,234.56 CHF — 東京 too?",
-    "  spaces   and\ttabs\nand newlines  ",
-    "UPPER lower MiXeD don't won't 42nd",
 )
 
 

@@ -18,7 +18,8 @@ from streamconv.pipeline.options import ConvertOptions
 from streamconv.pipeline.result import ConversionResult
 from streamconv.pipeline.staging import check_output, clean_leftovers, staged_output
 from streamconv.plans import FALLBACK, ModelInfo, Plan, Resolution, choose_plan
-from streamconv.sources.checkpoint import Checkpoint, TensorRef, open_checkpoint
+from streamconv.sources.checkpoint import Checkpoint, open_checkpoint
+from streamconv.sources.ref import TensorRef
 from streamconv.stages.pieces import TensorChunk, cast, chunk
 
 __all__ = ["ConversionResult", "ModelConverter", "convert"]

@@ -4,7 +4,8 @@ Everything that depends on a model family lives in this package: detection, part
 assets, metadata and the validation probes. No other module names a family.
 """
 
-from streamconv.plans.base import Layout, ModelInfo, Part, Plan, Probe, ProbeContext, Resolution
+from streamconv.plans.base import Layout, ModelInfo, Part, Plan, Resolution
+from streamconv.plans.probes import Probe, ProbeContext
 from streamconv.plans.registry import (
     FALLBACK,
     PLANS,

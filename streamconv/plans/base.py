@@ -14,18 +14,29 @@ name of every tensor is kept beside its stored name.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from streamconv.dtypes import CODES, by_code
 from streamconv.errors import PlanError, UnsupportedDtypeError
-from streamconv.pipeline.assets import COMMON_ASSETS, SAMPLE_TEXTS
-from streamconv.sources.checkpoint import Checkpoint, TensorRef
-from streamconv.stages.pieces import RenameRule, matches_any, rename, select
+from streamconv.plans.probes import Probe, ProbeContext, output_tensor, text_batch
+from streamconv.sources.checkpoint import Checkpoint
+from streamconv.sources.ref import TensorRef
+from streamconv.stages.names import RenameRule, matches_any, rename, select
 
 __all__ = ["Layout", "ModelInfo", "Part", "Plan", "Probe", "ProbeContext", "Resolution"]
+
+#: Copied beside the weights for every plan, when the checkpoint has them.
+COMMON_ASSETS = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+)
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -125,66 +136,6 @@ class Resolution:
     layout: Layout
     candidates: tuple[TensorRef, ...]
     warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Probe:
-    """One batch of inputs that validation feeds the model, and how to read its output.
-
-    Attributes:
-        label: What the output is (``text``, ``image``, ``encoder``...).
-        run: ``run(model)`` returns the output tensor to compare; it holds its inputs.
-        needs: Source-name prefixes; the probe runs only if a converted tensor starts with one.
-        expected: Optional ``expected()``: the output as another library computes it from the
-            source (sentence-transformers' ``encode``), compared with ``run`` on the reference model
-            to check the probe itself.
-    """
-
-    label: str
-    run: Callable[[Any], Any]
-    needs: tuple[str, ...] = ()
-    expected: Callable[[], Any] | None = None
-
-
-@dataclass(frozen=True)
-class ProbeContext:
-    """What a plan's probes can use: torch, the reference model, the output folder, a seed.
-
-    Attributes:
-        torch: The torch module (plans never import torch themselves).
-        model: The reference model (its ``config`` says sizes).
-        output: The converted output folder (its ``tokenizer.json`` and processor configs).
-        metadata: The output's ``metadata.json``.
-        seed: The seed every random input is drawn from.
-        source: The source checkpoint folder (for probes that compare with another library).
-        extras: Tensors a probe uses outside the transformers model (a sentence-transformers
-            Dense layer), by source name, as torch tensors: validation fills it with the source's
-            values while computing the reference outputs, then with the output's.
-    """
-
-    torch: Any
-    model: Any
-    output: Path
-    metadata: dict[str, Any]
-    seed: int = 0
-    source: Path | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    def generator(self) -> Any:
-        """A fresh torch generator seeded with :attr:`seed`."""
-        return self.torch.Generator().manual_seed(self.seed)
-
-    def token_ids(self, vocab_size: int) -> Any:
-        """Token ids of a sample sentence through the output's ``tokenizer.json`` (random without one)."""
-        tokenizer_file = self.output / "tokenizer.json"
-        if tokenizer_file.is_file():
-            from tokenizers import Tokenizer
-
-            encoding = Tokenizer.from_file(str(tokenizer_file)).encode(SAMPLE_TEXTS[1])
-            ids = [i for i in encoding.ids if i < vocab_size]
-            if ids:
-                return self.torch.tensor([ids])
-        return self.torch.randint(0, vocab_size, (1, 16), generator=self.generator())
 
 
 class Plan:
@@ -364,8 +315,6 @@ class Plan:
 
     def probes(self, context: ProbeContext) -> list[Probe]:
         """Inputs that exercise the converted model; by default, a text batch when it has a vocabulary."""
-        from streamconv.plans.probes import output_tensor, text_batch
-
         config = context.model.config
         vocab = getattr(config, "vocab_size", None)
         if not vocab:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamconv.plans.base import Part, Plan, Probe, ProbeContext
+from streamconv.plans.base import Part, Plan
+from streamconv.plans.probes import Probe, ProbeContext, output_tensor, text_batch
 
 __all__ = ["BertPlan"]
 
@@ -35,8 +36,6 @@ class BertPlan(Plan):
 
 def text_model_probe(context: ProbeContext, token_types: bool) -> Any:
     """``run(model)``: the model's first output (hidden states or logits) on a padded text batch."""
-    from streamconv.plans.probes import output_tensor, text_batch
-
     config = context.model.config
     batch = text_batch(
         context,

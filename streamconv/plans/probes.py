@@ -8,12 +8,16 @@ functions that need them, so importing a plan stays cheap.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
-
-from streamconv.plans.base import Probe, ProbeContext
 
 __all__ = [
     "BATCH",
+    "SAMPLE_TEXTS",
+    "Probe",
+    "ProbeContext",
     "audio_signals",
     "features_tensor",
     "image_batch",
@@ -23,6 +27,76 @@ __all__ = [
     "sentences",
     "text_batch",
 ]
+
+#: Texts a built tokenizer.json must encode to the same ids as the original tokenizer.
+SAMPLE_TEXTS = (
+    "Hello, world!",
+    "The quick brown fox jumps over the lazy dog.",
+    "Naïve café owners in Zürich paid 1,234.56 CHF — 東京 too?",
+    "  spaces   and\ttabs\nand newlines  ",
+    "UPPER lower MiXeD don't won't 42nd",
+)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One batch of inputs that validation feeds the model, and how to read its output.
+
+    Attributes:
+        label: What the output is (``text``, ``image``, ``encoder``...).
+        run: ``run(model)`` returns the output tensor to compare; it holds its inputs.
+        needs: Source-name prefixes; the probe runs only if a converted tensor starts with one.
+        expected: Optional ``expected()``: the output as another library computes it from the
+            source (sentence-transformers' ``encode``), compared with ``run`` on the reference model
+            to check the probe itself.
+    """
+
+    label: str
+    run: Callable[[Any], Any]
+    needs: tuple[str, ...] = ()
+    expected: Callable[[], Any] | None = None
+
+
+@dataclass(frozen=True)
+class ProbeContext:
+    """What a plan's probes can use: torch, the reference model, the output folder, a seed.
+
+    Attributes:
+        torch: The torch module (plans never import torch themselves).
+        model: The reference model (its ``config`` says sizes).
+        output: The converted output folder (its ``tokenizer.json`` and processor configs).
+        metadata: The output's ``metadata.json``.
+        seed: The seed every random input is drawn from.
+        source: The source checkpoint folder (for probes that compare with another library).
+        extras: Tensors a probe uses outside the transformers model (a sentence-transformers
+            Dense layer), by source name, as torch tensors: validation fills it with the source's
+            values while computing the reference outputs, then with the output's.
+    """
+
+    torch: Any
+    model: Any
+    output: Path
+    metadata: dict[str, Any]
+    seed: int = 0
+    source: Path | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def generator(self) -> Any:
+        """A fresh torch generator seeded with :attr:`seed`."""
+        return self.torch.Generator().manual_seed(self.seed)
+
+    def token_ids(self, vocab_size: int) -> Any:
+        """Token ids of a sample sentence through the output's ``tokenizer.json`` (random without one)."""
+        tokenizer_file = self.output / "tokenizer.json"
+        if tokenizer_file.is_file():
+            from tokenizers import Tokenizer
+
+            encoding = Tokenizer.from_file(str(tokenizer_file)).encode(SAMPLE_TEXTS[1])
+            ids = [i for i in encoding.ids if i < vocab_size]
+            if ids:
+                return self.torch.tensor([ids])
+        return self.torch.randint(0, vocab_size, (1, 16), generator=self.generator())
+
 
 #: Items in every probe batch.
 BATCH = 8

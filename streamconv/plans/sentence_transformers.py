@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from streamconv.errors import PlanError
-from streamconv.plans.base import Plan, Probe, ProbeContext
-from streamconv.sources.checkpoint import Checkpoint, TensorRef, read_safetensors_header
+from streamconv.plans.base import Plan
+from streamconv.plans.bert import text_model_probe
+from streamconv.plans.probes import Probe, ProbeContext, sentences, text_batch
+from streamconv.sources.checkpoint import Checkpoint, read_safetensors_header
+from streamconv.sources.ref import TensorRef
 
 __all__ = ["Module", "SentenceTransformersPlan", "read_modules"]
 
@@ -221,9 +224,6 @@ def _probes(context: ProbeContext) -> list[Probe]:
     sentence-transformers package is installed, the same sentences through its own
     ``SentenceTransformer(source).encode`` check this computation.
     """
-    from streamconv.plans.bert import text_model_probe
-    from streamconv.plans.probes import sentences
-
     torch = context.torch
     settings = context.metadata.get("sentence_transformers") or {}
     modes = settings.get("pooling_mode") or DEFAULT_POOLING_MODE
@@ -260,8 +260,6 @@ def _probes(context: ProbeContext) -> list[Probe]:
 
 
 def _attention_mask(context: ProbeContext) -> Any:
-    from streamconv.plans.probes import text_batch
-
     config = context.model.config
     batch = text_batch(
         context, config.vocab_size, max_length=min(64, getattr(config, "max_position_embeddings", 64) - 2),

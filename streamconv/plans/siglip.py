@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamconv.plans.base import Layout, Part, Plan, Probe, ProbeContext
+from streamconv.plans.base import Layout, Part, Plan
+from streamconv.plans.probes import Probe, ProbeContext, features_tensor, image_probe, text_batch
 
 __all__ = ["SiglipPlan"]
 
@@ -56,8 +57,6 @@ class SiglipPlan(Plan):
 
     def probes(self, context: ProbeContext) -> list[Probe]:
         """8 varied images through the pooling head; 8 texts when the text tower was converted."""
-        from streamconv.plans.probes import features_tensor, image_probe, text_batch
-
         config = context.model.config
         vision_only = config.model_type == "siglip_vision_model"
         vision = config if vision_only else config.vision_config

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamconv.plans.base import Layout, Part, Plan, Probe, ProbeContext
+from streamconv.plans.base import Layout, Part, Plan
+from streamconv.plans.probes import BATCH, Probe, ProbeContext, log_mel_features, output_tensor
 
 __all__ = ["WhisperPlan"]
 
@@ -55,8 +56,6 @@ class WhisperPlan(Plan):
 
     def probes(self, context: ProbeContext) -> list[Probe]:
         """Log-mel features of 8 synthetic signals through the encoder; with the decoder, 5-token prefixes."""
-        from streamconv.plans.probes import BATCH, log_mel_features, output_tensor
-
         torch, config = context.torch, context.model.config
         features = log_mel_features(context, config.num_mel_bins, 2 * config.max_source_positions)
         tokens = torch.randint(0, config.vocab_size, (BATCH, 4), generator=context.generator())

@@ -28,7 +28,7 @@ from streamconv.errors import (
     ShardIndexError,
     UnsafeCheckpointError,
 )
-from streamconv.sources.checkpoint import TensorRef
+from streamconv.sources.ref import TensorRef
 
 __all__ = ["BIN_FILE", "BIN_INDEX_FILE", "ShardCache", "TorchTensorRef", "bin_folder_weights", "read_bin_file"]
 

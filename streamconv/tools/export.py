@@ -25,7 +25,7 @@ from streamconv.format.reader import TensorInfo, WeightsFile, read_metadata
 from streamconv.pipeline.assets import file_record
 from streamconv.pipeline.staging import check_output, staged_output
 from streamconv.plans import FALLBACK, get_plan
-from streamconv.stages.pieces import cast_array, fallback_dtype, finite_peak
+from streamconv.stages.casting import cast_array, fallback_dtype, finite_peak
 
 __all__ = ["EXPORT_DTYPES", "ExportResult", "export"]
 

@@ -24,7 +24,8 @@ from typing import Any
 from streamconv.errors import MissingDependencyError, PlanError
 from streamconv.format.reader import iter_tensors
 from streamconv.plans import Plan, ProbeContext
-from streamconv.sources.checkpoint import Checkpoint, TensorRef
+from streamconv.sources.checkpoint import Checkpoint
+from streamconv.sources.ref import TensorRef
 
 __all__ = ["LoadedModel", "capture", "import_torch", "load_reference"]
 

@@ -16,7 +16,8 @@ from streamconv.dtypes import by_numpy
 from streamconv.errors import StreamconvError
 from streamconv.format.reader import iter_tensors
 from streamconv.plans import Plan
-from streamconv.sources.checkpoint import Checkpoint, TensorRef
+from streamconv.sources.checkpoint import Checkpoint
+from streamconv.sources.ref import TensorRef
 from streamconv.tools.validate.report import Check
 
 __all__ = ["check_weights", "documented_cast", "expected_refs"]
@@ -45,7 +46,7 @@ def expected_refs(plan: Plan, checkpoint: Checkpoint, metadata: dict[str, Any]) 
 
 def left_out_reason(source_name: str, plan: Plan, checkpoint: Checkpoint, metadata: dict[str, Any]) -> str:
     """Why the conversion did not keep ``source_name``: its parts, or --include/--exclude."""
-    from streamconv.stages.pieces import matches_any
+    from streamconv.stages.names import matches_any
 
     include, exclude = metadata.get("include") or [], metadata.get("exclude") or []
     hits = [p for p in exclude if matches_any(source_name, [p])]

@@ -1,0 +1,324 @@
+"""The one owner of file access driven by data: every file streamconv opens because a checkpoint or an
+output names it, and every small file it writes.
+
+The rules, one place each:
+
+* **A path from data stays inside its folder.** A name read from a file (a shard index, a split index,
+  ``metadata.json``, ``modules.json``) must be a plain relative path (no ``..``, not absolute, no NUL
+  or backslash), and where it resolves to, symlinks followed, must lie inside the folder. A file
+  found by its usual name (``config.json``, ``model.safetensors``) is held to the second half of the
+  rule. The one allowed exception is a Hugging Face cache snapshot (``.../snapshots/<rev>``), whose
+  files are symlinks into that repository's ``blobs`` folder.
+* **Only regular files are opened.** A FIFO, a device or a folder where a file belongs is refused at
+  once: the open never blocks (``O_NONBLOCK``, checked with ``fstat`` before any read).
+* **Small files are read under a cap and JSON is read strictly**: no duplicate key, no ``NaN``, no
+  number beyond a float's range, at most :data:`MAX_JSON_DEPTH` levels (docs/reliability.md lists
+  the caps).
+* **sha256 of a file** and **atomic JSON writing** (a temporary name, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from streamconv.errors import StreamconvError, UnsafeInputError
+
+__all__ = [
+    "MAX_JSON_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_TOKENIZER_BYTES",
+    "JSONRefused",
+    "contained",
+    "file_record",
+    "homes",
+    "is_regular",
+    "open_regular",
+    "quote",
+    "read_bytes",
+    "read_json",
+    "sha256_file",
+    "strict_json_loads",
+    "within",
+    "write_json",
+]
+
+#: Cap on a JSON file streamconv parses (configs, indexes, metadata.json, module configs). The largest
+#: real ones are shard indexes of a few MB.
+MAX_JSON_BYTES = 64 * 1024 * 1024
+#: Cap on ``tokenizer.json``: real ones run to tens of MB (Gemma's is 34 MB).
+MAX_TOKENIZER_BYTES = 512 * 1024 * 1024
+#: serde_json's recursion limit is 128 and the level that reaches it fails; safetensors headers are
+#: parsed by it, so every JSON file is held to the same limit.
+MAX_JSON_DEPTH = 127
+_HASH_BLOCK = 1 << 20
+
+
+class JSONRefused(ValueError):
+    """JSON that serde_json would refuse, or that holds a duplicate key; the message says why."""
+
+
+def quote(text: str, limit: int = 80) -> str:
+    """``repr`` of a name from a file, cut short: one line, whatever the name holds."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+# --- paths from data ---
+
+
+def homes(root: Path) -> list[Path]:
+    """Where files of ``root`` may resolve to: ``root`` itself, and for a Hugging Face cache snapshot
+    (``<repo>/snapshots/<rev>``) that repository's ``blobs`` folder."""
+    found = [root.resolve()]
+    if root.parent.name == "snapshots":
+        found.append((root.parent.parent / "blobs").resolve())
+    return found
+
+
+def within(root: Path, path: Path) -> Path:
+    """``path`` (a file of ``root``, by name or from data), refused if it resolves outside ``root``.
+
+    Raises:
+        UnsafeInputError: ``path`` resolves, through a symlink, outside ``root`` (and outside a hub
+            snapshot's ``blobs``), or cannot be resolved (a symlink loop).
+    """
+    try:
+        target = path.resolve()
+        allowed = homes(root)
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long
+        raise UnsafeInputError(path, f"cannot be resolved ({quote(str(exc))})", "replace it with a regular file") from None
+    if not any(target.is_relative_to(home) for home in allowed):
+        raise UnsafeInputError(
+            path, f"leads through a symlink to {quote(str(target))}, outside {quote(str(root))}",
+            "copy the file into the folder instead of linking to it",
+        )
+    return path
+
+
+def contained(root: Path, name: Any, *, named_in: Path) -> Path:
+    """``root / name`` for a ``name`` read from the file ``named_in``, refused unless it stays inside.
+
+    Raises:
+        UnsafeInputError: ``name`` is not a string, not a plain relative path, or resolves outside.
+    """
+    if not isinstance(name, str):
+        raise UnsafeInputError(named_in, f"names a file by {type(name).__name__}, not by a path", "rebuild the file")
+    parts = name.split("/")
+    if not name or name.startswith("/") or ".." in parts or "\0" in name or "\\" in name or _DRIVE.match(name):
+        raise UnsafeInputError(
+            named_in, f"names {quote(name)}, which is not a plain relative path inside {quote(str(root))}",
+            "no '..' and no absolute paths: rebuild the file",
+        )
+    if all(part in ("", ".") for part in parts):
+        raise UnsafeInputError(named_in, f"names {quote(name)}, the folder itself, where a file belongs", "rebuild the file")
+    return within(root, root / name)
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+# --- regular files only, read under caps ---
+
+
+def is_regular(path: Path) -> bool:
+    """Whether ``path`` is a regular file (symlinks followed); false, not an error, if it cannot be told."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):  # missing, a name too long, a NUL in the name
+        return False
+
+
+def _kind(mode: int) -> str:
+    for test, word in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return word
+    return "not a regular file"
+
+
+@contextlib.contextmanager
+def open_regular(path: Path, *, root: Path | None = None) -> Iterator[IO[bytes]]:
+    """Open ``path`` for reading, refusing anything but a regular file before a byte is read.
+
+    ``O_NONBLOCK`` makes the open of a FIFO return at once instead of waiting for a writer; the flag is
+    cleared again for the regular file that passed. With ``root``, the path must resolve inside it.
+
+    Raises:
+        UnsafeInputError: not a regular file, or outside ``root``.
+        OSError: the file cannot be opened (missing, no permission).
+    """
+    if root is not None:
+        within(root, path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnsafeInputError(path, f"is {_kind(mode)}, where a file belongs", "replace it with a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
+        yield handle
+
+
+def read_bytes(path: Path, *, cap: int = MAX_JSON_BYTES, root: Path | None = None) -> bytes:
+    """The whole of a small file, refused when it is larger than ``cap`` (checked before reading).
+
+    Raises:
+        UnsafeInputError: over the cap, not a regular file, or outside ``root``.
+        OSError: the file cannot be read.
+    """
+    with open_regular(path, root=root) as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(cap + 1) if size <= cap else b""
+        if size > cap or len(data) > cap:  # a file that grows while it is read is held to the cap too
+            raise UnsafeInputError(
+                path, f"is {max(size, len(data)):,} bytes, over streamconv's cap of {cap:,} for this file",
+                "this is not a file streamconv wrote or a checkpoint it can read; check where it came from",
+            )
+        return data
+
+
+def read_json(path: Path, *, cap: int = MAX_JSON_BYTES, root: Path | None = None,
+              error: Callable[[Path, str], StreamconvError] | None = None) -> Any:
+    """Parse a JSON file strictly (:func:`strict_json_loads`), under a size cap.
+
+    Args:
+        path: The file.
+        cap: Largest size accepted, in bytes.
+        root: The folder the file must resolve inside, if any.
+        error: Builds the error for content that is not strict UTF-8 JSON, from the path and the
+            reason (each caller names its own file and fix); :class:`UnsafeInputError` by default.
+
+    Raises:
+        UnsafeInputError: over the cap, not a regular file, or outside ``root``.
+        OSError: the file cannot be read.
+    """
+    data = read_bytes(path, cap=cap, root=root)
+    try:
+        return strict_json_loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, JSONRefused) as exc:
+        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"not JSON ({exc})"
+        if error is not None:
+            raise error(path, reason) from None
+        raise UnsafeInputError(path, f"is {reason}", "replace it with the original file") from None
+
+
+# --- strict JSON, as serde_json reads it ---
+
+_U64 = 2**64
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse(what: str) -> Any:
+    raise JSONRefused(what)
+
+
+def _parse_int(text: str) -> int | float:
+    # serde_json reads "-0" as the float -0.0 and an integer beyond 64 bits as a float.
+    if text == "-0":
+        return -0.0
+    if len(text) <= 21:
+        value = int(text)
+        if -(2**63) <= value < _U64:
+            return value
+    approx = float(text)  # float(), unlike int(), takes any number of digits
+    return _refuse(f"number {text[:30]}... is out of range") if math.isinf(approx) else approx
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    return _refuse(f"number {text[:30]} is out of range") if math.isinf(value) else value
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                _refuse(f"duplicate key {quote(key)} (a key may appear once per object)")
+            seen.add(key)
+    return result
+
+
+def strict_json_loads(text: str) -> Any:
+    """Parse JSON as serde_json does, and refuse duplicate keys.
+
+    Raises:
+        JSONRefused: for anything serde_json refuses (NaN, ``1e400``, lone surrogates, nesting
+            deeper than :data:`MAX_JSON_DEPTH`, ...), malformed JSON, and a key given twice in one object.
+    """
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_pairs,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=lambda name: _refuse(f"{name} is not a JSON number"),
+        )
+    except json.JSONDecodeError as exc:
+        raise JSONRefused(str(exc)) from None
+    except RecursionError:
+        raise JSONRefused(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+    _check_tree(value)
+    return value
+
+
+def _check_tree(value: Any) -> None:
+    """Refuse nesting deeper than serde_json's limit and strings holding a lone surrogate."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                raise JSONRefused(f"string {quote(node)} holds a lone UTF-16 surrogate escape")
+            continue
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise JSONRefused(f"nested more than {MAX_JSON_DEPTH} levels deep")
+        items = list(node.keys()) + list(node.values()) if isinstance(node, dict) else node
+        stack.extend((item, depth + 1) for item in items)
+
+
+# --- hashing and writing ---
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a regular file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open_regular(path) as f:
+        for block in iter(lambda: f.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(path: Path, root: Path) -> dict[str, Any]:
+    """``{"path", "bytes", "sha256"}`` for a file under ``root``."""
+    return {"path": path.relative_to(root).as_posix(), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def write_json(data: Any, path: Path) -> None:
+    """Write ``data`` as indented UTF-8 JSON with a final newline, atomically: to a temporary name
+    beside ``path``, then renamed over it, so a reader never sees half a file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise

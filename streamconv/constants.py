@@ -1,6 +1,7 @@
-"""Defaults and names shared by the pipeline: format version, file names, environment variables.
+"""Defaults shared by every layer: option choices and bounds, worker threads, environment variables.
 
-The dtype facts live in :mod:`streamconv.dtypes`.
+The dtype facts live in :mod:`streamconv.dtypes`; the on-disk names and version in
+:mod:`streamconv.format.schema`.
 """
 
 from __future__ import annotations
@@ -8,12 +9,6 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-
-#: Version of the output layout written by this package (see docs/format.md). Readers accept
-#: every version up to this one.
-FORMAT_VERSION = 3
-WEIGHTS_FILENAME = "weights.parquet"
-METADATA_FILENAME = "metadata.json"
 
 #: Values accepted by ``dtype``: a float target, or ``keep`` for the source dtype.
 DTYPE_CHOICES = ("float16", "bfloat16", "float32", "keep")

@@ -20,15 +20,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from streamconv.constants import (
-    DEFAULT_WORKERS,
-    METADATA_FILENAME,
-    WEIGHTS_FILENAME,
-    WorkerPool,
-)
+from streamconv.constants import DEFAULT_WORKERS, WorkerPool
 from streamconv.errors import FormatError, NotConvertedError, TensorNotFoundError
+from streamconv.format.index import read_index
 from streamconv.format.records import NameKind, TensorInfo, TensorRecord
-from streamconv.format.split import INDEX_FILENAME, read_index
+from streamconv.format.schema import INDEX_FILENAME, METADATA_FILENAME, WEIGHTS_FILENAME
 from streamconv.format.toc import Entry, Expected, Recycler, WeightsPart, numel, payloads
 
 __all__ = [
@@ -105,7 +101,7 @@ class WeightsFile:
             self.parts.append(part)
             expected = part.expected
         if expected is not None:
-            self.parts[-1]._finish(self.entries[expected[0]], expected)
+            self.parts[-1].finish_entry(self.entries[expected[0]], expected)
 
     @property
     def files(self) -> list[Path]:
@@ -118,7 +114,7 @@ class WeightsFile:
 
     def _table(self, part: WeightsPart, group: int) -> pa.Table:
         # Only the data column: the rest of each row is in the table of contents, read once.
-        table = part._read(group, ["data"])
+        table = part.read_columns(group, ["data"])
         if table.num_rows != len(part.chunks[group]):
             raise FormatError(part.path, f"row group {group} is damaged (its data column has {table.num_rows} rows, "
                                          f"its other columns {len(part.chunks[group])})")
@@ -144,7 +140,7 @@ class WeightsFile:
         arrays = Recycler([numel(e.shape) * e.dtype.numpy.itemsize for e in self.entries.values() if e.row["name"] in wanted])
         with WorkerPool(workers, thread_name_prefix="streamconv-decode") as pool:
             for part, group, table in tables:
-                in_flight.append(part._decode_group(group, table, wanted, pending, pool, arrays))
+                in_flight.append(part.decode_group(group, table, wanted, pending, pool, arrays))
                 queued += len(in_flight[-1][0])
                 while queued > CHUNKS_IN_FLIGHT * workers:
                     jobs, finished = in_flight.popleft()
@@ -186,7 +182,7 @@ class WeightsFile:
                                                                                strict=True):
                     if name in wanted:
                         out = np.empty(count, dtype=self.entries[name].dtype.numpy)
-                        job = pool.submit(part._decode, name, index, payload, expected_sum, out)
+                        job = pool.submit(part.decode_chunk, name, index, payload, expected_sum, out)
                         jobs.append((self.entries[name].info, offset, out, job))
                 for info, offset, out, job in jobs:
                     job.result()

@@ -7,11 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streamconv.constants import METADATA_FILENAME, WEIGHTS_FILENAME, progress_bars_disabled
+from streamconv.constants import progress_bars_disabled
 from streamconv.dtypes import by_name
 from streamconv.errors import CastOverflowError
 from streamconv.format import codec
-from streamconv.format.split import SplitWeightsWriter
+from streamconv.format.schema import METADATA_FILENAME, WEIGHTS_FILENAME
+from streamconv.format.split_writer import SplitWeightsWriter
 from streamconv.format.writer import WeightsWriter, WriteSummary, row_group_bytes_for
 from streamconv.pipeline.assets import planned_assets, write_assets, write_json
 from streamconv.pipeline.options import ConvertOptions

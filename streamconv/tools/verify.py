@@ -28,7 +28,7 @@ from streamconv.constants import DEFAULT_WORKERS, WorkerPool
 from streamconv.errors import FormatError, NotConvertedError
 from streamconv.format import codec
 from streamconv.format.reader import WeightsFile, read_metadata, weights_path
-from streamconv.format.writer import checksum
+from streamconv.format.schema import checksum
 
 __all__ = ["VerifyReport", "verify"]
 

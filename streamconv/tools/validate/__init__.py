@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streamconv.constants import METADATA_FILENAME
 from streamconv.errors import SourceNotFoundError
 from streamconv.format.reader import describe, read_metadata
+from streamconv.format.schema import METADATA_FILENAME
 from streamconv.plans import Plan, get_plan
 from streamconv.sources.checkpoint import Checkpoint, open_checkpoint
 from streamconv.tools.validate.report import LIBRARY_LIMITS, LIMITS, Check, ValidationReport, compare, limits_for

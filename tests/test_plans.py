@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 import streamconv
 from streamconv.cli.app import main
-from streamconv.errors import InvalidOptionError, PlanError
+from streamconv.errors import InvalidOptionError, PlanError, UnsafeInputError
 from streamconv.plans import ModelInfo, choose_plan, plan_names
 from streamconv.plans.sentence_transformers import SentenceTransformersPlan
 from streamconv.sources.checkpoint import Checkpoint, open_checkpoint
@@ -172,7 +172,17 @@ def test_sentence_transformers_stores_dense_under_its_module_path(built, tmp_pat
 def test_sentence_transformers_module_path_must_stay_inside(tmp_path: Path) -> None:
     folder = models.folder_with(tmp_path / "st", {"model_type": "bert"})
     models.write_json(folder / "modules.json", [{"path": "../elsewhere", "type": "sentence_transformers.models.Dense"}])
-    with pytest.raises(PlanError, match=r"module path '../elsewhere' leaves the model folder; fix modules.json"):
+    with pytest.raises(UnsafeInputError, match=r"modules.json: names '../elsewhere', which is not a plain relative path"):
+        streamconv.convert(folder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_sentence_transformers_module_folder_linking_outside_is_refused(tmp_path: Path) -> None:
+    folder = models.folder_with(tmp_path / "st", {"model_type": "bert"})
+    (tmp_path / "elsewhere").mkdir()
+    (folder / "2_Dense").symlink_to(tmp_path / "elsewhere")
+    models.write_json(folder / "modules.json", [{"path": "2_Dense", "type": "sentence_transformers.models.Dense"}])
+    with pytest.raises(UnsafeInputError, match=r"2_Dense: leads through a symlink to .*outside"):
         streamconv.convert(folder, tmp_path / "out")
 
 

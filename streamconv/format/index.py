@@ -33,9 +33,9 @@ def read_index(path: Path) -> list[tuple[Path, list[str]]]:
     found = []
     for entry in entries:
         file = _files.contained(path.parent, entry["path"], named_in=path)
-        if not _files.is_regular(file):
+        if not file.exists():
             raise NotConvertedError(file, "weights file (listed in the split index)")
-        found.append((file, list(entry["tensors"])))
+        found.append((_files.regular(file), list(entry["tensors"])))
     return found
 
 

@@ -9,7 +9,6 @@ checksum (format 2), and written straight from the Arrow buffer into the tensor'
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from streamconv import _files
 from streamconv.constants import DEFAULT_WORKERS, WorkerPool
 from streamconv.errors import FormatError, NotConvertedError, TensorNotFoundError
 from streamconv.format.index import read_index
@@ -52,11 +52,15 @@ def weights_path(path: str | os.PathLike[str]) -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        path = path / WEIGHTS_FILENAME if (path / WEIGHTS_FILENAME).is_file() or not (path / INDEX_FILENAME).is_file() \
+        folder = path
+        path = path / WEIGHTS_FILENAME if (path / WEIGHTS_FILENAME).exists() or not (path / INDEX_FILENAME).exists() \
             else path / INDEX_FILENAME
-    if not path.is_file():
+        if not path.exists():
+            raise NotConvertedError(path, "converted weights")
+        return _files.regular(path, root=folder)
+    if not path.exists():
         raise NotConvertedError(path, "converted weights")
-    return path
+    return _files.regular(path)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -70,11 +74,9 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     folder = folder if folder.is_dir() else folder.parent
     meta_path = folder / METADATA_FILENAME
     try:
-        data = json.loads(meta_path.read_text(encoding="utf-8"))
+        data = _files.read_json(meta_path, root=folder, error=lambda file, reason: FormatError(file, f"metadata is {reason}"))
     except FileNotFoundError:
         raise NotConvertedError(meta_path, "metadata") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(meta_path, f"metadata is not JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise FormatError(meta_path, "metadata is not a JSON object")
     return data

@@ -7,17 +7,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streamconv._files import write_json
 from streamconv.constants import progress_bars_disabled
 from streamconv.dtypes import by_name
 from streamconv.errors import CastOverflowError
 from streamconv.format import codec
 from streamconv.format.schema import METADATA_FILENAME, WEIGHTS_FILENAME
 from streamconv.format.split_writer import SplitWeightsWriter
+from streamconv.format.staging import check_output, clean_leftovers, staged_output
 from streamconv.format.writer import WeightsWriter, WriteSummary, row_group_bytes_for
-from streamconv.pipeline.assets import planned_assets, write_assets, write_json
+from streamconv.pipeline.assets import planned_assets, write_assets
 from streamconv.pipeline.options import ConvertOptions
 from streamconv.pipeline.result import ConversionResult
-from streamconv.pipeline.staging import check_output, clean_leftovers, staged_output
 from streamconv.plans import FALLBACK, ModelInfo, Plan, Resolution, choose_plan
 from streamconv.sources.checkpoint import Checkpoint, open_checkpoint
 from streamconv.sources.ref import TensorRef

@@ -19,11 +19,13 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from streamconv import _files
+from streamconv._files import file_record
 from streamconv.dtypes import DType, by_code, by_name, by_numpy
 from streamconv.errors import FormatError, InvalidOptionError
 from streamconv.format.reader import TensorInfo, WeightsFile, read_metadata
-from streamconv.pipeline.assets import file_record
-from streamconv.pipeline.staging import check_output, staged_output
+from streamconv.format.schema import METADATA_FILENAME
+from streamconv.format.staging import check_output, staged_output
 from streamconv.plans import FALLBACK, get_plan
 from streamconv.stages.casting import cast_array, fallback_dtype, finite_peak
 
@@ -273,14 +275,11 @@ def _write_index(shards: list[_File], staging: Path) -> None:
 
 def _copy_asset(source: Path, staging: Path, asset: dict[str, Any]) -> None:
     """Copy one asset listed in metadata.json, checking its sha256 against the record."""
-    relative = str(asset.get("path", ""))
-    if not relative or Path(relative).is_absolute() or ".." in Path(relative).parts:
-        raise FormatError(source / "metadata.json", f"asset path {relative!r} leaves the output folder")
-    path = source / relative
-    if not path.is_file():
+    path = _files.contained(source, asset.get("path"), named_in=source / METADATA_FILENAME)
+    if not path.exists():
         raise FormatError(path, "an asset listed in metadata.json is missing")
+    relative = path.relative_to(source).as_posix()
     target = staging / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(path.read_bytes())
-    if asset.get("sha256") and file_record(target, staging)["sha256"] != asset["sha256"]:
+    _files.copy_file(path, target, root=source)
+    if asset.get("sha256") and _files.sha256_file(target) != asset["sha256"]:
         raise FormatError(path, "an asset differs from its sha256 in metadata.json")

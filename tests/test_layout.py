@@ -134,3 +134,14 @@ def test_reading_an_output_loads_nothing_of_the_writing_side(tmp_path: Path) -> 
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_public_functions_stay_functions_once_their_modules_load() -> None:
+    """No submodule is named like a public function, so importing it cannot rebind the name."""
+    script = (
+        "import types, streamconv, streamconv.pipeline.convert, streamconv.tools.export, streamconv.tools.verify, "
+        "streamconv.tools.validate\n"
+        "print([n for n in streamconv.__all__ if isinstance(getattr(streamconv, n), types.ModuleType)])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -122,26 +122,21 @@ class WeightsFile:
                                          f"its other columns {len(part.chunks[group])})")
         return table
 
-    def records(self, names: Sequence[str] | None = None, workers: int = DEFAULT_WORKERS,
-                read_ahead: bool = True) -> Iterator[TensorRecord]:
+    def records(self, names: Sequence[str] | None = None, workers: int = DEFAULT_WORKERS) -> Iterator[TensorRecord]:
         """Decode the tensors (all, or those named), in file order, one at a time.
 
         Chunks of the next row groups are decoded while the oldest group finishes, up to
         :data:`CHUNKS_IN_FLIGHT` per worker: a row group may hold a single chunk (a 2 GB model's
-        1 MiB row groups), and waiting for each group would leave all workers but one idle.
-        ``read_ahead`` reads the next row group on a thread of its own; :func:`load`, which holds
-        every tensor anyway, goes without it (BERT-large: peak RSS 740.3 -> 738.6 MiB, wall
-        1.14 -> 1.17 s, within the noise).
+        1 MiB row groups), and waiting for each group would leave all workers but one idle. The
+        next row group is read on a thread of its own (:meth:`_prefetched`).
         """
         wanted, groups = self._groups(names)
         pending: dict[str, np.ndarray] = {}
-        tables = self._prefetched(groups) if read_ahead else (
-            (self.parts[file], group, self._table(self.parts[file], group)) for file, group in groups)
         in_flight: deque[tuple[list[Future[None]], list[str]]] = deque()
         queued = 0
         arrays = Recycler([numel(e.shape) * e.dtype.numpy.itemsize for e in self.entries.values() if e.row["name"] in wanted])
         with WorkerPool(workers, thread_name_prefix="streamconv-decode") as pool:
-            for part, group, table in tables:
+            for part, group, table in self._prefetched(groups):
                 in_flight.append(part.decode_group(group, table, wanted, pending, pool, arrays))
                 queued += len(in_flight[-1][0])
                 while queued > CHUNKS_IN_FLIGHT * workers:
@@ -246,7 +241,7 @@ def load(path: str | os.PathLike[str], *, names: NameKind = "stored") -> dict[st
         >>> streamconv.load("minilm-parquet")["embeddings.word_embeddings.weight"].shape  # (30522, 384)
     """
     _check_names(names)
-    records = WeightsFile(path).records(read_ahead=False)
+    records = WeightsFile(path).records()
     return {record.source_name if names == "source" else record.name: record.array for record in records}
 
 

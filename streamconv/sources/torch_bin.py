@@ -124,11 +124,6 @@ class ShardCache:
             self._path = path
             return self._tensors[key]
 
-    def release(self) -> None:
-        """Unmap the current shard."""
-        with self._lock:
-            self._tensors, self._path = {}, None
-
 
 @dataclass(frozen=True)
 class TorchTensorRef(TensorRef):

@@ -145,3 +145,30 @@ def test_public_functions_stay_functions_once_their_modules_load() -> None:
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_option_bounds_are_the_same_everywhere(tmp_path: Path) -> None:
+    """One owner (streamconv.constants) bounds workers, levels, chunk sizes and dtypes for every caller."""
+    import pytest
+
+    import streamconv
+    from streamconv.errors import InvalidOptionError
+    from streamconv.format.writer import WeightsWriter
+
+    source = write_safetensors(tmp_path / "src" / "model.safetensors", {"w": np.ones(4, np.float32)}).parent
+    for bad in (0, 257):
+        with pytest.raises(InvalidOptionError, match="between 1 and 256"):
+            streamconv.convert(source, tmp_path / "out", workers=bad)
+        with pytest.raises(InvalidOptionError, match="between 1 and 256"):
+            WeightsWriter(tmp_path / "w.parquet", workers=bad)
+        with pytest.raises(InvalidOptionError, match="between 1 and 256"):
+            streamconv.verify(tmp_path, workers=bad)
+    for level in (-8, 23):
+        with pytest.raises(InvalidOptionError, match="choose -7 to 22"):
+            streamconv.convert(source, tmp_path / "out", level=level)
+        with pytest.raises(InvalidOptionError, match="choose -7 to 22"):
+            WeightsWriter(tmp_path / "w.parquet", level=level)
+    with pytest.raises(InvalidOptionError, match="at least 1 byte"):
+        list(streamconv.chunk(streamconv.open_checkpoint(source), chunk_size=0))
+    with pytest.raises(InvalidOptionError, match="not a dtype"):
+        list(streamconv.cast([], "float8"))

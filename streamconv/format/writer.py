@@ -23,14 +23,13 @@ import pyarrow.parquet as pq
 
 from streamconv._version import __version__
 from streamconv.constants import (
-    COMPRESSION_CHOICES,
     DEFAULT_COMPRESSION,
     DEFAULT_WORKERS,
-    ZSTD_LEVELS,
     WorkerPool,
+    check_codec,
+    check_workers,
 )
 from streamconv.dtypes import by_numpy
-from streamconv.errors import InvalidOptionError
 from streamconv.format import codec
 from streamconv.format.hashing import FileHasher
 from streamconv.format.schema import FORMAT_VERSION, SCHEMA, checksum
@@ -170,16 +169,8 @@ class WeightsWriter:
         workers: int = DEFAULT_WORKERS,
         row_group_bytes: int = ROW_GROUP_BYTES,
     ) -> None:
-        if compression not in COMPRESSION_CHOICES:
-            raise InvalidOptionError(
-                f"{{compression=}} is not a codec; choose one of {', '.join(COMPRESSION_CHOICES)}",
-                "compression",
-                compression=compression,
-            )
-        if level is not None and level not in ZSTD_LEVELS:
-            raise InvalidOptionError("{level=} is outside zstd's levels -7 to 22", "level", level=level)
-        if workers < 1:
-            raise InvalidOptionError("{workers=} must be at least 1", "workers", workers=workers)
+        check_codec(compression, level)
+        check_workers(workers)
         self.path = Path(path)
         self.compression = compression
         self.level = level

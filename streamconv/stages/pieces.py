@@ -23,9 +23,9 @@ from typing import Literal
 import numpy as np
 
 from streamconv.buffers import thread_buffer
-from streamconv.constants import DEFAULT_CHUNK_SIZE, DTYPE_CHOICES
+from streamconv.constants import DEFAULT_CHUNK_SIZE, check_chunk_size, check_dtype
 from streamconv.dtypes import DType, by_name, by_numpy
-from streamconv.errors import CastOverflowError, InvalidOptionError
+from streamconv.errors import CastOverflowError
 from streamconv.sources.ref import TensorRef
 from streamconv.stages.casting import (
     below_max,
@@ -133,8 +133,7 @@ def chunk(refs: Iterable[TensorRef], chunk_size: int = DEFAULT_CHUNK_SIZE) -> It
     Raises:
         InvalidOptionError: ``chunk_size`` below 1.
     """
-    if chunk_size < 1:
-        raise InvalidOptionError("{chunk_size=} must be at least 1 byte", "chunk_size", chunk_size=chunk_size)
+    check_chunk_size(chunk_size)
     for ref in refs:
         per_chunk = max(1, chunk_size // ref.dtype.itemsize)
         count = max(1, math.ceil(ref.numel / per_chunk))
@@ -167,10 +166,7 @@ def cast(chunks: Iterable[TensorChunk], dtype: str, *, prescan: bool = True) -> 
     Raises:
         InvalidOptionError: an unknown ``dtype``.
     """
-    if dtype not in DTYPE_CHOICES:
-        raise InvalidOptionError(
-            f"{{dtype=}} is not a dtype; choose one of {', '.join(DTYPE_CHOICES)}", "dtype", dtype=dtype
-        )
+    check_dtype(dtype)
     target = by_name(dtype)
     decided: tuple[TensorRef, DType, str | None] | None = None
     for piece in chunks:

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamconv import _files
-from streamconv.constants import DEFAULT_WORKERS, WorkerPool
+from streamconv.constants import DEFAULT_WORKERS, WorkerPool, check_workers
 from streamconv.errors import FormatError, NotConvertedError, UnsafeInputError
 from streamconv.format import codec
 from streamconv.format.reader import WeightsFile, read_metadata, weights_path
@@ -85,6 +85,7 @@ def verify(output: str | Path, *, workers: int = DEFAULT_WORKERS) -> VerifyRepor
     Raises:
         NotConvertedError: there are no weights under ``output`` at all.
     """
+    check_workers(workers)
     start = time.perf_counter()
     folder = Path(output)
     folder = folder if folder.is_dir() else folder.parent

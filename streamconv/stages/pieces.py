@@ -113,7 +113,7 @@ class TensorChunk:
         """The warning for the user once the piece is loaded as ``stored``, if any."""
         if self.note or self.mode != "decide" or self.store_as is None or stored.dtype == self.store_as.numpy:
             return self.note
-        return overflow_note(self.ref, self.store_as, by_numpy(stored.dtype), finite_peak(stored))
+        return overflow_note(self.ref.source_name, self.store_as.name, by_numpy(stored.dtype), finite_peak(stored))
 
     def __repr__(self) -> str:
         return f"TensorChunk({self.name!r}, {self.index + 1}/{self.count}, elements [{self.start}, {self.stop}))"
@@ -181,7 +181,7 @@ def cast(chunks: Iterable[TensorChunk], dtype: str, *, prescan: bool = True) -> 
             if decided is None or decided[0] is not piece.ref:
                 peak = tensor_peak(piece.ref, piece.element_count) if target.max < source.max else 0.0
                 store = target if peak <= target.max else fallback_dtype(source, peak)
-                note = None if store == target else overflow_note(piece.ref, target, store, peak)
+                note = None if store == target else overflow_note(piece.ref.source_name, target.name, store, peak)
                 decided = (piece.ref, store, note)
             note = decided[2] if piece.index == 0 else None
             yield dataclasses.replace(piece, store_as=decided[1], mode="store", note=note)

@@ -27,7 +27,7 @@ from streamconv.format.reader import TensorInfo, WeightsFile, read_metadata
 from streamconv.format.schema import METADATA_FILENAME
 from streamconv.format.staging import check_output, staged_output
 from streamconv.plans import FALLBACK, get_plan
-from streamconv.stages.casting import cast_array, fallback_dtype, finite_peak
+from streamconv.stages.casting import cast_array, fallback_dtype, finite_peak, overflow_note, planned_dtype
 
 __all__ = ["EXPORT_DTYPES", "ExportResult", "export"]
 
@@ -131,16 +131,8 @@ def export(
     metadata = read_metadata(source)
     weights = WeightsFile(source)
     result = ExportResult(source, target, dtype, tensor_count=len(weights.entries), warnings=_part_warnings(metadata))
-    files = _layout(weights, metadata, dtype, shard_size)
     with staged_output(target, force) as staging:
-        overflow = _write_tensors(weights, files, staging)
-        if overflow:  # rare: write again with those tensors kept wider, as convert does
-            for path in (f.path for group in files.values() for f in group):
-                (staging / path).unlink()
-            kept = {name: _fallback(weights.entries[name].info, peak) for name, peak in overflow.items()}
-            result.warnings += [_overflow_note(weights.entries[n].info, dtype, kept[n], p) for n, p in overflow.items()]
-            files = _layout(weights, metadata, dtype, shard_size, kept)
-            _write_tensors(weights, files, staging)
+        files = _write_weights(weights, metadata, dtype, shard_size, staging, result.warnings)
         if len(files[""]) > 1:
             _write_index(files[""], staging)
         for asset in metadata.get("assets", []):
@@ -151,6 +143,23 @@ def export(
         result.files += [file_record(staging / a["path"], staging) for a in metadata.get("assets", [])]
     result.seconds = round(time.perf_counter() - started, 3)
     return result
+
+
+def _write_weights(weights: WeightsFile, metadata: dict[str, Any], dtype: str, shard_size: int, staging: Path,
+                   warnings: list[str]) -> dict[str, list[_File]]:
+    """Write the tensors; a tensor whose values do not fit ``dtype`` is written again wider (rare),
+    by convert's rule (:func:`~streamconv.stages.casting.fallback_dtype`) and with its note."""
+    files = _layout(weights, metadata, dtype, shard_size)
+    overflow = _write_tensors(weights, files, staging)
+    if not overflow:
+        return files
+    for path in (f.path for group in files.values() for f in group):
+        (staging / path).unlink()
+    kept = {name: _fallback(weights.entries[name].info, peak) for name, peak in overflow.items()}
+    warnings += [overflow_note(weights.entries[n].info.source_name, dtype, kept[n], p) for n, p in overflow.items()]
+    files = _layout(weights, metadata, dtype, shard_size, kept)
+    _write_tensors(weights, files, staging)
+    return files
 
 
 def _part_warnings(metadata: dict[str, Any]) -> list[str]:
@@ -174,8 +183,7 @@ def _part_warnings(metadata: dict[str, Any]) -> list[str]:
 def _target_dtype(info: TensorInfo, dtype: str) -> DType:
     stored = by_name(info.dtype)
     assert stored is not None
-    wanted = by_name(dtype)
-    return stored if wanted is None or not stored.is_float else wanted
+    return planned_dtype(stored, dtype)
 
 
 def _fallback(info: TensorInfo, peak: float) -> DType:
@@ -183,13 +191,6 @@ def _fallback(info: TensorInfo, peak: float) -> DType:
     stored = by_name(info.dtype)
     assert stored is not None
     return fallback_dtype(stored, peak)
-
-
-def _overflow_note(info: TensorInfo, dtype: str, store: DType, peak: float) -> str:
-    return (
-        f"tensor {info.source_name!r} has values up to {peak:.6g}, beyond {dtype}'s range; "
-        f"written as {store.name} instead"
-    )
 
 
 def _layout(

@@ -4,6 +4,7 @@ the names it gives them, detection, --type and --parts, and checkpoints that do 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import ml_dtypes
@@ -506,3 +507,22 @@ def test_old_model_type_spellings_are_accepted(minilm_path: Path, tmp_path: Path
     assert {streamconv.ConvertOptions(model_type=t).model_type for t in ("bert", "clip", "whisper")} == {
         "bert", "clip", "whisper"
     }
+
+
+def test_a_sentence_transformers_folder_is_parsed_once_per_conversion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamconv import _files
+
+    folder = models.folder_with(tmp_path / "st", {"model_type": "bert"})
+    models.write_json(folder / "modules.json", [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}])
+    reads: list[str] = []
+    real = _files.read_json
+
+    def counting(path: Path, **kwargs: object) -> object:
+        # The asset copy checks each JSON file it copies; the facts are what the plan parses.
+        if sys._getframe(1).f_globals["__name__"] != "streamconv.pipeline.assets":
+            reads.append(Path(path).name)
+        return real(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_files, "read_json", counting)
+    streamconv.convert(folder, tmp_path / "out")
+    assert reads.count("modules.json") == 1, reads

@@ -102,16 +102,25 @@ class SentenceTransformersPlan(Plan):
                 ``pytorch_model.bin``.
         """
         refs = list(checkpoint.tensors)
-        for module in read_modules(checkpoint.root):
+        for module in self._modules(checkpoint):
             if module.kind == "Dense":
                 refs.extend(_dense_tensors(checkpoint.root, module))
         return refs
 
     def asset_files(self, checkpoint: Checkpoint) -> list[str]:
         """The module list, the sentence-transformers configs, and each module folder's config."""
-        modules = read_modules(checkpoint.root)
+        modules = self._modules(checkpoint)
         module_configs = [_inside(m.path, MODULE_CONFIG_FILE) for m in modules if m.path]
         return [*super().asset_files(checkpoint), MODULES_FILE, SBERT_CONFIG_FILE, ST_CONFIG_FILE, *module_configs]
+
+    def _modules(self, checkpoint: Checkpoint) -> list[Module]:
+        """The checkpoint's modules, parsed from modules.json once per plan and checkpoint: tensors,
+        assets and metadata all ask for them during one conversion."""
+        cached = self.__dict__.get("_parsed_modules")
+        if cached is None or cached[0] is not checkpoint:
+            cached = (checkpoint, read_modules(checkpoint.root))
+            self.__dict__["_parsed_modules"] = cached
+        return cached[1]
 
     def probes(self, context: ProbeContext) -> list[Probe]:
         """The pooled, normalised embedding of 8 sentences (see :func:`_probes`)."""
@@ -120,7 +129,7 @@ class SentenceTransformersPlan(Plan):
     def metadata(self, checkpoint: Checkpoint) -> dict[str, Any]:
         """``{"sentence_transformers": {pooling_mode, normalize, max_seq_length, ...}}``."""
         root = checkpoint.root
-        modules = read_modules(root)
+        modules = self._modules(checkpoint)
         st_config = _read_json(root, ST_CONFIG_FILE, default={})
         return {
             "sentence_transformers": {

@@ -271,7 +271,7 @@ def _write_index(shards: list[_File], staging: Path) -> None:
         "metadata": {"total_size": sum(s.size for s in shards)},
         "weight_map": {key: shard.path for shard in shards for key in shard.header},
     }
-    (staging / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    _files.write_json(index, staging / INDEX_FILE)
 
 
 def _copy_asset(source: Path, staging: Path, asset: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from pathlib import Path
@@ -9,14 +10,14 @@ from typing import Any
 
 from streamconv.constants import METADATA_FILENAME, WEIGHTS_FILENAME, progress_bars_disabled
 from streamconv.dtypes import by_name
-from streamconv.errors import CastOverflowError
+from streamconv.errors import CastOverflowError, MissingDependencyError
 from streamconv.format import codec
 from streamconv.format.split import SplitWeightsWriter
 from streamconv.format.writer import WeightsWriter, WriteSummary, row_group_bytes_for
 from streamconv.pipeline.assets import planned_assets, write_assets, write_json
 from streamconv.pipeline.options import ConvertOptions
 from streamconv.pipeline.result import ConversionResult
-from streamconv.pipeline.staging import check_output, clean_leftovers, staged_output
+from streamconv.pipeline.staging import check_output, clean_leftovers, find_leftovers, staged_output
 from streamconv.plans import FALLBACK, ModelInfo, Plan, Resolution, choose_plan
 from streamconv.sources.checkpoint import Checkpoint, open_checkpoint
 from streamconv.sources.ref import TensorRef
@@ -26,6 +27,8 @@ __all__ = ["ConversionResult", "ModelConverter", "convert"]
 
 # Bytes of sample data compressed by a dry run to estimate the output size.
 DRY_RUN_SAMPLE_BYTES = 8 * 1024 * 1024
+# The install line for validation; the same as the validate step's own (streamconv.tools.validate.model).
+VALIDATE_INSTALL = "pip install torch 'streamconv[validate]'"
 
 
 def convert(
@@ -50,8 +53,14 @@ def convert(
     Returns:
         The :class:`~streamconv.pipeline.result.ConversionResult`.
 
+    A dry run (``dry_run=True``) writes nothing and stops at the errors the real run would meet
+    before writing (an existing output without ``force``; with ``strict``, an asset problem); the
+    warnings the real run would give are in its result, but for those only the data can tell (a
+    tensor beyond float16's range).
+
     Raises:
         InvalidOptionError: a bad option, before anything is read.
+        MissingDependencyError: ``validate=True`` without torch or transformers, before anything is read.
         StreamconvError: a subclass for every bad input; nothing is left under ``output``.
 
     Example:
@@ -60,6 +69,8 @@ def convert(
         2.3562
     """
     options = ConvertOptions.build(options, overrides)
+    if options.validate:
+        _require_validation_packages()  # before anything is written: a rerun would need --force
     started = time.perf_counter()
     output = Path(output).expanduser()
     checkpoint = open_checkpoint(source, revision=options.revision)
@@ -67,8 +78,7 @@ def convert(
     plan_cls, detected = choose_plan(model, options.model_type, options.parts)
     plan = plan_cls()
     resolution = plan.resolve(checkpoint, options.parts, options.include, options.exclude)
-    if not options.dry_run:
-        check_output(output, checkpoint.root, options.force)
+    check_output(output, checkpoint.root, options.force)  # a dry run stops where the real run would
     result = _new_result(checkpoint, output, plan, detected, resolution, options)
     if options.model_type == "auto" and not detected:
         result.warnings.insert(
@@ -77,8 +87,7 @@ def convert(
             f"{FALLBACK} plan, every tensor under its own name; pass --type to choose a plan",
         )
     if options.dry_run:
-        _estimate(result, resolution.refs, options)
-        result.assets = planned_assets(checkpoint.root, plan.asset_files(checkpoint))
+        _dry_run(result, checkpoint, plan, resolution.refs, options)
         result.seconds = round(time.perf_counter() - started, 3)
     else:
         # Folders that killed runs on this output left behind; a live run's are never touched.
@@ -94,6 +103,31 @@ def convert(
         if options.validate:
             _validate(result, options)
     return result
+
+
+def _require_validation_packages() -> None:
+    """Refuse ``validate=True`` without torch or transformers, as validation would after the writing."""
+    for package in ("torch", "transformers"):
+        try:
+            found = importlib.util.find_spec(package) is not None
+        except (ImportError, ValueError):  # a parent that fails, or a module without a spec
+            found = False
+        if not found:
+            raise MissingDependencyError(package, "to validate against the original model", VALIDATE_INSTALL)
+
+
+def _dry_run(
+    result: ConversionResult, checkpoint: Checkpoint, plan: Plan, refs: tuple[TensorRef, ...], options: ConvertOptions
+) -> None:
+    """What the real run would write and warn about, writing nothing (an error it would meet is raised)."""
+    _estimate(result, refs, options)
+    result.assets, warnings = planned_assets(
+        checkpoint.root, plan.asset_files(checkpoint), strict=options.strict, expected=plan.expected_assets
+    )
+    result.warnings.extend(warnings)
+    result.warnings.extend(
+        f"would remove {p.name}, left by an interrupted run" for p in find_leftovers(result.output_dir)
+    )
 
 
 def _validate(result: ConversionResult, options: ConvertOptions) -> None:

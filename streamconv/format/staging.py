@@ -29,7 +29,7 @@ from typing import Any
 
 from streamconv.errors import DiskFullError, InvalidOptionError, OutputExistsError, OutputNotWritableError
 
-__all__ = ["check_output", "clean_leftovers", "staged_output", "staging_path"]
+__all__ = ["check_output", "clean_leftovers", "find_leftovers", "staged_output", "staging_path"]
 
 log = logging.getLogger(__name__)
 
@@ -182,15 +182,28 @@ def _renameat2() -> Any:
 def clean_leftovers(output: Path) -> list[Path]:
     """Remove the staging and old folders that runs on ``output`` left when they were killed.
 
-    A leftover is ``.NAME.streamconv-incomplete-PID`` or ``.NAME.streamconv-old-PID`` beside
-    ``output``. It is removed only when process PID is gone (``os.kill(pid, 0)`` raises
-    ``ProcessLookupError``), or PID is this process (a dead process had our PID before us).
-    PID reuse: if PID now belongs to another, live process the folder is kept, because that
-    cannot be told apart from a live run; a later run removes it once that process has ended.
-    Runs on other machines or in other PID namespaces writing the same folder are not detected.
+    They are the folders :func:`find_leftovers` lists.
 
     Returns:
         The paths removed (also logged).
+    """
+    removed = []
+    for path in find_leftovers(output):
+        _remove(path)
+        removed.append(path)
+        log.info("removed %s, left by an interrupted streamconv run", path)
+    return removed
+
+
+def find_leftovers(output: Path) -> list[Path]:
+    """The staging and old folders that killed runs on ``output`` left, to remove (nothing is removed).
+
+    A leftover is ``.NAME.streamconv-incomplete-PID`` or ``.NAME.streamconv-old-PID`` beside
+    ``output`` whose process PID is gone (``os.kill(pid, 0)`` raises ``ProcessLookupError``), or is
+    this process (a dead process had our PID before us).
+    PID reuse: if PID now belongs to another, live process the folder is kept, because that
+    cannot be told apart from a live run; a later run removes it once that process has ended.
+    Runs on other machines or in other PID namespaces writing the same folder are not detected.
     """
     prefix = f".{output.name}."
     pattern = re.compile(rf"(?:{STAGING_TAG}|{OLD_TAG})-([0-9]+)")
@@ -198,16 +211,12 @@ def clean_leftovers(output: Path) -> list[Path]:
         entries = [e for e in os.scandir(output.parent) if e.name.startswith(prefix)]
     except OSError:  # no parent folder yet, or not readable: then nothing of ours is there
         return []
-    removed = []
+    found = []
     for entry in sorted(entries, key=lambda e: e.name):
         match = pattern.fullmatch(entry.name[len(prefix):])
-        if match is None or _alive(int(match.group(1))):
-            continue
-        path = Path(entry.path)
-        _remove(path)
-        removed.append(path)
-        log.info("removed %s, left by an interrupted streamconv run", path)
-    return removed
+        if match is not None and not _alive(int(match.group(1))):
+            found.append(Path(entry.path))
+    return found
 
 
 def _alive(pid: int) -> bool:

@@ -8,6 +8,7 @@ step imports transformers.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,32 @@ def write_assets(
         AssetError: with ``strict``, an asset that is not JSON or a tokenizer that cannot be built.
         MissingDependencyError: with ``strict``, a tokenizer to build and no transformers.
     """
+    return _assets(root, out_dir, names, strict, expected)
+
+
+def planned_assets(
+    root: Path, names: Sequence[str], *, strict: bool = False, expected: Sequence[str] = ()
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """What :func:`write_assets` would write and warn about, writing nothing (dry runs).
+
+    The same checks, but for building a tokenizer: an asset that is not JSON, a tokenizer to build
+    without transformers installed, an expected asset the checkpoint lacks. Whether transformers
+    can build a tokenizer is only known by building it.
+
+    Returns:
+        ``{"path", "bytes"}`` for each file to copy, ``{"path", "built_from"}`` for a tokenizer.json
+        to build, and the warnings the real run would give.
+
+    Raises:
+        AssetError, MissingDependencyError: with ``strict``, as :func:`write_assets` would.
+    """
+    return _assets(root, None, names, strict, expected)
+
+
+def _assets(
+    root: Path, out_dir: Path | None, names: Sequence[str], strict: bool, expected: Sequence[str]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """:func:`write_assets` (into ``out_dir``), or with ``out_dir=None`` :func:`planned_assets`."""
     records: list[dict[str, Any]] = []
     warnings: list[str] = []
     failed: set[str] = set()
@@ -87,10 +114,16 @@ def write_assets(
         try:
             if source.exists():
                 _check_json(source, root)
-                records.append(copy_asset(source, out_dir, name, root))
+                planned = {"path": name, "bytes": source.stat().st_size}
+                records.append(planned if out_dir is None else copy_asset(source, out_dir, name, root))
             elif name == TOKENIZER_FILE and slow_files:
-                build_tokenizer(root, out_dir / name)
-                records.append({**file_record(out_dir / name, out_dir), "built_from": slow_files})
+                if out_dir is None:
+                    if importlib.util.find_spec("transformers") is None:
+                        raise _no_transformers()
+                    records.append({"path": name, "built_from": slow_files})
+                else:
+                    build_tokenizer(root, out_dir / name)
+                    records.append({**file_record(out_dir / name, out_dir), "built_from": slow_files})
         except (AssetError, MissingDependencyError) as exc:
             if strict:
                 raise
@@ -107,21 +140,8 @@ def write_assets(
     return records, warnings
 
 
-def planned_assets(root: Path, names: Sequence[str]) -> list[dict[str, Any]]:
-    """What :func:`write_assets` would write, without writing or checking anything (dry runs).
-
-    Returns:
-        ``{"path", "bytes"}`` for each file to copy, ``{"path", "built_from"}`` for a tokenizer.json
-        to build.
-    """
-    slow_files = [f for f in SLOW_TOKENIZER_FILES if (root / f).is_file()]
-    planned: list[dict[str, Any]] = []
-    for name in dict.fromkeys(names):
-        if (root / name).is_file():
-            planned.append({"path": name, "bytes": (root / name).stat().st_size})
-        elif name == TOKENIZER_FILE and slow_files:
-            planned.append({"path": name, "built_from": slow_files})
-    return planned
+def _no_transformers() -> MissingDependencyError:
+    return MissingDependencyError("transformers", f"to build {TOKENIZER_FILE} from the slow-tokenizer files")
 
 
 def _check_json(path: Path, root: Path) -> None:
@@ -151,8 +171,7 @@ def build_tokenizer(root: Path, target: Path) -> None:
     try:
         from transformers import AutoTokenizer
     except ImportError as exc:
-        needed_for = f"to build {TOKENIZER_FILE} from the slow-tokenizer files"
-        raise MissingDependencyError("transformers", needed_for) from exc
+        raise _no_transformers() from exc
     from tokenizers import Tokenizer
 
     try:

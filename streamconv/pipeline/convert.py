@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from pathlib import Path
@@ -10,11 +11,11 @@ from typing import Any
 from streamconv._files import write_json
 from streamconv.constants import progress_bars_disabled
 from streamconv.dtypes import by_name
-from streamconv.errors import CastOverflowError
+from streamconv.errors import CastOverflowError, MissingDependencyError
 from streamconv.format import codec
 from streamconv.format.schema import METADATA_FILENAME, WEIGHTS_FILENAME
 from streamconv.format.split_writer import SplitWeightsWriter
-from streamconv.format.staging import check_output, clean_leftovers, staged_output
+from streamconv.format.staging import check_output, clean_leftovers, find_leftovers, staged_output
 from streamconv.format.writer import WeightsWriter, WriteSummary, row_group_bytes_for
 from streamconv.pipeline.assets import planned_assets, write_assets
 from streamconv.pipeline.options import ConvertOptions
@@ -29,6 +30,8 @@ __all__ = ["ConversionResult", "ModelConverter", "convert"]
 
 # Bytes of sample data compressed by a dry run to estimate the output size.
 DRY_RUN_SAMPLE_BYTES = 8 * 1024 * 1024
+# The install line for validation; the same as the validate step's own (streamconv.tools.validate.model).
+VALIDATE_INSTALL = "pip install torch 'streamconv[validate]'"
 
 
 def convert(
@@ -53,8 +56,14 @@ def convert(
     Returns:
         The :class:`~streamconv.pipeline.result.ConversionResult`.
 
+    A dry run (``dry_run=True``) writes nothing and stops at the errors the real run would meet
+    before writing (an existing output without ``force``; with ``strict``, an asset problem); the
+    warnings the real run would give are in its result, but for those only the data can tell (a
+    tensor beyond float16's range).
+
     Raises:
         InvalidOptionError: a bad option, before anything is read.
+        MissingDependencyError: ``validate=True`` without torch or transformers, before anything is read.
         StreamconvError: a subclass for every bad input; nothing is left under ``output``.
 
     Example:
@@ -63,6 +72,8 @@ def convert(
         2.3562
     """
     options = ConvertOptions.build(options, overrides)
+    if options.validate:
+        _require_validation_packages()  # before anything is written: a rerun would need --force
     started = time.perf_counter()
     output = Path(output).expanduser()
     checkpoint = open_checkpoint(source, revision=options.revision)
@@ -70,8 +81,7 @@ def convert(
     plan_cls, detected = choose_plan(model, options.model_type, options.parts)
     plan = plan_cls()
     resolution = plan.resolve(checkpoint, options.parts, options.include, options.exclude)
-    if not options.dry_run:
-        check_output(output, checkpoint.root, options.force)
+    check_output(output, checkpoint.root, options.force)  # a dry run stops where the real run would
     result = _new_result(checkpoint, output, plan, detected, resolution, options)
     if options.model_type == "auto" and not detected:
         result.warnings.insert(
@@ -80,8 +90,7 @@ def convert(
             f"{FALLBACK} plan, every tensor under its own name; pass --type to choose a plan",
         )
     if options.dry_run:
-        _estimate(result, resolution.refs, options)
-        result.assets = planned_assets(checkpoint.root, plan.asset_files(checkpoint))
+        _dry_run(result, checkpoint, plan, resolution.refs, options)
         result.seconds = round(time.perf_counter() - started, 3)
         return result
     _write_output(result, checkpoint, plan, resolution, options, started)
@@ -104,6 +113,31 @@ def _write_output(result: ConversionResult, checkpoint: Checkpoint, plan: Plan, 
         # The checkpoint's weight files, and any other file the plan read (sentence-transformers Dense).
         source_files = list(dict.fromkeys([*checkpoint.weight_files, *(r.path for r in resolution.refs)]))
         write_json(result.metadata(checkpoint, source_files), staging / METADATA_FILENAME)
+
+
+def _require_validation_packages() -> None:
+    """Refuse ``validate=True`` without torch or transformers, as validation would after the writing."""
+    for package in ("torch", "transformers"):
+        try:
+            found = importlib.util.find_spec(package) is not None
+        except (ImportError, ValueError):  # a parent that fails, or a module without a spec
+            found = False
+        if not found:
+            raise MissingDependencyError(package, "to validate against the original model", VALIDATE_INSTALL)
+
+
+def _dry_run(
+    result: ConversionResult, checkpoint: Checkpoint, plan: Plan, refs: tuple[TensorRef, ...], options: ConvertOptions
+) -> None:
+    """What the real run would write and warn about, writing nothing (an error it would meet is raised)."""
+    _estimate(result, refs, options)
+    result.assets, warnings = planned_assets(
+        checkpoint.root, plan.asset_files(checkpoint), strict=options.strict, expected=plan.expected_assets
+    )
+    result.warnings.extend(warnings)
+    result.warnings.extend(
+        f"would remove {p.name}, left by an interrupted run" for p in find_leftovers(result.output_dir)
+    )
 
 
 def _validate(result: ConversionResult, options: ConvertOptions) -> None:

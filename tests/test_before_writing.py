@@ -1,0 +1,130 @@
+"""What a conversion finds out before it writes: `--validate` without torch, and what a dry run reports.
+
+A dry run meets the errors the real run would meet before writing, and gives the warnings it would
+give; `convert --validate` without torch or transformers is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from streamconv.format.staging import staging_path
+
+import streamconv
+from streamconv.errors import AssetError, MissingDependencyError, OutputExistsError
+from tests import models
+
+INSTALL = "pip install torch 'streamconv[validate]'"
+
+# Put on PYTHONPATH as sitecustomize.py: the listed packages cannot be found, as if not installed.
+BLOCKER = '''
+import importlib.abc, os, sys
+
+class _NotInstalled(importlib.abc.MetaPathFinder):
+    blocked = set(os.environ["BLOCK_PACKAGES"].split(","))
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in self.blocked:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _NotInstalled())
+'''
+
+
+def run_without(packages: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m streamconv ARGS` in a process where ``packages`` (comma-separated) are not installed."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    root = Path(__file__).parents[1]
+    env = {"PYTHONPATH": f"{site}:{root}", "BLOCK_PACKAGES": packages, "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "streamconv", *args], capture_output=True, text=True, env=env)
+
+
+@pytest.mark.parametrize("missing", ["torch", "transformers"])
+def test_convert_validate_without_torch_is_refused_before_writing(
+    tiny_checkpoint: Path, tmp_path: Path, missing: str
+) -> None:
+    out = tmp_path / "out"
+    done = run_without(missing, tmp_path, "convert", str(tiny_checkpoint), "-o", str(out), "--validate")
+    assert done.returncode == 5, done.stderr
+    assert done.stderr == (
+        f"error: {missing} is needed to validate against the original model but is not installed; "
+        f"install it with `{INSTALL}`\n"
+    )
+    assert done.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site", "tiny"]  # no output, no hidden staging folder
+    # So the run after installing needs no --force (here: the same run, torch not blocked, no validation).
+    assert subprocess.run([sys.executable, "-m", "streamconv", "convert", str(tiny_checkpoint), "-o", str(out), "-q"]).returncode == 0
+
+
+def test_library_validate_true_without_torch_is_refused_before_reading(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails, find_spec finds nothing
+    with pytest.raises(MissingDependencyError) as caught:
+        streamconv.convert(tmp_path / "no-such-checkpoint", tmp_path / "out", validate=True)
+    assert str(caught.value) == f"torch is needed to validate against the original model but is not installed; install it with `{INSTALL}`"
+    assert caught.value.exit_code == 5
+    with pytest.raises(MissingDependencyError):
+        streamconv.convert(tiny_checkpoint, tmp_path / "out", validate=True, dry_run=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+
+
+def test_dry_run_refuses_an_existing_output_as_the_real_run_does(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = streamconv.convert(tiny_checkpoint, tmp_path / "out").output_dir
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(OutputExistsError):
+        streamconv.convert(tiny_checkpoint, out, dry_run=True)
+    done = subprocess.run([sys.executable, "-m", "streamconv", "convert", str(tiny_checkpoint), "-o", str(out), "--dry-run"],
+                          capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (4, f"error: {out}: output already exists; pass --force to replace it\n")
+    assert streamconv.convert(tiny_checkpoint, out, dry_run=True, force=True).dry_run
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # a dry run never writes
+
+
+def test_dry_run_warns_of_missing_and_broken_assets_as_the_real_run_does(tmp_path: Path) -> None:
+    folder = models.bert(tmp_path / "bert")  # no tokenizer at all: BERT's inputs need one
+    (folder / "tokenizer_config.json").write_text("{not json")
+    dry = streamconv.convert(folder, tmp_path / "out", dry_run=True)
+    real = streamconv.convert(folder, tmp_path / "out")
+    assert len(dry.warnings) == 2
+    assert any("tokenizer.json: is missing" in w for w in dry.warnings)
+    assert any("tokenizer_config.json: is not JSON" in w for w in dry.warnings)
+    assert dry.warnings == real.warnings
+    with pytest.raises(AssetError, match="tokenizer_config.json: is not JSON"):
+        streamconv.convert(folder, tmp_path / "strict", dry_run=True, strict=True)
+
+
+def test_dry_run_warns_when_a_tokenizer_to_build_needs_transformers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = models.bert(tmp_path / "bert")
+    models.write_vocab(folder)  # vocab.txt only: tokenizer.json is built from it
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    dry = streamconv.convert(folder, tmp_path / "out", dry_run=True)
+    real = streamconv.convert(folder, tmp_path / "out")
+    assert dry.warnings == real.warnings == [
+        "transformers is needed to build tokenizer.json from the slow-tokenizer files but is not installed; "
+        "install it with `pip install 'streamconv[validate]'`"
+    ]
+    assert "tokenizer.json" not in [a["path"] for a in dry.assets]
+
+
+def test_dry_run_says_which_leftovers_the_real_run_would_remove(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    unrecognised = streamconv.convert(tiny_checkpoint, out, dry_run=True).warnings  # tiny-test: the generic plan
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = staging_path(out, dead.pid)
+    left.mkdir()
+    dry = streamconv.convert(tiny_checkpoint, out, dry_run=True)
+    assert dry.warnings == [*unrecognised, f"would remove {left.name}, left by an interrupted run"]
+    assert left.is_dir()
+    real = streamconv.convert(tiny_checkpoint, out)
+    assert real.warnings == [*unrecognised, f"removed {left.name}, left by an interrupted run"]
+    assert not left.exists()

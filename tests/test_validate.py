@@ -355,3 +355,29 @@ def test_generation_config_travels_into_output_and_export(tmp_path: Path) -> Non
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [2, 7]
     exported = streamconv.export(out, tmp_path / "hf")
     assert json.loads((exported.target / "generation_config.json").read_text())["eos_token_id"] == [2, 7]
+
+
+@pytest.mark.parametrize(("budget", "started"), [(1024 * 1024, 1), (None, 2)], ids=["budget-1MiB", "default"])
+def test_reader_starts_no_tensor_past_its_budget_while_one_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: int | None, started: int
+) -> None:
+    """validate's memory: when the first tensor is handed out, the next has not been allocated if it
+    would take the read-ahead past READ_AHEAD_BYTES; small ones still decode ahead (the default)."""
+    from safetensors.numpy import save_file
+
+    from streamconv.format import reader, toc
+
+    rng = np.random.default_rng(0)  # random float32: incompressible, each tensor spans row groups
+    (tmp_path / "src").mkdir()
+    save_file({f"t{i}": rng.standard_normal(1024 * 1024).astype(np.float32) for i in range(3)},
+              tmp_path / "src" / "model.safetensors")
+    out = streamconv.convert(tmp_path / "src", tmp_path / "out", dtype="keep").output_dir
+    if budget is not None:
+        monkeypatch.setattr(reader, "READ_AHEAD_BYTES", budget)
+    takes = []
+    real = toc.Recycler.take
+    monkeypatch.setattr(toc.Recycler, "take", lambda self, count, dtype: takes.append(count) or real(self, count, dtype))
+    records = reader.iter_tensors(out)
+    first = next(records)
+    assert first.name == "t0" and len(takes) == started
+    assert [r.name for r in records] == ["t1", "t2"] and len(takes) == 3

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from streamconv.dtypes import by_numpy
 from streamconv.errors import MissingDependencyError
 from streamconv.format.reader import WeightsFile
 from streamconv.plans import ProbeContext
@@ -220,17 +221,32 @@ def source_state(torch: Any, refs: list[TensorRef]) -> dict[str, Any]:
     return {ref.source_name: (lambda ref=ref: _float32(torch, ref)) for ref in refs}
 
 
+#: Elements converted to float32 at a time: a tensor stored in 16 bits is never held whole in
+#: both its stored dtype and float32 (16 MiB of float32 a slice).
+SLICE_ELEMENTS = 4 * 1024 * 1024
+
+
 def output_state(torch: Any, output: Path, skip: set[str]) -> dict[str, Any]:
     """``read()`` callables for the output's tensors, by source name, each read alone (floats in float32)."""
     weights = WeightsFile(output)
 
     def read(stored: str) -> Any:
-        return _torch(torch, next(weights.records([stored], read_ahead=False)).array)
+        entry = weights.entries[stored]
+        if not _is_16_bit_float(entry.dtype.numpy):
+            return _torch(torch, next(weights.records([stored], read_ahead=False)).array)
+        target = torch.empty(entry.info.numel, dtype=torch.float32)
+        for _, offset, chunk in weights.chunks([stored], workers=1):
+            target[offset:offset + chunk.size] = _torch(torch, chunk)
+        return target.reshape(entry.shape)
 
     return {
         entry.info.source_name: (lambda stored=stored: read(stored))
         for stored, entry in weights.entries.items() if entry.info.source_name not in skip
     }
+
+
+def _is_16_bit_float(dtype: Any) -> bool:
+    return by_numpy(dtype).is_float and dtype.itemsize == 2
 
 
 def _torch(torch: Any, array: Any) -> Any:
@@ -245,8 +261,14 @@ def _torch(torch: Any, array: Any) -> Any:
 
 
 def _float32(torch: Any, ref: TensorRef) -> Any:
-    """One source tensor as a torch tensor: floating types in float32, others as stored."""
-    return _torch(torch, ref.read().reshape(ref.shape))
+    """One source tensor as a torch tensor: floating types in float32 (converted a slice at a time), others as stored."""
+    if not _is_16_bit_float(ref.dtype):
+        return _torch(torch, ref.read().reshape(ref.shape))
+    target = torch.empty(ref.numel, dtype=torch.float32)
+    for start in range(0, ref.numel, SLICE_ELEMENTS):
+        stop = min(ref.numel, start + SLICE_ELEMENTS)
+        target[start:stop] = _torch(torch, ref.read(start, stop))
+    return target.reshape(ref.shape)
 
 
 def probe_extras(torch: Any, refs: list[TensorRef]) -> dict[str, Any]:

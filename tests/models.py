@@ -110,12 +110,15 @@ def llama_bf16(folder: Path) -> Path:
     return _save(transformers.LlamaForCausalLM(config).to(torch.bfloat16), folder)
 
 
-def sentence_transformer(folder: Path, max_seq_length: int | None = None, normalize_first: bool = False) -> Path:
+def sentence_transformer(
+    folder: Path, max_seq_length: int | None = None, normalize_first: bool = False, pooling: str = "cls"
+) -> Path:
     """A tiny BERT laid out as sentence-transformers saves it, with CLS pooling, Dense, Normalize.
 
     The module files are written by hand, in the format of sentence-transformers 5 (``pooling_mode``
     as a string, max_seq_length in tokenizer_config.json, or in sentence_bert_config.json when
-    ``max_seq_length`` is given). ``normalize_first`` lists Normalize before Dense.
+    ``max_seq_length`` is given). ``normalize_first`` lists Normalize before Dense; ``pooling`` is
+    the Pooling module's mode.
     """
     bert(folder)
     write_vocab(folder)
@@ -140,7 +143,7 @@ def sentence_transformer(folder: Path, max_seq_length: int | None = None, normal
     write_json(folder / "tokenizer_config.json", {"tokenizer_class": "BertTokenizer", "model_max_length": 48})
     write_json(
         folder / "1_Pooling/config.json",
-        {"embedding_dimension": HIDDEN, "pooling_mode": "cls", "include_prompt": True},
+        {"embedding_dimension": HIDDEN, "pooling_mode": pooling, "include_prompt": True},
     )
     write_json(
         folder / "2_Dense/config.json",

@@ -290,7 +290,9 @@ def test_damage_to_renamed_and_fused_tensors_reaches_the_outputs(
     assert "model-tensors" not in failed and name in failed["weights"]
 
 
-@pytest.mark.parametrize("options", [{"max_seq_length": 48}, {"normalize_first": True}], ids=["length-48", "normalize-dense"])
+@pytest.mark.parametrize(
+    "options", [{"max_seq_length": 48, "pooling": "mean"}, {"normalize_first": True}], ids=["length-48", "normalize-dense"]
+)
 def test_sentence_transformers_probe_follows_length_and_module_order(tmp_path: Path, options: dict) -> None:
     from tests import models
 

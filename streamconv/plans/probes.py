@@ -117,7 +117,7 @@ def sentences(seed: int = 0, count: int = BATCH, longest: int = 24) -> list[str]
 
 def text_batch(
     context: ProbeContext, vocab_size: int, max_length: int, type_vocab_size: int = 0, pad_id: int = 0,
-    longest: int = 24,
+    texts: list[str] | None = None,
 ) -> dict[str, Any]:
     """A padded batch of :func:`sentences` as model inputs: ``input_ids``, ``attention_mask``, maybe ``token_type_ids``.
 
@@ -131,11 +131,10 @@ def text_batch(
         max_length: Longest sequence the model takes (position embeddings).
         type_vocab_size: The model's number of token types (0 or 1: no ``token_type_ids``).
         pad_id: The padding id.
-        longest: Words of the longest sentence (:func:`sentences`); more than ``max_length``
-            makes the tokenizer truncate it.
+        texts: The texts to tokenise; :func:`sentences` of the context's seed by default.
     """
     torch = context.torch
-    rows = _token_rows(context, vocab_size, max_length, longest)
+    rows = _token_rows(context, vocab_size, max_length, texts or sentences(context.seed))
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -151,8 +150,7 @@ def text_batch(
     return batch
 
 
-def _token_rows(context: ProbeContext, vocab_size: int, max_length: int, longest: int) -> list[list[int]]:
-    texts = sentences(context.seed, longest=longest)
+def _token_rows(context: ProbeContext, vocab_size: int, max_length: int, texts: list[str]) -> list[list[int]]:
     tokenizer_file = context.output / "tokenizer.json"
     if tokenizer_file.is_file():
         from tokenizers import Tokenizer

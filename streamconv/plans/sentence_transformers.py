@@ -218,45 +218,49 @@ POOLING_ORDER = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "
 
 #: The probe's sequence length when the folder records none (sentence-transformers' own default).
 DEFAULT_MAX_SEQ_LENGTH = 128
-#: Words the longest probe sentence has beyond the sequence length, so that it is truncated.
+#: Words the long probe sentence has beyond the sequence length, so that it is truncated.
 BEYOND_LENGTH = 8
 
 
 def _probes(context: ProbeContext) -> list[Probe]:
     """The sentence embedding, computed module by module as modules.json lists them.
 
-    Sentences are tokenised and truncated at the folder's ``max_seq_length`` (the longest goes
-    beyond it); then Pooling (modes from metadata.json), each Dense layer (its ``config.json``, the
-    weights in :attr:`ProbeContext.extras`: the source's or the output's) and Normalize apply in
-    their listed order. When the sentence-transformers package is installed, the same sentences
-    through its own ``SentenceTransformer(source).encode`` check this computation.
+    The 8 usual sentences and one longer than ``max_seq_length`` (in a batch of its own, so the
+    others are not padded to its length) are tokenised and truncated at the folder's
+    ``max_seq_length``; then Pooling (modes from metadata.json), each Dense layer (its
+    ``config.json``, the weights in :attr:`ProbeContext.extras`: the source's or the output's) and
+    Normalize apply in their listed order. When the sentence-transformers package is installed,
+    the same sentences through its own ``SentenceTransformer(source).encode`` check this computation.
     """
     torch, extras = context.torch, context.extras
     settings = context.metadata.get("sentence_transformers") or {}
     config = context.model.config
     positions = getattr(config, "max_position_embeddings", None) or DEFAULT_MAX_SEQ_LENGTH + 2
     length = min(settings.get("max_seq_length") or DEFAULT_MAX_SEQ_LENGTH, positions - 2)
-    words = length + BEYOND_LENGTH
-    batch = text_batch(context, config.vocab_size, length, pad_id=getattr(config, "pad_token_id", None) or 0,
-                       longest=words)
+    texts = sentences(context.seed)
+    long_text = sentences(context.seed, count=2, longest=length + BEYOND_LENGTH)[-1]
+    pad = getattr(config, "pad_token_id", None) or 0
+    batches = [text_batch(context, config.vocab_size, length, pad_id=pad, texts=t) for t in (texts, [long_text])]
     steps = _steps(torch, settings, read_modules(context.output), context.output)
 
     def run(model: Any) -> Any:
-        embedding = output_tensor(model(**batch))
-        for step in steps:
-            embedding = step(embedding, batch["attention_mask"], extras)
-        return embedding
+        embeddings = []
+        for batch in batches:
+            embedding = output_tensor(model(**batch))
+            for step in steps:
+                embedding = step(embedding, batch["attention_mask"], extras)
+            embeddings.append(embedding)
+        return torch.cat(embeddings)
 
     expected = None
     source = context.source
     if source is not None and _has_sentence_transformers():
-        texts = sentences(context.seed, longest=words)
 
         def expected() -> Any:
             from sentence_transformers import SentenceTransformer
 
             model = SentenceTransformer(str(source), device="cpu")
-            return torch.from_numpy(model.encode(texts, batch_size=len(texts), convert_to_numpy=True))
+            return torch.from_numpy(model.encode([*texts, long_text], batch_size=len(texts) + 1, convert_to_numpy=True))
 
     return [Probe("embedding", run, expected=expected)]
 

@@ -176,20 +176,21 @@ def model_keys(model: Any, names: list[str]) -> dict[str, str]:
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
-    except ImportError:
+
+        mapping = get_model_conversion_mapping(model)
+        renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
+        converters = [m for m in mapping if isinstance(m, WeightConverter)]
+        meta = model.state_dict()
+        prefix = model.base_model_prefix
+        keys = {}
+        for name in names:
+            key, _ = rename_source_key(name, renamings, converters, prefix, meta)
+            if key not in meta and name in meta:
+                key, _ = rename_source_key(name, [], [], prefix, meta)
+            keys[name] = key
+        return keys
+    except Exception:  # another transformers: its internals differ; names are then taken as they are
         return {n: n for n in names}
-    mapping = get_model_conversion_mapping(model)
-    renamings = [m for m in mapping if isinstance(m, WeightRenaming)]
-    converters = [m for m in mapping if isinstance(m, WeightConverter)]
-    meta = model.state_dict()
-    prefix = model.base_model_prefix
-    keys = {}
-    for name in names:
-        key, _ = rename_source_key(name, renamings, converters, prefix, meta)
-        if key not in meta and name in meta:
-            key, _ = rename_source_key(name, [], [], prefix, meta)
-        keys[name] = key
-    return keys
 
 
 def non_persistent_buffers(model: Any) -> set[str]:

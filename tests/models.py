@@ -110,11 +110,15 @@ def llama_bf16(folder: Path) -> Path:
     return _save(transformers.LlamaForCausalLM(config).to(torch.bfloat16), folder)
 
 
-def sentence_transformer(folder: Path) -> Path:
+def sentence_transformer(
+    folder: Path, max_seq_length: int | None = None, normalize_first: bool = False, pooling: str = "cls"
+) -> Path:
     """A tiny BERT laid out as sentence-transformers saves it, with CLS pooling, Dense, Normalize.
 
     The module files are written by hand, in the format of sentence-transformers 5 (``pooling_mode``
-    as a string, max_seq_length in tokenizer_config.json).
+    as a string, max_seq_length in tokenizer_config.json, or in sentence_bert_config.json when
+    ``max_seq_length`` is given). ``normalize_first`` lists Normalize before Dense; ``pooling`` is
+    the Pooling module's mode.
     """
     bert(folder)
     write_vocab(folder)
@@ -124,17 +128,22 @@ def sentence_transformer(folder: Path) -> Path:
         ("2_Dense", "sentence_transformers.models.Dense"),
         ("3_Normalize", "sentence_transformers.models.Normalize"),
     ]
+    if normalize_first:
+        modules[2], modules[3] = modules[3], modules[2]
     entries = [{"idx": i, "name": str(i), "path": p, "type": t} for i, (p, t) in enumerate(modules)]
     write_json(folder / "modules.json", entries)
     write_json(
         folder / "config_sentence_transformers.json",
         {"model_type": "SentenceTransformer", "similarity_fn_name": "dot"},
     )
-    write_json(folder / "sentence_bert_config.json", {"transformer_task": "feature-extraction"})
+    sbert: dict[str, Any] = {"transformer_task": "feature-extraction"}
+    if max_seq_length is not None:
+        sbert["max_seq_length"] = max_seq_length
+    write_json(folder / "sentence_bert_config.json", sbert)
     write_json(folder / "tokenizer_config.json", {"tokenizer_class": "BertTokenizer", "model_max_length": 48})
     write_json(
         folder / "1_Pooling/config.json",
-        {"embedding_dimension": HIDDEN, "pooling_mode": "cls", "include_prompt": True},
+        {"embedding_dimension": HIDDEN, "pooling_mode": pooling, "include_prompt": True},
     )
     write_json(
         folder / "2_Dense/config.json",
@@ -223,6 +232,48 @@ def siglip(folder: Path, architecture: str = "SiglipModel") -> Path:
         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
     })
     return _save(model, folder)
+
+
+def vit(folder: Path) -> Path:
+    """A tiny ``ViTModel`` (transformers 5 renames its attention projections on load)."""
+    import transformers
+
+    config = transformers.ViTConfig(image_size=30, patch_size=6, initializer_range=0.3, **_ENCODER)
+    return _save(transformers.ViTModel(config), folder)
+
+
+def dinov2(folder: Path) -> Path:
+    """A tiny ``Dinov2Model``."""
+    import transformers
+
+    config = transformers.Dinov2Config(image_size=30, patch_size=6, initializer_range=0.3, **_ENCODER)
+    return _save(transformers.Dinov2Model(config), folder)
+
+
+def wav2vec2(folder: Path) -> Path:
+    """A tiny ``Wav2Vec2Model`` (raw audio in: ``input_values``), with a small feature encoder."""
+    import transformers
+
+    config = transformers.Wav2Vec2Config(
+        vocab_size=VOCAB, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2, **_ENCODER,
+    )
+    return _save(transformers.Wav2Vec2Model(config), folder)
+
+
+def mixtral(folder: Path) -> Path:
+    """A tiny ``MixtralForCausalLM``: 4 experts per layer, which transformers 5 fuses on load.
+
+    Weights are drawn wide (std 0.3) so that damage to one expert shows in the logits.
+    """
+    import transformers
+
+    config = transformers.MixtralConfig(
+        vocab_size=VOCAB, num_local_experts=4, num_experts_per_tok=2, num_key_value_heads=1, initializer_range=0.1,
+        # The experts' grouped matmul wants 16-byte aligned strides: an intermediate size of 37 fails.
+        **{**_ENCODER, "intermediate_size": 48},
+    )
+    return _save(transformers.MixtralForCausalLM(config), folder)
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from streamconv.format.staging import staging_path
 
 import streamconv
 from streamconv.errors import AssetError, MissingDependencyError, OutputExistsError
+from streamconv.format.staging import staging_path
 from tests import models
 
 INSTALL = "pip install torch 'streamconv[validate]'"

@@ -41,6 +41,11 @@ __all__ = [
 #: Chunks decoding or queued per worker, across row groups, before the oldest group is waited for.
 #: 1 keeps both workers busy; 2 cost load 4 MiB more peak RSS (llama-bf16) for no measured speed.
 CHUNKS_IN_FLIGHT = 1
+#: Bytes of tensors :meth:`WeightsFile.records` may have started decoding ahead of the one it
+#: yields (while the caller still holds that one). A tensor that would take the read-ahead past
+#: this waits until the caller asks for the next tensor: a large tensor is never decoded beside
+#: another the caller holds, while small ones keep both workers busy.
+READ_AHEAD_BYTES = 64 * 1024 * 1024
 
 
 def weights_path(path: str | os.PathLike[str]) -> Path:
@@ -128,7 +133,8 @@ class WeightsFile:
         Chunks of the next row groups are decoded while the oldest group finishes, up to
         :data:`CHUNKS_IN_FLIGHT` per worker: a row group may hold a single chunk (a 2 GB model's
         1 MiB row groups), and waiting for each group would leave all workers but one idle. The
-        next row group is read on a thread of its own (:meth:`_prefetched`).
+        next row group is read on a thread of its own (:meth:`_prefetched`), and tensors start
+        decoding ahead of the one yielded only up to :data:`READ_AHEAD_BYTES`.
         """
         wanted, groups = self._groups(names)
         pending: dict[str, np.ndarray] = {}
@@ -137,14 +143,41 @@ class WeightsFile:
         arrays = Recycler([numel(e.shape) * e.dtype.numpy.itemsize for e in self.entries.values() if e.row["name"] in wanted])
         with WorkerPool(workers, thread_name_prefix="streamconv-decode") as pool:
             for part, group, table in self._prefetched(groups):
-                in_flight.append(part.decode_group(group, table, wanted, pending, pool, arrays))
-                queued += len(in_flight[-1][0])
+                segments = self._segments(part, group, wanted, pending, bool(in_flight))
+                for i, segment in enumerate(segments):
+                    if i:  # yield what is started before starting more than the budget allows
+                        while in_flight:
+                            yield from self._finished(*in_flight.popleft(), pending)
+                        queued = 0
+                    if segment:
+                        in_flight.append(part.decode_group(group, table, segment, pending, pool, arrays))
+                        queued += len(in_flight[-1][0])
                 while queued > CHUNKS_IN_FLIGHT * workers:
                     jobs, finished = in_flight.popleft()
                     queued -= len(jobs)
                     yield from self._finished(jobs, finished, pending)
             while in_flight:
                 yield from self._finished(*in_flight.popleft(), pending)
+
+    def _segments(self, part: WeightsPart, group: int, wanted: set[str], pending: dict[str, np.ndarray],
+                  busy: bool) -> list[set[str]]:
+        """``group``'s wanted tensors in file order, split before each tensor whose start would take
+        the bytes started and not yet yielded past :data:`READ_AHEAD_BYTES` (the caller then yields
+        everything before it). Only the last tensor of a group continues into the next one, so after
+        a split nothing is left pending."""
+        chunks = [(name, index) for name, index, *_ in part.chunks[group] if name in wanted]
+        ahead = sum(a.nbytes for a in pending.values())
+        segments: list[set[str]] = [set()]
+        for name, index in chunks:
+            if index == 0:
+                entry = self.entries[name]
+                size = numel(entry.shape) * entry.dtype.numpy.itemsize
+                if ahead + size > READ_AHEAD_BYTES and (busy or ahead or segments[-1]):
+                    segments.append(set())
+                    ahead = 0
+                ahead += size
+            segments[-1].add(name)
+        return segments
 
     def _finished(self, jobs: list[Future[None]], finished: list[str], pending: dict[str, np.ndarray]
                   ) -> Iterator[TensorRecord]:

@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 
 from streamconv.dtypes import CODES, by_code
 from streamconv.errors import PlanError, UnsupportedDtypeError
-from streamconv.plans.probes import Probe, ProbeContext, output_tensor, text_batch
+from streamconv.plans.model_inputs import input_probes
+from streamconv.plans.probes import Probe, ProbeContext
 from streamconv.sources.checkpoint import Checkpoint
 from streamconv.sources.ref import TensorRef
 from streamconv.stages.names import RenameRule, matches_any, rename, select
@@ -31,6 +32,7 @@ __all__ = ["Layout", "ModelInfo", "Part", "Plan", "Probe", "ProbeContext", "Reso
 #: Copied beside the weights for every plan, when the checkpoint has them.
 COMMON_ASSETS = (
     "config.json",
+    "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -314,14 +316,10 @@ class Plan:
         return architectures[0] if architectures else "AutoModel"
 
     def probes(self, context: ProbeContext) -> list[Probe]:
-        """Inputs that exercise the converted model; by default, a text batch when it has a vocabulary."""
-        config = context.model.config
-        vocab = getattr(config, "vocab_size", None)
-        if not vocab:
-            return []
-        longest = getattr(config, "max_position_embeddings", None) or 64
-        batch = text_batch(context, vocab, min(longest, 64), pad_id=getattr(config, "pad_token_id", None) or 0)
-        return [Probe("text", lambda m: output_tensor(m(**batch)))]
+        """Inputs that exercise the converted model; by default chosen by what the model takes
+        (:func:`streamconv.plans.model_inputs.input_probes`: token ids, pixel values, log-mel
+        features or raw audio, sized from its config)."""
+        return input_probes(context)[0]
 
 
 def _unmatched(

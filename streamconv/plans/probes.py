@@ -104,7 +104,8 @@ def sentences(seed: int = 0, count: int = BATCH, longest: int = 24) -> list[str]
 
 
 def text_batch(
-    context: ProbeContext, vocab_size: int, max_length: int, type_vocab_size: int = 0, pad_id: int = 0
+    context: ProbeContext, vocab_size: int, max_length: int, type_vocab_size: int = 0, pad_id: int = 0,
+    texts: list[str] | None = None,
 ) -> dict[str, Any]:
     """A padded batch of :func:`sentences` as model inputs: ``input_ids``, ``attention_mask``, maybe ``token_type_ids``.
 
@@ -118,9 +119,10 @@ def text_batch(
         max_length: Longest sequence the model takes (position embeddings).
         type_vocab_size: The model's number of token types (0 or 1: no ``token_type_ids``).
         pad_id: The padding id.
+        texts: The texts to tokenise; :func:`sentences` of the context's seed by default.
     """
     torch = context.torch
-    rows = _token_rows(context, vocab_size, max_length)
+    rows = _token_rows(context, vocab_size, max_length, texts or sentences(context.seed))
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -136,8 +138,7 @@ def text_batch(
     return batch
 
 
-def _token_rows(context: ProbeContext, vocab_size: int, max_length: int) -> list[list[int]]:
-    texts = sentences(context.seed)
+def _token_rows(context: ProbeContext, vocab_size: int, max_length: int, texts: list[str]) -> list[list[int]]:
     tokenizer_file = context.output / "tokenizer.json"
     if tokenizer_file.is_file():
         from tokenizers import Tokenizer
@@ -153,20 +154,23 @@ def _token_rows(context: ProbeContext, vocab_size: int, max_length: int) -> list
     return [context.torch.randint(0, vocab_size, (n,), generator=gen).tolist() for n in lengths]
 
 
-def image_batch(context: ProbeContext, channels: int, size: int, count: int = BATCH) -> Any:
-    """``count`` seeded, varied, normalised images ``(count, channels, size, size)``.
+def image_batch(context: ProbeContext, channels: int, size: int | tuple[int, int], count: int = BATCH) -> Any:
+    """``count`` seeded, varied, normalised images ``(count, channels, height, width)``.
 
-    Noise at two scales, gradients, checkerboards of different periods and flat fields with noise,
-    each with its own brightness and contrast: different inputs, not one image repeated.
+    ``size`` is the side of a square image or ``(height, width)``. Noise at two scales, gradients,
+    checkerboards of different periods and flat fields with noise, each with its own brightness
+    and contrast: different inputs, not one image repeated.
     """
     torch = context.torch
     gen = context.generator()
-    y, x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    height, width = (size, size) if isinstance(size, int) else size
+    size = max(height, width)
+    y, x = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
     images = []
     for i in range(count):
         kind = i % 4
         if kind == 0:
-            base = torch.randn(channels, size, size, generator=gen)
+            base = torch.randn(channels, height, width, generator=gen)
         elif kind == 1:
             angle = float(torch.rand(1, generator=gen)) * 6.283
             base = (x * torch.cos(torch.tensor(angle)) + y * torch.sin(torch.tensor(angle))).expand(channels, -1, -1)
@@ -174,7 +178,7 @@ def image_batch(context: ProbeContext, channels: int, size: int, count: int = BA
             period = 2 + i
             base = (((x * size).long() // period + (y * size).long() // period) % 2).float().expand(channels, -1, -1)
         else:
-            base = torch.rand(channels, 1, 1, generator=gen) + 0.3 * torch.randn(channels, size, size, generator=gen)
+            base = torch.rand(channels, 1, 1, generator=gen) + 0.3 * torch.randn(channels, height, width, generator=gen)
         scale = 0.5 + float(torch.rand(1, generator=gen)) * 1.5
         shift = float(torch.randn(1, generator=gen)) * 0.5
         images.append(base * scale + shift)
@@ -198,7 +202,7 @@ def features_tensor(value: Any) -> Any:
 
 
 def image_probe(
-    context: ProbeContext, channels: int, size: int, needs: tuple[str, ...] = (), label: str = "image"
+    context: ProbeContext, channels: int, size: int | tuple[int, int], needs: tuple[str, ...] = (), label: str = "image"
 ) -> Probe:
     """Image features through the projection (``get_image_features``); for a bare vision tower, its
     hidden states and pooled output side by side, so the pooling head is exercised too.

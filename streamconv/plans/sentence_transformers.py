@@ -10,6 +10,7 @@ similarity function go into metadata.json under ``sentence_transformers``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,7 @@ from typing import Any
 from streamconv import _files
 from streamconv.errors import PlanError
 from streamconv.plans.base import Plan
-from streamconv.plans.bert import text_model_probe
-from streamconv.plans.probes import Probe, ProbeContext, sentences, text_batch
+from streamconv.plans.probes import Probe, ProbeContext, output_tensor, sentences, text_batch
 from streamconv.sources.checkpoint import Checkpoint, read_safetensors_header
 from streamconv.sources.ref import TensorRef
 
@@ -231,57 +231,97 @@ def _read_json(root: Path, relative: str, default: Any) -> Any:
 POOLING_ORDER = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 
 
-def _probes(context: ProbeContext) -> list[Probe]:
-    """The pooled, normalised sentence embedding, computed from the module configs.
+#: The probe's sequence length when the folder records none (sentence-transformers' own default).
+DEFAULT_MAX_SEQ_LENGTH = 128
+#: Words the long probe sentence has beyond the sequence length, so that it is truncated.
+BEYOND_LENGTH = 8
 
-    Pooling from metadata.json, each Dense layer from its ``config.json`` with the weights in
-    :attr:`ProbeContext.extras` (the source's or the output's), then Normalize. When the
-    sentence-transformers package is installed, the same sentences through its own
-    ``SentenceTransformer(source).encode`` check this computation.
+
+def _probes(context: ProbeContext) -> list[Probe]:
+    """The sentence embedding, computed module by module as modules.json lists them.
+
+    The 8 usual sentences and one longer than ``max_seq_length`` (in a batch of its own, so the
+    others are not padded to its length) are tokenised and truncated at the folder's
+    ``max_seq_length``; then Pooling (modes from metadata.json), each Dense layer (its
+    ``config.json``, the weights in :attr:`ProbeContext.extras`: the source's or the output's) and
+    Normalize apply in their listed order. When the sentence-transformers package is installed,
+    the same sentences through its own ``SentenceTransformer(source).encode`` check this computation.
     """
-    torch = context.torch
+    torch, extras = context.torch, context.extras
     settings = context.metadata.get("sentence_transformers") or {}
-    modes = settings.get("pooling_mode") or DEFAULT_POOLING_MODE
-    modes = sorted([modes] if isinstance(modes, str) else modes, key=POOLING_ORDER.index)
-    modules = read_modules(context.output)
-    dense = [(m, _read_json(context.output, _inside(m.path, MODULE_CONFIG_FILE), default={}))
-             for m in modules if m.kind == "Dense"]
-    tokens_of = text_model_probe(context, token_types=False)
-    mask = _attention_mask(context)
+    config = context.model.config
+    positions = getattr(config, "max_position_embeddings", None) or DEFAULT_MAX_SEQ_LENGTH + 2
+    length = min(settings.get("max_seq_length") or DEFAULT_MAX_SEQ_LENGTH, positions - 2)
+    texts = sentences(context.seed)
+    long_text = sentences(context.seed, count=2, longest=length + BEYOND_LENGTH)[-1]
+    pad = getattr(config, "pad_token_id", None) or 0
+    batches = [text_batch(context, config.vocab_size, length, pad_id=pad, texts=t) for t in (texts, [long_text])]
+    steps = _steps(torch, settings, read_modules(context.output), context.output)
 
     def run(model: Any) -> Any:
-        tokens = tokens_of(model)
-        embedding = torch.cat([_pool(torch, mode, tokens, mask) for mode in modes], dim=1)
-        for module, config in dense:
-            weight = context.extras[f"{module.prefix}linear.weight"]
-            bias = context.extras.get(f"{module.prefix}linear.bias") if config.get("bias", True) else None
-            embedding = _activation(torch, config.get("activation_function"))(
-                torch.nn.functional.linear(embedding, weight, bias)
-            )
-        if settings.get("normalize"):
-            embedding = torch.nn.functional.normalize(embedding, p=2, dim=1)
-        return embedding
+        embeddings = []
+        for batch in batches:
+            embedding = output_tensor(model(**batch))
+            for step in steps:
+                embedding = step(embedding, batch["attention_mask"], extras)
+            embeddings.append(embedding)
+        return torch.cat(embeddings)
 
     expected = None
-    if context.source is not None and _has_sentence_transformers():
-        texts = sentences(context.seed)
+    source = context.source
+    if source is not None and _has_sentence_transformers():
 
         def expected() -> Any:
             from sentence_transformers import SentenceTransformer
 
-            model = SentenceTransformer(str(context.source), device="cpu")
-            return torch.from_numpy(model.encode(texts, batch_size=len(texts), convert_to_numpy=True))
+            model = SentenceTransformer(str(source), device="cpu")
+            return torch.from_numpy(model.encode([*texts, long_text], batch_size=len(texts) + 1, convert_to_numpy=True))
 
     return [Probe("embedding", run, expected=expected)]
 
 
-def _attention_mask(context: ProbeContext) -> Any:
-    config = context.model.config
-    batch = text_batch(
-        context, config.vocab_size, max_length=min(64, getattr(config, "max_position_embeddings", 64) - 2),
-        pad_id=getattr(config, "pad_token_id", None) or 0,
-    )
-    return batch["attention_mask"]
+Step = Callable[[Any, Any, dict[str, Any]], Any]
+
+
+def _steps(torch: Any, settings: dict[str, Any], modules: list[Module], folder: Path) -> list[Step]:
+    """One function per module after the Transformer, in modules.json's order.
+
+    Raises:
+        PlanError: a module the probe cannot compute, or Dense/Normalize before Pooling.
+    """
+    modes = settings.get("pooling_mode") or DEFAULT_POOLING_MODE
+    modes = sorted([modes] if isinstance(modes, str) else modes, key=POOLING_ORDER.index)
+    steps: list[Step] = []
+    pooled = False
+    for module in modules:
+        if module.kind == "Transformer":
+            continue
+        if module.kind == "Pooling":
+            steps.append(lambda x, mask, extras: torch.cat([_pool(torch, m, x, mask) for m in modes], dim=1))
+            pooled = True
+        elif module.kind in ("Dense", "Normalize") and not pooled:
+            raise PlanError(f"{folder / MODULES_FILE}: {module.kind} comes before Pooling; the probe cannot compute it")
+        elif module.kind == "Dense":
+            steps.append(_dense_step(torch, module, _read_json(folder, _inside(module.path, MODULE_CONFIG_FILE), default={})))
+        elif module.kind == "Normalize":
+            steps.append(lambda x, mask, extras: torch.nn.functional.normalize(x, p=2, dim=1))
+        else:
+            raise PlanError(f"{folder / MODULES_FILE}: module {module.kind!r} is not one the probe can compute "
+                            "(Transformer, Pooling, Dense, Normalize)")
+    if not pooled:
+        steps.insert(0, lambda x, mask, extras: torch.cat([_pool(torch, m, x, mask) for m in modes], dim=1))
+    return steps
+
+
+def _dense_step(torch: Any, module: Module, config: dict[str, Any]) -> Step:
+    activation = _activation(torch, config.get("activation_function"))
+
+    def step(x: Any, mask: Any, extras: dict[str, Any]) -> Any:
+        weight = extras[f"{module.prefix}linear.weight"]
+        bias = extras.get(f"{module.prefix}linear.bias") if config.get("bias", True) else None
+        return activation(torch.nn.functional.linear(x, weight, bias))
+
+    return step
 
 
 def _pool(torch: Any, mode: str, tokens: Any, mask: Any) -> Any:

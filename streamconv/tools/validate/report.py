@@ -114,26 +114,30 @@ class ValidationReport:
         return "\n".join(lines)
 
 
+#: Elements of one item compared at a time in float64 (8 MiB per temporary).
+COMPARE_SLICE = 1024 * 1024
+
+
 def compare(torch: Any, want: Any, got: Any) -> dict[str, float]:
     """The metrics of ``got`` against the reference ``want`` (see the module docstring)."""
     rows = want.shape[0] if want.dim() > 1 else 1
     want, got = want.detach().reshape(rows, -1), got.detach().reshape(rows, -1)
     cosines, ref_energy, err_energy, scale, max_err, nan = [], 0.0, 0.0, 0.0, 0.0, False
-    # One input at a time, in float64: a language model's logits for the whole batch are hundreds
-    # of MB, and a few float64 temporaries of them would cost more than the model.
+    # One input at a time, a slice at a time, in float64: a language model's logits for the whole
+    # batch are hundreds of MB, and float64 temporaries of them would cost more than the model.
     for w, g in zip(want, got, strict=True):
-        a, b = w.double(), g.double()
-        diff = b - a
-        if bool((diff == 0).all()):
-            cosines.append(1.0)  # equal items: exactly 1
-        else:
-            cosines.append(float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-300)))
-        ref_energy += float((a * a).sum())
-        err_energy += float((diff * diff).sum())
-        if a.numel():
-            scale = max(scale, float(a.abs().max()))
-            max_err = max(max_err, float(diff.abs().max()))
-        nan = nan or bool(torch.isnan(b).any())
+        dot = ref_norm = got_norm = item_err = 0.0
+        for start in range(0, w.numel(), COMPARE_SLICE):
+            a, b = w[start:start + COMPARE_SLICE].double(), g[start:start + COMPARE_SLICE].double()
+            diff = b - a
+            dot, ref_norm, got_norm = dot + float((a * b).sum()), ref_norm + float((a * a).sum()), got_norm + float((b * b).sum())
+            item_err += float((diff * diff).sum())
+            if a.numel():
+                scale, max_err = max(scale, float(a.abs().max())), max(max_err, float(diff.abs().max()))
+            nan = nan or bool(torch.isnan(b).any())
+        # equal items: exactly 1
+        cosines.append(1.0 if item_err == 0 else dot / max(math.sqrt(ref_norm) * math.sqrt(got_norm), 1e-300))
+        ref_energy, err_energy = ref_energy + ref_norm, err_energy + item_err
     nan = nan or not math.isfinite(err_energy)
     return {
         "min_cosine": float("nan") if nan else min(cosines),

@@ -3,6 +3,10 @@
 - **names**: each stored ``name`` equals ``plan.stored_name(layout, source_name)``.
 - **weights**: each stored tensor equals the documented cast of its source tensor, bit for bit;
   each tensor the conversion's parts and patterns keep is in the output, and no other.
+
+Memory: one stored tensor and its source tensor at a time, compared :data:`COMPARE_ELEMENTS` at a
+time (a cast and the bytes compared exist for one slice only), so at most about 2x the largest
+tensor. :func:`source_mismatch` first tells whether the source is the one converted at all.
 """
 
 from __future__ import annotations
@@ -14,16 +18,48 @@ import numpy as np
 
 from streamconv.dtypes import by_numpy
 from streamconv.errors import StreamconvError
-from streamconv.format.reader import iter_tensors
+from streamconv.format.reader import describe, iter_tensors
 from streamconv.plans import Plan
 from streamconv.sources.checkpoint import Checkpoint
 from streamconv.sources.ref import TensorRef
 from streamconv.tools.validate.report import Check
 
-__all__ = ["check_weights", "documented_cast", "expected_refs"]
+__all__ = ["check_weights", "documented_cast", "expected_refs", "same_bits", "source_mismatch"]
 
 #: Names shown in a message before "and N more".
 SHOWN = 5
+#: Elements compared at a time (16 MiB of float32 while casting).
+COMPARE_ELEMENTS = 4 * 1024 * 1024
+#: The share of stored tensors absent from the source, or of another shape there, that says the
+#: source is another model rather than a damaged output.
+FOREIGN_SHARE = 0.25
+
+
+def source_mismatch(output: Path, plan: Plan, checkpoint: Checkpoint, metadata: dict[str, Any]) -> str | None:
+    """One line saying why ``checkpoint`` is not the source of ``output``, or ``None`` when it may be.
+
+    The model types recorded at conversion and in the checkpoint's config.json must agree, and at
+    most :data:`FOREIGN_SHARE` of the stored tensors may be absent from the source or of another
+    shape there (fewer is damage, which the weights check names).
+    """
+    recorded = (metadata.get("source") or {}).get("config_model_type")
+    actual = (checkpoint.config or {}).get("model_type")
+    hint = "pass the checkpoint it was converted from with --source"
+    if recorded and actual and recorded != actual:
+        return (f"{checkpoint.root} is not the source of this output: its config.json has model_type {actual!r}, "
+                f"the output was converted from a {recorded!r} checkpoint; {hint}")
+    stored = describe(output)
+    by_source = {ref.source_name: ref for ref in plan.tensors(checkpoint)}
+    absent = [i.source_name for i in stored if i.source_name not in by_source]
+    reshaped = [
+        f"{i.source_name} (stored {list(i.shape)}, source {list(by_source[i.source_name].shape)})"
+        for i in stored if i.source_name in by_source and tuple(i.shape) != tuple(by_source[i.source_name].shape)
+    ]
+    if stored and len(absent) + len(reshaped) > FOREIGN_SHARE * len(stored):
+        found = _listing(f"{len(absent)} of {len(stored)} stored tensors are not in it", absent) if absent else ""
+        shapes = _listing(f"{len(reshaped)} have other shapes there", reshaped) if reshaped else ""
+        return f"{checkpoint.root} is not the source of this output: {'; '.join(p for p in (found, shapes) if p)}; {hint}"
+    return None
 
 
 def expected_refs(plan: Plan, checkpoint: Checkpoint, metadata: dict[str, Any]) -> tuple[dict[str, TensorRef] | None, str]:
@@ -73,11 +109,12 @@ def check_weights(output: Path, plan: Plan, checkpoint: Checkpoint, metadata: di
         ref = by_source.get(record.source_name)
         if ref is None:
             foreign.append(record.name)
+            del record
             continue
         original = ref.read().reshape(ref.shape)
-        want = documented_cast(original, record.array.dtype)
-        if want.shape != record.array.shape or want.tobytes() != np.ascontiguousarray(record.array).tobytes():
-            mismatched.append(f"{record.name}{_how_different(want, record.array)}")
+        if original.shape != record.array.shape or not same_bits(original, record.array):
+            mismatched.append(f"{record.name}{_how_different(original, record.array)}")
+        del record, original  # neither may stay alive while the reader decodes the next tensor
     names = Check(
         "names",
         not misnamed,
@@ -116,14 +153,29 @@ def documented_cast(original: np.ndarray, stored: np.dtype) -> np.ndarray:
     return original.astype(stored)
 
 
-def _how_different(want: np.ndarray, got: np.ndarray) -> str:
-    if want.shape != got.shape:
-        return f" (shape {list(got.shape)}, source {list(want.shape)})"
-    if not by_numpy(want.dtype).is_float:
+def same_bits(original: np.ndarray, stored: np.ndarray) -> bool:
+    """True when ``stored`` is :func:`documented_cast` of ``original``, bit for bit, compared a
+    slice of :data:`COMPARE_ELEMENTS` at a time (no whole-tensor temporary)."""
+    source, got = original.reshape(-1), stored.reshape(-1)
+    for start in range(0, source.size, COMPARE_ELEMENTS):
+        want = documented_cast(source[start:start + COMPARE_ELEMENTS], stored.dtype)
+        if want.tobytes() != got[start:start + COMPARE_ELEMENTS].tobytes():
+            return False
+    return True
+
+
+def _how_different(original: np.ndarray, got: np.ndarray) -> str:
+    if original.shape != got.shape:
+        return f" (shape {list(got.shape)}, source {list(original.shape)})"
+    if not by_numpy(original.dtype).is_float:
         return ""
-    a, b = want.astype(np.float64), got.astype(np.float64)
-    denom = float(np.abs(a).max()) or 1.0
-    return f" (max error {float(np.abs(a - b).max()) / denom:.2e} of its largest value)"
+    source, stored = original.reshape(-1), got.reshape(-1)
+    largest = worst = 0.0
+    for start in range(0, source.size, COMPARE_ELEMENTS):
+        a = documented_cast(source[start:start + COMPARE_ELEMENTS], got.dtype).astype(np.float64)
+        b = stored[start:start + COMPARE_ELEMENTS].astype(np.float64)
+        largest, worst = max(largest, float(np.abs(a).max())), max(worst, float(np.abs(a - b).max()))
+    return f" (max error {worst / (largest or 1.0):.2e} of its largest value)"
 
 
 def _listing(head: str, items: list[str]) -> str:

@@ -1,6 +1,7 @@
-"""Defaults and names shared by the pipeline: format version, file names, environment variables.
+"""Defaults and names shared by the pipeline: format version, file names, option choices.
 
-The dtype facts live in :mod:`streamconv.dtypes`.
+The dtype facts live in :mod:`streamconv.dtypes`; progress-bar policy and its environment
+variables in :mod:`streamconv.progress`; size strings in :mod:`streamconv.units`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ METADATA_FILENAME = "metadata.json"
 #: Values accepted by ``dtype``: a float target, or ``keep`` for the source dtype.
 DTYPE_CHOICES = ("float16", "bfloat16", "float32", "keep")
 DEFAULT_DTYPE = "float16"
+#: Values accepted by ``export``'s ``dtype``.
+EXPORT_DTYPES = ("keep", "float16", "float32")
+#: Other spellings of the float dtypes (llama.cpp's and optimum's), accepted wherever a dtype is.
+DTYPE_ALIASES = {"fp16": "float16", "f16": "float16", "bf16": "bfloat16", "fp32": "float32", "f32": "float32"}
+
+
+def canonical_dtype(name: object) -> object:
+    """``name`` with an alias (``fp16``, ``bf16``...) replaced by its dtype name; anything else as given."""
+    return DTYPE_ALIASES.get(name.lower(), name) if isinstance(name, str) else name
+
 
 COMPRESSION_CHOICES = ("zstd", "none")
 DEFAULT_COMPRESSION = "zstd"
@@ -50,12 +61,3 @@ class WorkerPool(ThreadPoolExecutor):
                 super()._adjust_thread_count()
             finally:
                 threading.stack_size(previous)
-
-
-ENV_DISABLE_PROGRESS_BARS = "STREAMCONV_DISABLE_PROGRESS_BARS"
-
-
-def progress_bars_disabled() -> bool:
-    """True when ``STREAMCONV_DISABLE_PROGRESS_BARS`` is set to a true value."""
-    value = os.environ.get(ENV_DISABLE_PROGRESS_BARS, "")
-    return value.strip().lower() in {"1", "true", "yes", "on"}

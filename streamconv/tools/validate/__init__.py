@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from streamconv import progress as progress_bars
 from streamconv.constants import METADATA_FILENAME
-from streamconv.errors import SourceNotFoundError
+from streamconv.errors import InvalidOptionError, SourceNotFoundError
 from streamconv.format.reader import describe, read_metadata
 from streamconv.plans import Plan, get_plan
 from streamconv.sources.checkpoint import Checkpoint, open_checkpoint
@@ -53,15 +53,22 @@ def validate(
         min_cosine: Overrides the stored dtype's minimum cosine per item.
         max_nmse: Overrides the stored dtype's maximum NMSE.
         seed: Seed of the probes' inputs.
-        progress: Show progress bars on stderr (the CLI turns them on for a terminal).
+        progress: Show a bar over the steps on stderr (see :mod:`streamconv.progress`).
 
     Returns:
         The :class:`ValidationReport` (check ``.passed``).
 
     Raises:
+        InvalidOptionError: ``min_cosine`` above 1 or ``max_nmse`` below 0 (no output could pass).
         MissingDependencyError: torch or transformers is not installed.
         SourceNotFoundError: the source cannot be found.
     """
+    if min_cosine is not None and not min_cosine <= 1:
+        raise InvalidOptionError("{min_cosine=} is above 1, which no cosine reaches; give at most 1",
+                                 "min_cosine", min_cosine=min_cosine)
+    if max_nmse is not None and not max_nmse >= 0:
+        raise InvalidOptionError("{max_nmse=} is below 0, which no error reaches; give at least 0",
+                                 "max_nmse", max_nmse=max_nmse)
     started = time.perf_counter()
     output = Path(output)
     metadata = read_metadata(output)
@@ -115,8 +122,9 @@ def _check_outputs(
     """The ``model-tensors`` and ``outputs:*`` checks on one model instance (see the module docstring)."""
     from streamconv.tools.validate import model as mod
 
+    steps = _Steps(progress, 5 + len(describe(output)))
+    steps.say("importing torch and transformers")
     torch, transformers = mod.import_torch()
-    steps = _Steps(progress, 4 + len(describe(output)))
     steps.say("loading the original model")
     reference = mod.load_reference(torch, transformers, checkpoint, plan.model_class(metadata), report.messages)
     loaded = mod.LoadedModel(torch, reference, [r.source_name for r in checkpoint.tensors])
@@ -174,7 +182,7 @@ def _model_tensors_check(
         notes.append(f"{len(other_parts)} not converted ({reasons[other_parts[0]]}), their probes skipped")
     if extras:
         notes.append(_listing(f"{len(extras)} output tensors not used by the model, checked as weights only", sorted(extras)))
-    figures = {"loaded": float(len(done)), "missing": float(len(failing)), "unused": float(len(extras))}
+    figures: dict[str, float] = {"loaded": len(done), "missing": len(failing), "unused": len(extras)}  # ints in JSON
     return Check("model-tensors", not problems, "; ".join(problems + notes), figures)
 
 
@@ -216,20 +224,14 @@ class _Steps:
     """Progress on stderr: a bar over the steps and the converted tensors, when ``progress``."""
 
     def __init__(self, progress: bool, total: int) -> None:
-        self.bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc="validating", unit="step", file=sys.stderr, leave=False)
+        self.bar = progress_bars.bar(total, "steps", "validating", enabled=progress, leave=False)
 
     def say(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.set_description(text)
-            self.bar.update(1)
+        self.bar.say(text)
+        self.bar.update(1)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 def record_validation(output: str | os.PathLike[str], report: ValidationReport) -> Path:

@@ -41,7 +41,11 @@ def limits_for(policy: str) -> tuple[float, float]:
 
 @dataclass
 class Check:
-    """One comparison: what was compared, the verdict, the measured figures and their limits."""
+    """One comparison: what was compared, the verdict, the measured figures and their limits.
+
+    ``detail`` is the check's one-line account, recorded with the report in metadata.json; the
+    terminal layout of a report is :mod:`streamconv.cli.display`'s.
+    """
 
     name: str
     passed: bool
@@ -105,14 +109,6 @@ class ValidationReport:
             "messages": list(self.messages),
         }
 
-    def table(self) -> str:
-        """The report as lines for a terminal: one per check."""
-        lines = [f"validated {self.output_dir} against {self.source}"]
-        for check in self.checks:
-            lines.append(f"  {'ok  ' if check.passed else 'FAIL'} {check.name}: {check.detail}")
-        lines.append(f"  {'passed' if self.passed else 'FAILED'} in {self.seconds:.1f} s")
-        return "\n".join(lines)
-
 
 def compare(torch: Any, want: Any, got: Any) -> dict[str, float]:
     """The metrics of ``got`` against the reference ``want`` (see the module docstring)."""
@@ -139,7 +135,7 @@ def compare(torch: Any, want: Any, got: Any) -> dict[str, float]:
         "min_cosine": float("nan") if nan else min(cosines),
         "nmse": float("nan") if nan else (err_energy / ref_energy if ref_energy else float(err_energy > 0)),
         "max_abs_error_ratio": float("nan") if nan else (max_err / scale if scale else max_err),
-        "items": float(rows),
+        "items": rows,  # a count: an int in the JSON report
     }
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from streamconv._version import __version__
@@ -100,26 +99,6 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
 
-
-#: Public functions named like the submodule that defines them (``streamconv.convert`` is both).
-_SHADOWED_MODULES = frozenset({"convert", "export", "validate", "verify"})
-
-
-class _Package(types.ModuleType):
-    """Keeps ``streamconv.convert`` (and ``export``, ``validate``, ``verify``) the functions once their submodules load.
-
-    The import system binds a submodule on its package (``streamconv.convert = <module>``); the
-    eager ``from streamconv.convert import convert`` used to overwrite that, the lazy one cannot,
-    so the binding is ignored here (the module stays in ``sys.modules``).
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _SHADOWED_MODULES and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "__version__",

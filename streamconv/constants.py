@@ -1,7 +1,8 @@
-"""Defaults and names shared by the pipeline: format version, file names, option choices.
+"""Defaults shared by every layer: option choices and bounds, worker threads.
 
-The dtype facts live in :mod:`streamconv.dtypes`; progress-bar policy and its environment
-variables in :mod:`streamconv.progress`; size strings in :mod:`streamconv.units`.
+The dtype facts live in :mod:`streamconv.dtypes`; the on-disk names and version in
+:mod:`streamconv.format.schema`; progress-bar policy and its environment variables in
+:mod:`streamconv.progress`; size strings in :mod:`streamconv.units`.
 """
 
 from __future__ import annotations
@@ -10,11 +11,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-#: Version of the output layout written by this package (see docs/format.md). Readers accept
-#: every version up to this one.
-FORMAT_VERSION = 3
-WEIGHTS_FILENAME = "weights.parquet"
-METADATA_FILENAME = "metadata.json"
+from streamconv.errors import InvalidOptionError
 
 #: Values accepted by ``dtype``: a float target, or ``keep`` for the source dtype.
 DTYPE_CHOICES = ("float16", "bfloat16", "float32", "keep")
@@ -39,6 +36,43 @@ DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024
 
 #: Worker threads that read, cast and compress chunks; zstd and numpy release the GIL.
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+#: More threads than this only cost memory (each holds a chunk and its stack).
+MAX_WORKERS = 256
+
+
+# --- the bounds of the options every layer takes: checked here, and only here ---
+
+
+def check_dtype(dtype: str) -> None:
+    """Refuse a ``dtype`` that is not one of :data:`DTYPE_CHOICES`."""
+    if dtype not in DTYPE_CHOICES:
+        raise InvalidOptionError(f"{{dtype=}} is not a dtype; choose one of {', '.join(DTYPE_CHOICES)} "
+                                 f"(or {', '.join(DTYPE_ALIASES)})", "dtype", dtype=dtype)
+
+
+def check_codec(compression: str, level: int | None) -> None:
+    """Refuse an unknown ``compression``, a level outside zstd's, and a level with no compression."""
+    if compression not in COMPRESSION_CHOICES:
+        raise InvalidOptionError(f"{{compression=}} is not a codec; choose one of {', '.join(COMPRESSION_CHOICES)}",
+                                 "compression", compression=compression)
+    if level is not None and compression == "none":
+        raise InvalidOptionError("{level=} has no effect with {compression=none}; drop {level}, or use {compression=zstd}",
+                                 "level", level=level)
+    if level is not None and level not in ZSTD_LEVELS:
+        raise InvalidOptionError(f"{{level=}} is outside zstd's levels; choose {ZSTD_LEVELS.start} to {ZSTD_LEVELS.stop - 1}",
+                                 "level", level=level)
+
+
+def check_chunk_size(chunk_size: int) -> None:
+    """Refuse a chunk smaller than one byte."""
+    if chunk_size < 1:
+        raise InvalidOptionError("{chunk_size=} must be at least 1 byte", "chunk_size", chunk_size=chunk_size)
+
+
+def check_workers(workers: int) -> None:
+    """Refuse a thread count outside 1 to :data:`MAX_WORKERS`."""
+    if not 1 <= workers <= MAX_WORKERS:
+        raise InvalidOptionError(f"{{workers=}} must be between 1 and {MAX_WORKERS}", "workers", workers=workers)
 
 #: Stack of each worker thread streamconv starts (encode, decode, verify). Python's default is the
 #: process's RLIMIT_STACK, usually 8 MiB, all of it counted by RLIMIT_DATA; the workers run numpy,

@@ -202,7 +202,7 @@ def test_export_to_float16_keeps_out_of_range_tensors_in_float32(tmp_path: Path)
     result = streamconv.export(out, tmp_path / "hf", dtype="float16", max_shard_size=5000)
     notes = [w for w in result.warnings if "range" in w]
     assert len(notes) == 2
-    assert "'late' has values up to 70000, beyond float16's range; written as float32" in notes[0]
+    assert "'late' has values up to 70000, beyond float16's range; stored as float32" in notes[0]
     assert "'bf16' has values up to 262144" in notes[1]
     target = tmp_path / "hf"
     assert not (target / "model.safetensors").exists()

@@ -31,6 +31,7 @@ from streamconv.dtypes import CODES as STORED_CODES
 from streamconv.errors import (
     CorruptCheckpointError,
     ShardIndexError,
+    UnsafeInputError,
     UnsupportedDtypeError,
 )
 from streamconv.sources.checkpoint import open_checkpoint, read_safetensors_header
@@ -383,7 +384,7 @@ def test_mutated_indexes_raise_only_project_errors(sharded: Path, data: st.DataO
     (sharded / "model.safetensors.index.json").write_bytes(bytes(raw))
     try:
         checkpoint = open_checkpoint(sharded)
-    except (ShardIndexError, CorruptCheckpointError) as exc:
+    except (ShardIndexError, CorruptCheckpointError, UnsafeInputError) as exc:
         assert "\n" not in str(exc), str(exc)
         _event(f"refused: {type(exc).__name__}")
         return
@@ -650,21 +651,29 @@ def two_shards(tmp_path: Path) -> Path:
     return write_sharded(tmp_path / "ckpt", [{"a": np.ones(2, np.float32)}, {"b": np.zeros(1, np.float32)}])
 
 
+def path_refused(folder: Path, fragment: str) -> None:
+    """A path from the index is refused by the one owner of paths from data (streamconv._files): exit 3."""
+    with pytest.raises(UnsafeInputError) as caught:
+        open_checkpoint(folder)
+    message = str(caught.value)
+    assert fragment in message and "\n" not in message and caught.value.exit_code == 3, message
+
+
 def test_dotdot_shard(two_shards: Path) -> None:
     _index(two_shards, {"a": "../outside.safetensors", "b": SHARD_2})
-    index_refused(two_shards, "shard name '../outside.safetensors' is not a plain relative path")
+    path_refused(two_shards, "names '../outside.safetensors', which is not a plain relative path")
 
 
 def test_absolute_shard(two_shards: Path) -> None:
     outside = str(two_shards.parent / "outside.safetensors")
     _index(two_shards, {"a": outside, "b": SHARD_2})
-    index_refused(two_shards, f"shard name {outside!r} is not a plain relative path")
+    path_refused(two_shards, f"names {outside!r}, which is not a plain relative path")
 
 
 def test_symlink_escaping_the_folder(two_shards: Path) -> None:
     (two_shards / "link.safetensors").symlink_to(two_shards.parent / "outside.safetensors")
     _index(two_shards, {"a": "link.safetensors", "b": SHARD_2})
-    index_refused(two_shards, "shard 'link.safetensors' resolves through a symlink to")
+    path_refused(two_shards, "link.safetensors: leads through a symlink to")
 
 
 def test_symlinks_inside_the_folder_and_into_hub_blobs_are_followed(tmp_path: Path) -> None:
@@ -706,7 +715,7 @@ def test_deeply_nested_index(two_shards: Path) -> None:
 
 def test_nul_in_a_shard_name(two_shards: Path) -> None:
     _index(two_shards, {"a": "model\x00.safetensors", "b": SHARD_2})
-    index_refused(two_shards, "is not a plain relative path")
+    path_refused(two_shards, "is not a plain relative path")
 
 
 def test_lone_surrogate_in_the_index(two_shards: Path) -> None:

@@ -23,8 +23,8 @@ import pytest
 
 import streamconv
 from streamconv.errors import DiskFullError, OutputExistsError
-from streamconv.pipeline import staging as output_module
-from streamconv.pipeline.staging import clean_leftovers, staged_output, staging_path
+from streamconv.format import staging as output_module
+from streamconv.format.staging import clean_leftovers, staged_output, staging_path
 from tests.conftest import write_safetensors
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "STREAMCONV_DISABLE_PROGRESS_BARS": "1"}

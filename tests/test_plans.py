@@ -4,6 +4,7 @@ the names it gives them, detection, --type and --parts, and checkpoints that do 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import ml_dtypes
@@ -13,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 
 import streamconv
 from streamconv.cli.app import main
-from streamconv.errors import InvalidOptionError, PlanError
+from streamconv.errors import InvalidOptionError, PlanError, UnsafeInputError
 from streamconv.plans import ModelInfo, choose_plan, plan_names
 from streamconv.plans.sentence_transformers import SentenceTransformersPlan
 from streamconv.sources.checkpoint import Checkpoint, open_checkpoint
@@ -172,7 +173,17 @@ def test_sentence_transformers_stores_dense_under_its_module_path(built, tmp_pat
 def test_sentence_transformers_module_path_must_stay_inside(tmp_path: Path) -> None:
     folder = models.folder_with(tmp_path / "st", {"model_type": "bert"})
     models.write_json(folder / "modules.json", [{"path": "../elsewhere", "type": "sentence_transformers.models.Dense"}])
-    with pytest.raises(PlanError, match=r"module path '../elsewhere' leaves the model folder; fix modules.json"):
+    with pytest.raises(UnsafeInputError, match=r"modules.json: names '../elsewhere', which is not a plain relative path"):
+        streamconv.convert(folder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_sentence_transformers_module_folder_linking_outside_is_refused(tmp_path: Path) -> None:
+    folder = models.folder_with(tmp_path / "st", {"model_type": "bert"})
+    (tmp_path / "elsewhere").mkdir()
+    (folder / "2_Dense").symlink_to(tmp_path / "elsewhere")
+    models.write_json(folder / "modules.json", [{"path": "2_Dense", "type": "sentence_transformers.models.Dense"}])
+    with pytest.raises(UnsafeInputError, match=r"2_Dense: leads through a symlink to .*outside"):
         streamconv.convert(folder, tmp_path / "out")
 
 
@@ -496,3 +507,22 @@ def test_old_model_type_spellings_are_accepted(minilm_path: Path, tmp_path: Path
     assert {streamconv.ConvertOptions(model_type=t).model_type for t in ("bert", "clip", "whisper")} == {
         "bert", "clip", "whisper"
     }
+
+
+def test_a_sentence_transformers_folder_is_parsed_once_per_conversion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamconv import _files
+
+    folder = models.folder_with(tmp_path / "st", {"model_type": "bert"})
+    models.write_json(folder / "modules.json", [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}])
+    reads: list[str] = []
+    real = _files.read_json
+
+    def counting(path: Path, **kwargs: object) -> object:
+        # The asset copy checks each JSON file it copies; the facts are what the plan parses.
+        if sys._getframe(1).f_globals["__name__"] != "streamconv.pipeline.assets":
+            reads.append(Path(path).name)
+        return real(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_files, "read_json", counting)
+    streamconv.convert(folder, tmp_path / "out")
+    assert reads.count("modules.json") == 1, reads

@@ -9,7 +9,6 @@ checksum (format 2), and written straight from the Arrow buffer into the tensor'
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -20,15 +19,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from streamconv.constants import (
-    DEFAULT_WORKERS,
-    METADATA_FILENAME,
-    WEIGHTS_FILENAME,
-    WorkerPool,
-)
+from streamconv import _files
+from streamconv.constants import DEFAULT_WORKERS, WorkerPool
 from streamconv.errors import FormatError, NotConvertedError, TensorNotFoundError
+from streamconv.format.index import read_index
 from streamconv.format.records import NameKind, TensorInfo, TensorRecord
-from streamconv.format.split import INDEX_FILENAME, read_index
+from streamconv.format.schema import INDEX_FILENAME, METADATA_FILENAME, WEIGHTS_FILENAME
 from streamconv.format.toc import Entry, Expected, Recycler, WeightsPart, numel, payloads
 
 __all__ = [
@@ -56,11 +52,15 @@ def weights_path(path: str | os.PathLike[str]) -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        path = path / WEIGHTS_FILENAME if (path / WEIGHTS_FILENAME).is_file() or not (path / INDEX_FILENAME).is_file() \
+        folder = path
+        path = path / WEIGHTS_FILENAME if (path / WEIGHTS_FILENAME).exists() or not (path / INDEX_FILENAME).exists() \
             else path / INDEX_FILENAME
-    if not path.is_file():
+        if not path.exists():
+            raise NotConvertedError(path, "converted weights")
+        return _files.regular(path, root=folder)
+    if not path.exists():
         raise NotConvertedError(path, "converted weights")
-    return path
+    return _files.regular(path)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -74,11 +74,9 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     folder = folder if folder.is_dir() else folder.parent
     meta_path = folder / METADATA_FILENAME
     try:
-        data = json.loads(meta_path.read_text(encoding="utf-8"))
+        data = _files.read_json(meta_path, root=folder, error=lambda file, reason: FormatError(file, f"metadata is {reason}"))
     except FileNotFoundError:
         raise NotConvertedError(meta_path, "metadata") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(meta_path, f"metadata is not JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise FormatError(meta_path, "metadata is not a JSON object")
     return data
@@ -105,7 +103,7 @@ class WeightsFile:
             self.parts.append(part)
             expected = part.expected
         if expected is not None:
-            self.parts[-1]._finish(self.entries[expected[0]], expected)
+            self.parts[-1].finish_entry(self.entries[expected[0]], expected)
 
     @property
     def files(self) -> list[Path]:
@@ -118,33 +116,28 @@ class WeightsFile:
 
     def _table(self, part: WeightsPart, group: int) -> pa.Table:
         # Only the data column: the rest of each row is in the table of contents, read once.
-        table = part._read(group, ["data"])
+        table = part.read_columns(group, ["data"])
         if table.num_rows != len(part.chunks[group]):
             raise FormatError(part.path, f"row group {group} is damaged (its data column has {table.num_rows} rows, "
                                          f"its other columns {len(part.chunks[group])})")
         return table
 
-    def records(self, names: Sequence[str] | None = None, workers: int = DEFAULT_WORKERS,
-                read_ahead: bool = True) -> Iterator[TensorRecord]:
+    def records(self, names: Sequence[str] | None = None, workers: int = DEFAULT_WORKERS) -> Iterator[TensorRecord]:
         """Decode the tensors (all, or those named), in file order, one at a time.
 
         Chunks of the next row groups are decoded while the oldest group finishes, up to
         :data:`CHUNKS_IN_FLIGHT` per worker: a row group may hold a single chunk (a 2 GB model's
-        1 MiB row groups), and waiting for each group would leave all workers but one idle.
-        ``read_ahead`` reads the next row group on a thread of its own; :func:`load`, which holds
-        every tensor anyway, goes without it (BERT-large: peak RSS 740.3 -> 738.6 MiB, wall
-        1.14 -> 1.17 s, within the noise).
+        1 MiB row groups), and waiting for each group would leave all workers but one idle. The
+        next row group is read on a thread of its own (:meth:`_prefetched`).
         """
         wanted, groups = self._groups(names)
         pending: dict[str, np.ndarray] = {}
-        tables = self._prefetched(groups) if read_ahead else (
-            (self.parts[file], group, self._table(self.parts[file], group)) for file, group in groups)
         in_flight: deque[tuple[list[Future[None]], list[str]]] = deque()
         queued = 0
         arrays = Recycler([numel(e.shape) * e.dtype.numpy.itemsize for e in self.entries.values() if e.row["name"] in wanted])
         with WorkerPool(workers, thread_name_prefix="streamconv-decode") as pool:
-            for part, group, table in tables:
-                in_flight.append(part._decode_group(group, table, wanted, pending, pool, arrays))
+            for part, group, table in self._prefetched(groups):
+                in_flight.append(part.decode_group(group, table, wanted, pending, pool, arrays))
                 queued += len(in_flight[-1][0])
                 while queued > CHUNKS_IN_FLIGHT * workers:
                     jobs, finished = in_flight.popleft()
@@ -186,7 +179,7 @@ class WeightsFile:
                                                                                strict=True):
                     if name in wanted:
                         out = np.empty(count, dtype=self.entries[name].dtype.numpy)
-                        job = pool.submit(part._decode, name, index, payload, expected_sum, out)
+                        job = pool.submit(part.decode_chunk, name, index, payload, expected_sum, out)
                         jobs.append((self.entries[name].info, offset, out, job))
                 for info, offset, out, job in jobs:
                     job.result()
@@ -248,7 +241,7 @@ def load(path: str | os.PathLike[str], *, names: NameKind = "stored") -> dict[st
         >>> streamconv.load("minilm-parquet")["embeddings.word_embeddings.weight"].shape  # (30522, 384)
     """
     _check_names(names)
-    records = WeightsFile(path).records(read_ahead=False)
+    records = WeightsFile(path).records()
     return {record.source_name if names == "source" else record.name: record.array for record in records}
 
 

@@ -19,12 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streamconv.constants import FORMAT_VERSION
 from streamconv.dtypes import DType, by_name
 from streamconv.errors import FormatError
 from streamconv.format import codec
 from streamconv.format.records import TensorInfo
-from streamconv.format.writer import checksum
+from streamconv.format.schema import FORMAT_VERSION, META_COLUMNS, checksum
 
 __all__ = ["Chunk", "Entry", "Expected", "META_COLUMNS", "WeightsPart", "Recycler", "numel", "payloads"]
 
@@ -34,10 +33,6 @@ Expected = tuple[str, int, int] | None
 RECYCLE_BYTES = 1 << 20
 #: How many tensors ahead :class:`Recycler` looks for one that could reuse a dropped array.
 RECYCLE_AHEAD = 16
-META_COLUMNS = ["name", "source_name", "dtype", "source_dtype", "shape", "chunk_index", "chunk_count",
-                "element_offset", "element_count"]
-
-
 class Chunk(NamedTuple):
     """One row of a row group, from the table of contents: all a reader needs besides ``data``."""
 
@@ -95,7 +90,7 @@ class WeightsPart:
         self.has_checksums = self.version >= 2
         self.expected = self._table_of_contents(expected)
 
-    def _read(self, group: int, columns: Sequence[str]) -> pa.Table:
+    def read_columns(self, group: int, columns: Sequence[str]) -> pa.Table:
         try:
             # One column: Arrow's threads have nothing to share out, and cost RSS (load: 1.5 MiB).
             return self.parquet.read_row_group(group, columns=list(columns), use_threads=False)
@@ -140,7 +135,7 @@ class WeightsPart:
         name = row["name"]
         if row["chunk_index"] == 0:
             if expected is not None:
-                self._finish(entries[expected[0]], expected)
+                self.finish_entry(entries[expected[0]], expected)
             if name in entries:
                 raise FormatError(self.path, f"tensor {name!r} is stored twice")
             entries[name] = self._new_entry(row)
@@ -166,7 +161,7 @@ class WeightsPart:
             raise FormatError(self.path, f"tensor {name!r} has an impossible shape {list(shape)} or chunk count")
         return Entry(row, dtype, shape, self.path)
 
-    def _finish(self, entry: Entry, expected: tuple[str, int, int]) -> None:
+    def finish_entry(self, entry: Entry, expected: tuple[str, int, int]) -> None:
         _, chunks, elements = expected
         # Checked before any array is allocated: a damaged shape is an error, never a huge allocation.
         if chunks != entry.row["chunk_count"] or elements != numel(entry.shape):
@@ -176,7 +171,7 @@ class WeightsPart:
                 f"elements, but its shape {list(entry.shape)} needs {numel(entry.shape)}",
             )
 
-    def _decode_group(
+    def decode_group(
         self, group: int, table: pa.Table, wanted: set[str], pending: dict[str, np.ndarray], pool: ThreadPoolExecutor,
         arrays: Recycler,
     ) -> tuple[list[Future[None]], list[str]]:
@@ -193,12 +188,12 @@ class WeightsPart:
             if index == 0:
                 pending[name] = arrays.take(numel(entry.shape), entry.dtype.numpy)
             out = pending[name][offset:offset + count]
-            jobs.append(pool.submit(self._decode, name, index, payload, expected_sum, out))
+            jobs.append(pool.submit(self.decode_chunk, name, index, payload, expected_sum, out))
             if index == entry.row["chunk_count"] - 1:
                 finished.append(name)
         return jobs, finished
 
-    def _decode(self, name: str, chunk: int, payload: pa.Buffer, expected_sum: int | None, out: np.ndarray) -> None:
+    def decode_chunk(self, name: str, chunk: int, payload: pa.Buffer, expected_sum: int | None, out: np.ndarray) -> None:
         if expected_sum is not None and checksum(memoryview(payload)) != expected_sum:
             raise FormatError(self.path, f"tensor {name!r}: chunk {chunk} is damaged (checksum mismatch)")
         try:

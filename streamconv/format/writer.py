@@ -15,47 +15,27 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import xxhash
 
 from streamconv._version import __version__
 from streamconv.constants import (
-    COMPRESSION_CHOICES,
     DEFAULT_COMPRESSION,
     DEFAULT_WORKERS,
-    FORMAT_VERSION,
-    ZSTD_LEVELS,
     WorkerPool,
+    check_codec,
+    check_workers,
 )
 from streamconv.dtypes import by_numpy
-from streamconv.errors import InvalidOptionError
 from streamconv.format import codec
 from streamconv.format.hashing import FileHasher
-from streamconv.stages.pieces import TensorChunk
+from streamconv.format.schema import FORMAT_VERSION, SCHEMA, checksum
 
-__all__ = ["SCHEMA", "WeightsWriter", "WriteSummary", "checksum", "row_group_bytes_for"]
+__all__ = ["Piece", "WeightsWriter", "WriteSummary", "row_group_bytes_for"]
 
-SCHEMA = pa.schema(
-    [
-        pa.field("name", pa.string(), nullable=False),
-        pa.field("source_name", pa.string(), nullable=False),
-        pa.field("dtype", pa.string(), nullable=False),
-        pa.field("source_dtype", pa.string(), nullable=False),
-        pa.field("shape", pa.list_(pa.int64()), nullable=False),
-        pa.field("chunk_index", pa.int32(), nullable=False),
-        pa.field("chunk_count", pa.int32(), nullable=False),
-        pa.field("element_offset", pa.int64(), nullable=False),
-        pa.field("element_count", pa.int64(), nullable=False),
-        pa.field("data", pa.large_binary(), nullable=False),
-        # Format 2: the stored bytes' length (read without touching ``data``) and their checksum.
-        pa.field("data_bytes", pa.int64(), nullable=False),
-        pa.field("data_xxh3", pa.uint64(), nullable=False),
-    ]
-)
 # Columns that keep Parquet statistics: ``name`` lets readers skip row groups when looking for one
 # tensor. The data column has none (they would copy every value: 94 MB held for a 47 MB tensor).
 STATISTICS_COLUMNS = ["name"]
@@ -87,17 +67,56 @@ _ZERO_COPY_BYTES = 64 * 1024
 _SINK_BUFFER = 64 * 1024
 
 
+class TensorFacts(Protocol):
+    """What the writer reads of a piece's tensor (a :class:`~streamconv.sources.ref.TensorRef` is one)."""
+
+    @property
+    def source_name(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def dtype_name(self) -> str: ...
+    @property
+    def numel(self) -> int: ...
+    @property
+    def dtype(self) -> np.dtype: ...
+
+
+class Piece(Protocol):
+    """What the writer takes: a piece of one tensor's elements that loads them in their stored dtype.
+
+    :class:`~streamconv.stages.pieces.TensorChunk` is one; the format side names only what it uses,
+    so that it imports nothing from the pipeline.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def ref(self) -> TensorFacts: ...
+    @property
+    def index(self) -> int: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def element_count(self) -> int: ...
+    @property
+    def store_as(self) -> Any: ...
+    def load(self, *, scratch: bool = False) -> np.ndarray: ...
+    def note_for(self, stored: np.ndarray) -> str | None: ...
+
+
+#: The piece type a caller writes, handed back to its ``on_written``.
+P = TypeVar("P", bound=Piece)
+
+
 class _Encoded(NamedTuple):
     dtype: str
     nbytes: int
     payload: np.ndarray  # uint8
     checksum: int
     note: str | None
-
-
-def checksum(payload: bytes | memoryview | np.ndarray) -> int:
-    """The ``data_xxh3`` of a stored ``data`` value: xxHash's XXH3-64 of its bytes, seed 0."""
-    return xxhash.xxh3_64_intdigest(payload.data if isinstance(payload, np.ndarray) else payload)
 
 
 @dataclass
@@ -150,16 +169,8 @@ class WeightsWriter:
         workers: int = DEFAULT_WORKERS,
         row_group_bytes: int = ROW_GROUP_BYTES,
     ) -> None:
-        if compression not in COMPRESSION_CHOICES:
-            raise InvalidOptionError(
-                f"{{compression=}} is not a codec; choose one of {', '.join(COMPRESSION_CHOICES)}",
-                "compression",
-                compression=compression,
-            )
-        if level is not None and level not in ZSTD_LEVELS:
-            raise InvalidOptionError("{level=} is outside zstd's levels -7 to 22", "level", level=level)
-        if workers < 1:
-            raise InvalidOptionError("{workers=} must be at least 1", "workers", workers=workers)
+        check_codec(compression, level)
+        check_workers(workers)
         self.path = Path(path)
         self.compression = compression
         self.level = level
@@ -171,7 +182,7 @@ class WeightsWriter:
         self._writer: pq.ParquetWriter | None = None
         self._hasher: FileHasher | None = None
         self._sink: pa.BufferedOutputStream | None = None
-        self._rows: list[tuple[TensorChunk, _Encoded]] = []
+        self._rows: list[tuple[Piece, _Encoded]] = []
         self._pending_bytes = 0
 
     def __enter__(self) -> WeightsWriter:
@@ -235,8 +246,8 @@ class WeightsWriter:
 
     def write(
         self,
-        chunks: Iterable[TensorChunk],
-        on_written: Callable[[TensorChunk, str | None], None] | None = None,
+        chunks: Iterable[P],
+        on_written: Callable[[P, str | None], None] | None = None,
     ) -> WriteSummary:
         """Encode and write every chunk, in order.
 
@@ -256,16 +267,16 @@ class WeightsWriter:
                 on_written(piece, encoded.note)
         return self.summary
 
-    def _encode(self, piece: TensorChunk) -> _Encoded:
+    def _encode(self, piece: Piece) -> _Encoded:
         # Runs in a worker thread: the piece is read, cast and compressed here, and its array is
         # dropped on return, so the queue holds descriptions and payloads, never arrays.
         data = piece.load(scratch=True)  # encoded at once, before this thread loads again
         payload = codec.encode(data, self.compression, self.level)
         return _Encoded(by_numpy(data.dtype).name, data.nbytes, payload, checksum(payload), piece.note_for(data))
 
-    def _encoded(self, chunks: Iterable[TensorChunk]) -> Iterator[tuple[TensorChunk, _Encoded]]:
+    def _encoded(self, chunks: Iterable[P]) -> Iterator[tuple[P, _Encoded]]:
         pool = WorkerPool(self.workers, thread_name_prefix="streamconv-encode")
-        pending: deque[tuple[TensorChunk, Future[_Encoded]]] = deque()
+        pending: deque[tuple[P, Future[_Encoded]]] = deque()
         try:
             for piece in chunks:
                 future = pool.submit(self._encode, piece)
@@ -279,7 +290,7 @@ class WeightsWriter:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _add(self, piece: TensorChunk, encoded: _Encoded) -> None:
+    def _add(self, piece: Piece, encoded: _Encoded) -> None:
         summary = self.summary
         if piece.index == 0:
             summary.tensor_count += 1
@@ -305,7 +316,7 @@ class WeightsWriter:
         self._pending_bytes = 0
 
 
-def _columns(rows: list[tuple[TensorChunk, _Encoded]]) -> list[pa.Array | pa.ChunkedArray]:
+def _columns(rows: list[tuple[Piece, _Encoded]]) -> list[pa.Array | pa.ChunkedArray]:
     """The columns of one row group, in SCHEMA order, built without a copy of the large payloads."""
     pieces = [piece for piece, _ in rows]
     encoded = [enc for _, enc in rows]

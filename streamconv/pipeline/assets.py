@@ -8,13 +8,12 @@ step imports transformers.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from streamconv import _files
+from streamconv._files import file_record
 from streamconv.errors import AssetError, MissingDependencyError
 from streamconv.plans.probes import SAMPLE_TEXTS
 
@@ -23,10 +22,8 @@ __all__ = [
     "TOKENIZER_FILE",
     "build_tokenizer",
     "copy_asset",
-    "file_record",
     "planned_assets",
     "write_assets",
-    "write_json",
 ]
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -41,26 +38,18 @@ SLOW_TOKENIZER_FILES = (
 )
 
 
-def file_record(path: Path, root: Path) -> dict[str, Any]:
-    """``{"path", "bytes", "sha256"}`` for a file written under ``root``."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"path": path.relative_to(root).as_posix(), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
-
-
-def copy_asset(source: Path, out_dir: Path, relative: str) -> dict[str, Any]:
-    """Copy ``source`` to ``out_dir/relative`` and return its record."""
+def copy_asset(source: Path, out_dir: Path, relative: str, root: Path) -> dict[str, Any]:
+    """Copy ``source`` (a regular file inside ``root``) to ``out_dir/relative`` and return its record."""
     target = out_dir / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
+    _files.copy_file(source, target, root=root, cap=_cap(relative))
     return file_record(target, out_dir)
 
 
-def write_json(data: Any, path: Path) -> None:
-    """Write ``data`` as indented UTF-8 JSON with a final newline."""
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def _cap(name: str) -> int | None:
+    """The size cap of an asset streamconv parses: JSON files; others are copied as they are."""
+    if not name.endswith(".json"):
+        return None
+    return _files.MAX_TOKENIZER_BYTES if name.endswith(TOKENIZER_FILE) else _files.MAX_JSON_BYTES
 
 
 def write_assets(
@@ -92,13 +81,13 @@ def write_assets(
     records: list[dict[str, Any]] = []
     warnings: list[str] = []
     failed: set[str] = set()
-    slow_files = [f for f in SLOW_TOKENIZER_FILES if (root / f).is_file()]
+    slow_files = [f for f in SLOW_TOKENIZER_FILES if (root / f).exists()]
     for name in dict.fromkeys(names):
         source = root / name
         try:
-            if source.is_file():
-                _check_json(source)
-                records.append(copy_asset(source, out_dir, name))
+            if source.exists():
+                _check_json(source, root)
+                records.append(copy_asset(source, out_dir, name, root))
             elif name == TOKENIZER_FILE and slow_files:
                 build_tokenizer(root, out_dir / name)
                 records.append({**file_record(out_dir / name, out_dir), "built_from": slow_files})
@@ -135,13 +124,13 @@ def planned_assets(root: Path, names: Sequence[str]) -> list[dict[str, Any]]:
     return planned
 
 
-def _check_json(path: Path) -> None:
+def _check_json(path: Path, root: Path) -> None:
     if path.suffix != ".json":
         return
-    try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AssetError(path, f"is not JSON ({exc}), so it was not copied", "fix or remove the file") from exc
+    cap = _cap(path.name)
+    assert cap is not None
+    _files.read_json(path, root=root, cap=cap,
+                     error=lambda file, reason: AssetError(file, f"is {reason}, so it was not copied", "fix or remove the file"))
 
 
 def build_tokenizer(root: Path, target: Path) -> None:

@@ -8,19 +8,21 @@ from pathlib import Path
 from typing import Any
 
 from streamconv import progress
-from streamconv.constants import METADATA_FILENAME, WEIGHTS_FILENAME
+from streamconv._files import write_json
 from streamconv.dtypes import by_name
 from streamconv.errors import CastOverflowError
 from streamconv.format import codec
-from streamconv.format.split import SplitWeightsWriter
+from streamconv.format.schema import METADATA_FILENAME, WEIGHTS_FILENAME
+from streamconv.format.split_writer import SplitWeightsWriter
+from streamconv.format.staging import check_output, clean_leftovers, output_path, staged_output
 from streamconv.format.writer import WeightsWriter, WriteSummary, row_group_bytes_for
-from streamconv.pipeline.assets import planned_assets, write_assets, write_json
+from streamconv.pipeline.assets import planned_assets, write_assets
 from streamconv.pipeline.options import ConvertOptions
 from streamconv.pipeline.result import ConversionResult
-from streamconv.pipeline.staging import check_output, clean_leftovers, output_path, staged_output
 from streamconv.plans import FALLBACK, ModelInfo, Plan, Resolution, choose_plan
 from streamconv.sources.checkpoint import Checkpoint, open_checkpoint
 from streamconv.sources.ref import TensorRef
+from streamconv.stages.casting import planned_dtype
 from streamconv.stages.pieces import TensorChunk, cast, chunk
 
 __all__ = ["ConversionResult", "ModelConverter", "convert"]
@@ -81,20 +83,27 @@ def convert(
         _estimate(result, resolution.refs, options)
         result.assets = planned_assets(checkpoint.root, plan.asset_files(checkpoint))
         result.seconds = round(time.perf_counter() - started, 3)
-    else:
-        # Folders that killed runs on this output left behind; a live run's are never touched.
-        result.warnings.extend(f"removed {p.name}, left by an interrupted run" for p in clean_leftovers(output))
-        expected = sum(r.numel * _planned_dtype(r, options.dtype).itemsize for r in resolution.refs)  # for a full disk
-        with staged_output(output, options.force, expected_bytes=expected) as staging:
-            _write_assets(result, checkpoint, plan, staging, options.strict)
-            _write_weights(result, resolution.refs, staging, options)
-            result.seconds = round(time.perf_counter() - started, 3)
-            # The checkpoint's weight files, and any other file the plan read (sentence-transformers Dense).
-            source_files = list(dict.fromkeys([*checkpoint.weight_files, *(r.path for r in resolution.refs)]))
-            write_json(result.metadata(checkpoint, source_files), staging / METADATA_FILENAME)
-        if options.validate:
-            _validate(result, options)
+        return result
+    _write_output(result, checkpoint, plan, resolution, options, started)
+    if options.validate:
+        _validate(result, options)
     return result
+
+
+def _write_output(result: ConversionResult, checkpoint: Checkpoint, plan: Plan, resolution: Resolution,
+                  options: ConvertOptions, started: float) -> None:
+    """Write the output folder under a staging name, then put it in place."""
+    output = result.output_dir
+    # Folders that killed runs on this output left behind; a live run's are never touched.
+    result.warnings.extend(f"removed {p.name}, left by an interrupted run" for p in clean_leftovers(output))
+    expected = sum(r.numel * _planned_dtype(r, options.dtype).itemsize for r in resolution.refs)  # for a full disk
+    with staged_output(output, options.force, expected_bytes=expected) as staging:
+        _write_assets(result, checkpoint, plan, staging, options.strict)
+        _write_weights(result, resolution.refs, staging, options)
+        result.seconds = round(time.perf_counter() - started, 3)
+        # The checkpoint's weight files, and any other file the plan read (sentence-transformers Dense).
+        source_files = list(dict.fromkeys([*checkpoint.weight_files, *(r.path for r in resolution.refs)]))
+        write_json(result.metadata(checkpoint, source_files), staging / METADATA_FILENAME)
 
 
 def _validate(result: ConversionResult, options: ConvertOptions) -> None:
@@ -225,9 +234,8 @@ def _estimate(result: ConversionResult, refs: tuple[TensorRef, ...], options: Co
 
 def _planned_dtype(ref: TensorRef, dtype: str) -> Any:
     source = by_name(ref.dtype_name)
-    target = by_name(dtype)
     assert source is not None
-    return source if target is None or not source.is_float else target
+    return planned_dtype(source, dtype)
 
 
 class ModelConverter:

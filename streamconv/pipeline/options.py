@@ -13,24 +13,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamconv.constants import (
-    COMPRESSION_CHOICES,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_COMPRESSION,
     DEFAULT_DTYPE,
     DEFAULT_WORKERS,
-    DTYPE_ALIASES,
-    DTYPE_CHOICES,
-    ZSTD_LEVELS,
     canonical_dtype,
+    check_chunk_size,
+    check_codec,
+    check_dtype,
+    check_workers,
 )
 from streamconv.errors import InvalidOptionError
 from streamconv.units import article, parse_size
 
 __all__ = ["ConvertOptions"]
-
-#: More threads than this only adds queued memory: encoding is bound by the cores.
-MAX_WORKERS = 256
-
 
 @dataclass(frozen=True)
 class ConvertOptions:
@@ -146,29 +142,9 @@ def _check_types(options: ConvertOptions) -> None:
 def _check_values(options: ConvertOptions) -> None:
     from streamconv.plans import check_plan_options  # plans import nothing heavy
 
-    if options.dtype not in DTYPE_CHOICES:
-        raise InvalidOptionError(
-            f"{{dtype=}} is not a dtype; choose one of {', '.join(DTYPE_CHOICES)} "
-            f"(or {', '.join(DTYPE_ALIASES)})", "dtype", dtype=options.dtype,
-        )
-    if options.compression not in COMPRESSION_CHOICES:
-        raise InvalidOptionError(
-            f"{{compression=}} is not a codec; choose one of {', '.join(COMPRESSION_CHOICES)}",
-            "compression",
-            compression=options.compression,
-        )
-    if options.level is not None and options.compression == "none":
-        raise InvalidOptionError(
-            "{level=} has no effect with {compression=none}; drop {level}, or use {compression=zstd}",
-            "level",
-            level=options.level,
-        )
-    if options.level is not None and options.level not in ZSTD_LEVELS:
-        raise InvalidOptionError(
-            f"{{level=}} is outside zstd's levels; choose {ZSTD_LEVELS.start} to {ZSTD_LEVELS.stop - 1}",
-            "level",
-            level=options.level,
-        )
+    check_dtype(options.dtype)
+    check_codec(options.compression, options.level)
+    check_chunk_size(options.chunk_size)
     if options.max_file_size is not None and options.max_file_size < options.chunk_size:
         raise InvalidOptionError(
             "{max_file_size=} is smaller than one chunk ({chunk_size=}); a chunk never spans two files: "
@@ -177,10 +153,7 @@ def _check_values(options: ConvertOptions) -> None:
             max_file_size=options.max_file_size,
             chunk_size=options.chunk_size,
         )
-    if not 1 <= options.workers <= MAX_WORKERS:
-        raise InvalidOptionError(
-            f"{{workers=}} must be between 1 and {MAX_WORKERS}", "workers", workers=options.workers
-        )
+    check_workers(options.workers)
     # An old spelling (sentence_transformer) becomes the plan's name.
     object.__setattr__(options, "model_type", check_plan_options(options.model_type, options.parts))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from streamconv._version import __version__
-from streamconv.constants import FORMAT_VERSION, METADATA_FILENAME, WEIGHTS_FILENAME
+from streamconv.format.schema import FORMAT_VERSION, METADATA_FILENAME, WEIGHTS_FILENAME
 from streamconv.sources.checkpoint import Checkpoint
 
 __all__ = ["ConversionResult", "provenance"]

@@ -85,18 +85,6 @@ class ProbeContext:
         """A fresh torch generator seeded with :attr:`seed`."""
         return self.torch.Generator().manual_seed(self.seed)
 
-    def token_ids(self, vocab_size: int) -> Any:
-        """Token ids of a sample sentence through the output's ``tokenizer.json`` (random without one)."""
-        tokenizer_file = self.output / "tokenizer.json"
-        if tokenizer_file.is_file():
-            from tokenizers import Tokenizer
-
-            encoding = Tokenizer.from_file(str(tokenizer_file)).encode(SAMPLE_TEXTS[1])
-            ids = [i for i in encoding.ids if i < vocab_size]
-            if ids:
-                return self.torch.tensor([ids])
-        return self.torch.randint(0, vocab_size, (1, 16), generator=self.generator())
-
 
 #: Items in every probe batch.
 BATCH = 8

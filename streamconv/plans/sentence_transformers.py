@@ -10,11 +10,11 @@ similarity function go into metadata.json under ``sentence_transformers``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamconv import _files
 from streamconv.errors import PlanError
 from streamconv.plans.base import Plan
 from streamconv.plans.bert import text_model_probe
@@ -73,15 +73,12 @@ def read_modules(root: Path) -> list[Module]:
     """
     modules = [
         Module(index, str(entry.get("type", "")).rsplit(".", 1)[-1], str(entry.get("path", "")))
-        for index, entry in enumerate(_read_json(root / MODULES_FILE, default=[]))
+        for index, entry in enumerate(_read_json(root, MODULES_FILE, default=[]))
         if isinstance(entry, dict)
     ]
     for module in modules:
-        if Path(module.path).is_absolute() or ".." in Path(module.path).parts:
-            raise PlanError(
-                f"{root / MODULES_FILE}: module path {module.path!r} leaves the model folder; "
-                "fix modules.json so every path is a folder inside the model"
-            )
+        if module.path:  # "" is the Transformer module at the top of the folder
+            _files.contained(root, module.path, named_in=root / MODULES_FILE)
     return modules
 
 
@@ -105,16 +102,25 @@ class SentenceTransformersPlan(Plan):
                 ``pytorch_model.bin``.
         """
         refs = list(checkpoint.tensors)
-        for module in read_modules(checkpoint.root):
+        for module in self._modules(checkpoint):
             if module.kind == "Dense":
                 refs.extend(_dense_tensors(checkpoint.root, module))
         return refs
 
     def asset_files(self, checkpoint: Checkpoint) -> list[str]:
         """The module list, the sentence-transformers configs, and each module folder's config."""
-        modules = read_modules(checkpoint.root)
-        module_configs = [f"{m.path}/{MODULE_CONFIG_FILE}" for m in modules if m.path]
+        modules = self._modules(checkpoint)
+        module_configs = [_inside(m.path, MODULE_CONFIG_FILE) for m in modules if m.path]
         return [*super().asset_files(checkpoint), MODULES_FILE, SBERT_CONFIG_FILE, ST_CONFIG_FILE, *module_configs]
+
+    def _modules(self, checkpoint: Checkpoint) -> list[Module]:
+        """The checkpoint's modules, parsed from modules.json once per plan and checkpoint: tensors,
+        assets and metadata all ask for them during one conversion."""
+        cached = self.__dict__.get("_parsed_modules")
+        if cached is None or cached[0] is not checkpoint:
+            cached = (checkpoint, read_modules(checkpoint.root))
+            self.__dict__["_parsed_modules"] = cached
+        return cached[1]
 
     def probes(self, context: ProbeContext) -> list[Probe]:
         """The pooled, normalised embedding of 8 sentences (see :func:`_probes`)."""
@@ -123,8 +129,8 @@ class SentenceTransformersPlan(Plan):
     def metadata(self, checkpoint: Checkpoint) -> dict[str, Any]:
         """``{"sentence_transformers": {pooling_mode, normalize, max_seq_length, ...}}``."""
         root = checkpoint.root
-        modules = read_modules(root)
-        st_config = _read_json(root / ST_CONFIG_FILE, default={})
+        modules = self._modules(checkpoint)
+        st_config = _read_json(root, ST_CONFIG_FILE, default={})
         return {
             "sentence_transformers": {
                 "pooling_mode": _pooling_mode(root, modules),
@@ -161,14 +167,14 @@ def _module_record(module: Module) -> dict[str, Any]:
 
 def _dense_tensors(root: Path, module: Module) -> list[TensorRef]:
     """The Dense module's ``model.safetensors``, else its ``pytorch_model.bin`` (older releases)."""
-    folder = root / module.path
+    folder = _files.within(root, root / module.path)
     weights = folder / MODULE_WEIGHTS_FILE
-    if weights.is_file():
-        return read_safetensors_header(weights, prefix=module.prefix)
-    if (folder / MODULE_BIN_FILE).is_file():
+    if weights.exists():
+        return read_safetensors_header(_files.within(root, weights), prefix=module.prefix)
+    if (folder / MODULE_BIN_FILE).exists():
         from streamconv.sources.torch_bin import read_bin_file  # here: only .bin modules may need torch
 
-        return read_bin_file(folder / MODULE_BIN_FILE, prefix=module.prefix)
+        return read_bin_file(_files.within(root, folder / MODULE_BIN_FILE), prefix=module.prefix)
     found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     raise PlanError(
         f"{folder}: the Dense module has no {MODULE_WEIGHTS_FILE} or {MODULE_BIN_FILE} "
@@ -181,7 +187,7 @@ def _pooling_mode(root: Path, modules: list[Module]) -> str | list[str] | None:
     pooling = next((m for m in modules if m.kind == "Pooling"), None)
     if pooling is None:
         return None
-    config = _read_json(root / pooling.path / MODULE_CONFIG_FILE, default={})
+    config = _read_json(root, _inside(pooling.path, MODULE_CONFIG_FILE), default={})
     if "pooling_mode" in config:
         modes = config["pooling_mode"]
     else:
@@ -193,21 +199,30 @@ def _pooling_mode(root: Path, modules: list[Module]) -> str | list[str] | None:
 def _max_seq_length(checkpoint: Checkpoint) -> int | None:
     """From sentence_bert_config.json; else, as sentence-transformers 5 does, the tokenizer's limit."""
     root = checkpoint.root
-    declared = _read_json(root / SBERT_CONFIG_FILE, default={}).get("max_seq_length")
+    declared = _read_json(root, SBERT_CONFIG_FILE, default={}).get("max_seq_length")
     if isinstance(declared, int):
         return declared
     limits = [
-        _read_json(root / TOKENIZER_CONFIG_FILE, default={}).get("model_max_length"),
+        _read_json(root, TOKENIZER_CONFIG_FILE, default={}).get("model_max_length"),
         (checkpoint.config or {}).get("max_position_embeddings"),
     ]
     return min((v for v in limits if isinstance(v, int)), default=None)
 
 
-def _read_json(path: Path, default: Any) -> Any:
-    """The file's JSON, or ``default`` when it is missing or not JSON (the asset copy warns)."""
+class _NotJSON(PlanError):
+    pass
+
+
+def _read_json(root: Path, relative: str, default: Any) -> Any:
+    """The file's JSON, or ``default`` when it is missing or not JSON (the asset copy warns).
+
+    Raises:
+        UnsafeInputError: the file is not a regular file, leads outside the model folder, or is over
+            the JSON cap (see :mod:`streamconv._files`).
+    """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = _files.read_json(root / relative, root=root, error=_NotJSON)
+    except (FileNotFoundError, NotADirectoryError, _NotJSON):
         return default
     return data if isinstance(data, type(default)) else default
 
@@ -229,7 +244,8 @@ def _probes(context: ProbeContext) -> list[Probe]:
     modes = settings.get("pooling_mode") or DEFAULT_POOLING_MODE
     modes = sorted([modes] if isinstance(modes, str) else modes, key=POOLING_ORDER.index)
     modules = read_modules(context.output)
-    dense = [(m, _read_json(context.output / m.path / MODULE_CONFIG_FILE, default={})) for m in modules if m.kind == "Dense"]
+    dense = [(m, _read_json(context.output, _inside(m.path, MODULE_CONFIG_FILE), default={}))
+             for m in modules if m.kind == "Dense"]
     tokens_of = text_model_probe(context, token_types=False)
     mask = _attention_mask(context)
 
@@ -302,3 +318,8 @@ def _has_sentence_transformers() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("sentence_transformers") is not None
+
+
+def _inside(module_path: str, name: str) -> str:
+    """``name`` inside a module folder, relative to the model folder (``""`` is the folder itself)."""
+    return f"{module_path}/{name}" if module_path else name

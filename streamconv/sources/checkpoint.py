@@ -11,21 +11,22 @@ it by hand is a few lines, and it lets us check every offset before any data is 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamconv import _files
+from streamconv._files import within
 from streamconv.errors import (
     NoWeightsError,
     ShardIndexError,
     SourceNotFoundError,
+    StreamconvError,
 )
 from streamconv.sources.ref import TensorRef
 from streamconv.sources.safetensors_header import (
-    is_file,
     parse_safetensors_header,
     quote,
     read_weight_map,
@@ -154,13 +155,15 @@ def open_checkpoint(source: str | os.PathLike[str], *, revision: str | None = No
 
 
 def _folder_weights(root: Path) -> tuple[list[Path], list[TensorRef]]:
-    if (root / SINGLE_FILE).is_file():
-        return [root / SINGLE_FILE], read_safetensors_header(root / SINGLE_FILE)
-    if (root / INDEX_FILE).is_file():
-        return _sharded_weights(root / INDEX_FILE)
+    # exists(), not is_file(): a FIFO or a folder under a weight file's name is refused by
+    # _files.open_regular (exit 3), not taken for a missing file.
+    if (root / SINGLE_FILE).exists():
+        return [root / SINGLE_FILE], read_safetensors_header(within(root, root / SINGLE_FILE))
+    if (root / INDEX_FILE).exists():
+        return _sharded_weights(within(root, root / INDEX_FILE))
     candidates = sorted(root.glob("*.safetensors"))
     if len(candidates) == 1:
-        return candidates, read_safetensors_header(candidates[0])
+        return candidates, read_safetensors_header(within(root, candidates[0]))
     if len(candidates) > 1:
         raise ShardIndexError(
             root / INDEX_FILE,
@@ -180,7 +183,7 @@ def _sharded_weights(index_path: Path) -> tuple[list[Path], list[TensorRef]]:
     weight_map = read_weight_map(index_path)
     shard_names = list(dict.fromkeys(weight_map.values()))
     paths = {s: shard_path(index_path, s) for s in shard_names}
-    missing_files = [s for s in shard_names if not is_file(paths[s])]
+    missing_files = [s for s in shard_names if not _exists(paths[s])]
     problems = []
     if missing_files:
         problems.append(f"shard files missing: {_short_list(missing_files)}")
@@ -219,21 +222,37 @@ def _sharded_weights(index_path: Path) -> tuple[list[Path], list[TensorRef]]:
     return [paths[s] for s in shard_names], tensors
 
 
+class _NotJSON(StreamconvError):
+    """config.json's content is not JSON: the plan is then chosen without it (a warning, not an error)."""
+
+
 def _short_list(items: list[str], limit: int = 8) -> str:
     # Names come from the files: a newline or control character in one must not break the line.
     shown = ", ".join(i if i.isprintable() else quote(i) for i in items[:limit])
     return f"{shown} and {len(items) - limit} more" if len(items) > limit else shown
 
 
+def _exists(path: Path) -> bool:
+    """Whether something stands at ``path`` (false, not an error, for a name the file system cannot hold)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _read_config(root: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """The folder's config.json, or ``None`` and why it says nothing about the model."""
+    """The folder's config.json, or ``None`` and why it says nothing about the model.
+
+    Raises:
+        UnsafeInputError: it is not a regular file, leads outside the folder, or is over the JSON cap.
+    """
     path = root / "config.json"
-    if not path.is_file():
+    if not _exists(path):
         return None, "the checkpoint has no config.json"
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"config.json is not JSON ({exc})"
+        config = _files.read_json(path, root=root, error=_NotJSON)
+    except _NotJSON as exc:
+        return None, f"config.json is {exc.args[1]}"
     if not isinstance(config, dict):
         return None, "config.json is not a JSON object"
     if not config.get("model_type"):

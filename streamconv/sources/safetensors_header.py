@@ -32,14 +32,15 @@ the checkpoint folder (see :func:`shard_path` for symlinks and the Hugging Face 
 
 from __future__ import annotations
 
-import json
 import math
-import re
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamconv import _files
+from streamconv._files import JSONRefused, quote, strict_json_loads
 from streamconv.errors import CorruptCheckpointError, ShardIndexError
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "HeaderEntry",
     "JSONRefused",
-    "is_file",
     "parse_safetensors_header",
     "read_weight_map",
     "shard_path",
@@ -56,9 +56,8 @@ __all__ = [
 
 #: The library's cap on the header length.
 MAX_HEADER_BYTES = 100_000_000
-#: serde_json's recursion limit is 128 and the level that reaches it fails.
-MAX_JSON_DEPTH = 127
 _U64 = 2**64
+_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
 _INT64_MAX = 2**63 - 1
 
 #: Bits per element of every dtype safetensors 0.8 knows (``Dtype::bitsize``). Headers with any of
@@ -71,14 +70,6 @@ DTYPE_BITS: dict[str, int] = {
     "C64": 64, "F64": 64, "I64": 64, "U64": 64,
 }  # fmt: skip
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
-
-
-class JSONRefused(ValueError):
-    """JSON that serde_json would refuse, or that holds a duplicate key; the message says why."""
-
-
 @dataclass(frozen=True)
 class HeaderEntry:
     """One tensor of a header, checked: data bytes ``[begin, end)`` counted from the data start."""
@@ -88,83 +79,6 @@ class HeaderEntry:
     shape: tuple[int, ...]
     begin: int
     end: int
-
-
-def quote(text: str, limit: int = 80) -> str:
-    """``repr`` of a name from a file, cut short: one line, whatever the name holds."""
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
-
-
-def _refuse(what: str) -> Any:
-    raise JSONRefused(what)
-
-
-def _parse_int(text: str) -> int | float:
-    # serde_json reads "-0" as the float -0.0 and an integer beyond 64 bits as a float.
-    if text == "-0":
-        return -0.0
-    if len(text) <= 21:
-        value = int(text)
-        if -(2**63) <= value < _U64:
-            return value
-    approx = float(text)  # float(), unlike int(), takes any number of digits
-    return _refuse(f"number {text[:30]}... is out of range") if math.isinf(approx) else approx
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    return _refuse(f"number {text[:30]} is out of range") if math.isinf(value) else value
-
-
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                _refuse(f"duplicate key {quote(key)} (a key may appear once per object)")
-            seen.add(key)
-    return result
-
-
-def strict_json_loads(text: str) -> Any:
-    """Parse JSON as serde_json does, and refuse duplicate keys.
-
-    Raises:
-        JSONRefused: for anything serde_json refuses (NaN, ``1e400``, lone surrogates, nesting
-            deeper than 127, ...), malformed JSON, and a key given twice in one object.
-    """
-    try:
-        value = json.loads(
-            text,
-            object_pairs_hook=_pairs,
-            parse_int=_parse_int,
-            parse_float=_parse_float,
-            parse_constant=lambda name: _refuse(f"{name} is not a JSON number"),
-        )
-    except json.JSONDecodeError as exc:
-        raise JSONRefused(str(exc)) from None
-    except RecursionError:
-        raise JSONRefused(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
-    _check_tree(value)
-    return value
-
-
-def _check_tree(value: Any) -> None:
-    """Refuse nesting deeper than serde_json's limit and strings holding a lone surrogate."""
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, str):
-            if _SURROGATE.search(node):
-                raise JSONRefused(f"string {quote(node)} holds a lone UTF-16 surrogate escape")
-            continue
-        if not isinstance(node, (dict, list)):
-            continue
-        if depth > MAX_JSON_DEPTH:
-            raise JSONRefused(f"nested more than {MAX_JSON_DEPTH} levels deep")
-        items = list(node.keys()) + list(node.values()) if isinstance(node, dict) else node
-        stack.extend((item, depth + 1) for item in items)
 
 
 def parse_safetensors_header(path: Path) -> tuple[int, list[HeaderEntry]]:
@@ -178,8 +92,8 @@ def parse_safetensors_header(path: Path) -> tuple[int, list[HeaderEntry]]:
             a shape numpy cannot hold (see the module docstring).
     """
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with _files.open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
                 what = "file is empty" if size == 0 else f"file is only {size} bytes"
@@ -322,13 +236,12 @@ _JSON_TYPES = {int: "a number", float: "a number", bool: "a boolean", type(None)
 
 
 def read_weight_map(index_path: Path) -> dict[str, str]:
-    """The index's weight_map: strict JSON (as for headers), an object of string to string."""
+    """A shard index's weight_map (``model.safetensors.index.json`` and ``pytorch_model.bin.index.json``):
+    strict, capped JSON (as for headers), an object of tensor name to shard file name."""
     try:
-        index = strict_json_loads(index_path.read_bytes().decode("utf-8"))
+        index = _files.read_json(index_path, error=lambda path, reason: ShardIndexError(path, f"index is {reason}"))
     except OSError as exc:
         raise ShardIndexError(index_path, f"cannot read the index ({exc.strerror or exc})") from exc
-    except (UnicodeDecodeError, JSONRefused) as exc:
-        raise ShardIndexError(index_path, f"index is not JSON ({exc})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
         raise ShardIndexError(index_path, "index has no usable weight_map (an object of tensor name to shard file)")
@@ -343,42 +256,6 @@ def read_weight_map(index_path: Path) -> dict[str, str]:
 
 
 def shard_path(index_path: Path, shard: str) -> Path:
-    """The shard's path, refused unless it names a file inside the checkpoint folder.
-
-    A name from the index must be relative, without ``..``, NUL or backslash. Where it resolves to
-    (following symlinks) must lie inside the folder, or, for a Hugging Face cache snapshot
-    (``.../snapshots/<rev>``), inside that repository's ``blobs`` folder: the cache stores every
-    file as a symlink to ``../../blobs/<hash>``. So neither the index nor a symlink shipped with a
-    checkpoint (git and tar keep them) can make streamconv read a file from elsewhere.
-    """
-    parts = shard.split("/")
-    if not shard or shard.startswith("/") or ".." in parts or "\0" in shard or "\\" in shard:
-        raise ShardIndexError(
-            index_path,
-            f"shard name {quote(shard)} is not a plain relative path inside the checkpoint folder "
-            "(no '..', no absolute path)",
-        )
-    root = index_path.parent
-    path = root / shard
-    try:
-        target = path.resolve()
-        homes = [root.resolve()]
-        if root.parent.name == "snapshots":
-            homes.append((root.parent.parent / "blobs").resolve())
-    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long
-        raise ShardIndexError(index_path, f"cannot resolve shard {quote(shard)} ({quote(str(exc))})") from exc
-    if not any(target.is_relative_to(home) for home in homes):
-        raise ShardIndexError(
-            index_path,
-            f"shard {quote(shard)} resolves through a symlink to {quote(str(target))}, outside the "
-            "checkpoint folder; copy the file into the folder",
-        )
-    return path
-
-
-def is_file(path: Path) -> bool:
-    """``path.is_file()``, false (not an error) for a name the file system cannot hold."""
-    try:
-        return path.is_file()
-    except OSError:  # a name too long for the file system, say: there is no such shard
-        return False
+    """The shard's path, refused unless it names a file inside the checkpoint folder (see
+    :func:`streamconv._files.contained`: a Hugging Face cache snapshot may link into its ``blobs``)."""
+    return _files.contained(index_path.parent, shard, named_in=index_path)

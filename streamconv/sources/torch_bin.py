@@ -13,7 +13,6 @@ torch is imported only here, and only when a folder has ``.bin`` weights and no 
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from streamconv import _files
+from streamconv._files import quote
 from streamconv.dtypes import by_name
 from streamconv.errors import (
     CorruptCheckpointError,
@@ -29,6 +30,7 @@ from streamconv.errors import (
     UnsafeCheckpointError,
 )
 from streamconv.sources.ref import TensorRef
+from streamconv.sources.safetensors_header import read_weight_map, shard_path
 
 __all__ = ["BIN_FILE", "BIN_INDEX_FILE", "ShardCache", "TorchTensorRef", "bin_folder_weights", "read_bin_file"]
 
@@ -57,7 +59,7 @@ def load_state_dict(path: Path) -> dict[str, Any]:
         UnsafeCheckpointError: the pickle would build objects other than tensors (never run).
         MissingDependencyError: torch is not installed.
     """
-    with open(path, "rb") as f:
+    with _files.open_regular(path) as f:
         magic = f.read(4)
     if magic != ZIP_MAGIC:
         if magic.startswith(LEGACY_MAGIC):
@@ -122,11 +124,6 @@ class ShardCache:
             self._path = path
             return self._tensors[key]
 
-    def release(self) -> None:
-        """Unmap the current shard."""
-        with self._lock:
-            self._tensors, self._path = {}, None
-
 
 @dataclass(frozen=True)
 class TorchTensorRef(TensorRef):
@@ -183,11 +180,27 @@ def read_bin_file(path: Path, prefix: str = "", cache: ShardCache | None = None)
         shape = tuple(int(d) for d in tensor.shape)
         numel = int(np.prod(shape, dtype=np.int64))
         itemsize = row.itemsize if row is not None else tensor.element_size()
+        _check_storage(path, prefix + key, tensor, numel)
         refs.append(TorchTensorRef(
             name=prefix + key, source_name=prefix + key, dtype_code=row.code if row else f"torch.{name}",
             shape=shape, path=path, offset=0, nbytes=numel * itemsize, key=key, cache=cache,
         ))
     return refs
+
+
+def _check_storage(path: Path, name: str, tensor: Any, numel: int) -> None:
+    """Refuse a tensor that declares more elements than its storage holds (a stride-0 ``expand``,
+    overlapping strides): reading it would follow the declared size, not the file's bytes."""
+    itemsize = tensor.element_size()
+    held = tensor.untyped_storage().nbytes() // itemsize if itemsize else 0
+    if numel == 0:
+        return
+    last = tensor.storage_offset() + sum((d - 1) * abs(s) for d, s in zip(tensor.shape, tensor.stride(), strict=True))
+    if numel > held or last >= held or any(s == 0 for d, s in zip(tensor.shape, tensor.stride(), strict=True) if d > 1):
+        raise CorruptCheckpointError(
+            path, f"tensor {quote(name)} declares {numel:,} elements over a storage of {held:,} (a strided or "
+            "expanded view); re-save it with contiguous tensors (`model.save_pretrained(dir, safe_serialization=True)`)",
+        )
 
 
 def bin_folder_weights(root: Path) -> tuple[list[Path], list[TensorRef]] | None:
@@ -196,19 +209,14 @@ def bin_folder_weights(root: Path) -> tuple[list[Path], list[TensorRef]] | None:
     Raises:
         ShardIndexError: the index is not JSON, names a missing shard, or disagrees with the shards.
     """
-    if (root / BIN_FILE).is_file():
-        return [root / BIN_FILE], read_bin_file(root / BIN_FILE)
+    if (root / BIN_FILE).exists():
+        return [root / BIN_FILE], read_bin_file(_files.within(root, root / BIN_FILE))
     index_path = root / BIN_INDEX_FILE
-    if not index_path.is_file():
+    if not index_path.exists():
         return None
-    try:
-        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError("weight_map is not an object")
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ShardIndexError(index_path, f"index has no usable weight_map ({exc!r})") from exc
-    shards = [root / s for s in dict.fromkeys(weight_map.values())]
-    missing = [p.name for p in shards if not p.is_file()]
+    weight_map = read_weight_map(_files.within(root, index_path))
+    shards = [shard_path(index_path, s) for s in dict.fromkeys(weight_map.values())]
+    missing = [p.name for p in shards if not p.exists()]
     if missing:
         raise ShardIndexError(index_path, f"shard files missing: {', '.join(missing[:8])}")
     cache = ShardCache(shards)

@@ -17,7 +17,8 @@ from streamconv.buffers import thread_buffer
 from streamconv.dtypes import DType, by_name
 from streamconv.sources.ref import TensorRef
 
-__all__ = ["below_max", "cast_array", "cast_with_bound", "fallback_dtype", "finite_peak", "overflow_note", "tensor_peak"]
+__all__ = ["below_max", "cast_array", "cast_with_bound", "fallback_dtype", "finite_peak", "overflow_note", "planned_dtype",
+           "tensor_peak"]
 
 
 def cast_array(data: np.ndarray, store: DType) -> np.ndarray:
@@ -100,11 +101,17 @@ def below_max(stored: np.ndarray, store: DType) -> bool:
     return int(np.bitwise_and(bits, magnitude_mask, out=magnitudes).max()) < largest
 
 
-def overflow_note(ref: TensorRef, target: DType, store: DType, peak: float) -> str:
-    return (
-        f"tensor {ref.source_name!r} has values up to {peak:.6g}, beyond {target.name}'s "
-        f"range; stored as {store.name} instead"
-    )
+def planned_dtype(stored: DType, dtype: str) -> DType:
+    """The dtype a tensor of dtype ``stored`` is written in when ``dtype`` is asked for, before the
+    overflow rule: float tensors take a float ``dtype``; ``keep``, integers and bools keep theirs.
+    Convert and export both follow it."""
+    target = by_name(dtype)
+    return stored if target is None or not stored.is_float else target
+
+
+def overflow_note(source_name: str, target: str, store: DType, peak: float) -> str:
+    """The warning for a tensor kept wider than ``target`` because its values do not fit."""
+    return f"tensor {source_name!r} has values up to {peak:.6g}, beyond {target}'s range; stored as {store.name} instead"
 
 
 def tensor_peak(ref: TensorRef, step: int) -> float:

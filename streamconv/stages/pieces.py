@@ -23,9 +23,9 @@ from typing import Literal
 import numpy as np
 
 from streamconv.buffers import thread_buffer
-from streamconv.constants import DEFAULT_CHUNK_SIZE, DTYPE_CHOICES
+from streamconv.constants import DEFAULT_CHUNK_SIZE, check_chunk_size, check_dtype
 from streamconv.dtypes import DType, by_name, by_numpy
-from streamconv.errors import CastOverflowError, InvalidOptionError
+from streamconv.errors import CastOverflowError
 from streamconv.sources.ref import TensorRef
 from streamconv.stages.casting import (
     below_max,
@@ -113,7 +113,7 @@ class TensorChunk:
         """The warning for the user once the piece is loaded as ``stored``, if any."""
         if self.note or self.mode != "decide" or self.store_as is None or stored.dtype == self.store_as.numpy:
             return self.note
-        return overflow_note(self.ref, self.store_as, by_numpy(stored.dtype), finite_peak(stored))
+        return overflow_note(self.ref.source_name, self.store_as.name, by_numpy(stored.dtype), finite_peak(stored))
 
     def __repr__(self) -> str:
         return f"TensorChunk({self.name!r}, {self.index + 1}/{self.count}, elements [{self.start}, {self.stop}))"
@@ -133,8 +133,7 @@ def chunk(refs: Iterable[TensorRef], chunk_size: int = DEFAULT_CHUNK_SIZE) -> It
     Raises:
         InvalidOptionError: ``chunk_size`` below 1.
     """
-    if chunk_size < 1:
-        raise InvalidOptionError("{chunk_size=} must be at least 1 byte", "chunk_size", chunk_size=chunk_size)
+    check_chunk_size(chunk_size)
     for ref in refs:
         per_chunk = max(1, chunk_size // ref.dtype.itemsize)
         count = max(1, math.ceil(ref.numel / per_chunk))
@@ -167,10 +166,7 @@ def cast(chunks: Iterable[TensorChunk], dtype: str, *, prescan: bool = True) -> 
     Raises:
         InvalidOptionError: an unknown ``dtype``.
     """
-    if dtype not in DTYPE_CHOICES:
-        raise InvalidOptionError(
-            f"{{dtype=}} is not a dtype; choose one of {', '.join(DTYPE_CHOICES)}", "dtype", dtype=dtype
-        )
+    check_dtype(dtype)
     target = by_name(dtype)
     decided: tuple[TensorRef, DType, str | None] | None = None
     for piece in chunks:
@@ -185,7 +181,7 @@ def cast(chunks: Iterable[TensorChunk], dtype: str, *, prescan: bool = True) -> 
             if decided is None or decided[0] is not piece.ref:
                 peak = tensor_peak(piece.ref, piece.element_count) if target.max < source.max else 0.0
                 store = target if peak <= target.max else fallback_dtype(source, peak)
-                note = None if store == target else overflow_note(piece.ref, target, store, peak)
+                note = None if store == target else overflow_note(piece.ref.source_name, target.name, store, peak)
                 decided = (piece.ref, store, note)
             note = decided[2] if piece.index == 0 else None
             yield dataclasses.replace(piece, store_as=decided[1], mode="store", note=note)

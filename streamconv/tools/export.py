@@ -19,15 +19,17 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from streamconv import _files
 from streamconv import progress as progress_bars
+from streamconv._files import file_record
 from streamconv.constants import EXPORT_DTYPES, canonical_dtype
 from streamconv.dtypes import DType, by_code, by_name, by_numpy
 from streamconv.errors import FormatError, InvalidOptionError
 from streamconv.format.reader import TensorInfo, WeightsFile, read_metadata
-from streamconv.pipeline.assets import file_record
-from streamconv.pipeline.staging import check_output, output_path, staged_output
+from streamconv.format.schema import METADATA_FILENAME
+from streamconv.format.staging import check_output, output_path, staged_output
 from streamconv.plans import FALLBACK, get_plan
-from streamconv.stages.casting import cast_array, fallback_dtype, finite_peak
+from streamconv.stages.casting import cast_array, fallback_dtype, finite_peak, overflow_note, planned_dtype
 from streamconv.units import parse_size
 
 __all__ = ["EXPORT_DTYPES", "ExportResult", "export"]
@@ -133,19 +135,10 @@ def export(
     metadata = read_metadata(source)
     weights = WeightsFile(source)
     result = ExportResult(source, target, dtype, tensor_count=len(weights.entries), warnings=_part_warnings(metadata))
-    files = _layout(weights, metadata, dtype, shard_size)
-    total = sum(f.size for group in files.values() for f in group)
+    total = sum(f.size for group in _layout(weights, metadata, dtype, shard_size).values() for f in group)
     bar = progress_bars.bar(total, "bytes", "exporting", enabled=progress)
     with bar, staged_output(target, force, expected_bytes=total, option="target") as staging:
-        overflow = _write_tensors(weights, files, staging, bar)
-        if overflow:  # rare: write again with those tensors kept wider, as convert does
-            for path in (f.path for group in files.values() for f in group):
-                (staging / path).unlink()
-            kept = {name: _fallback(weights.entries[name].info, peak) for name, peak in overflow.items()}
-            result.warnings += [_overflow_note(weights.entries[n].info, dtype, kept[n], p) for n, p in overflow.items()]
-            files = _layout(weights, metadata, dtype, shard_size, kept)
-            bar.reset()
-            _write_tensors(weights, files, staging, bar)
+        files = _write_weights(weights, metadata, dtype, shard_size, staging, result.warnings, bar)
         if len(files[""]) > 1:
             _write_index(files[""], staging)
         for asset in metadata.get("assets", []):
@@ -156,6 +149,24 @@ def export(
         result.files += [file_record(staging / a["path"], staging) for a in metadata.get("assets", [])]
     result.seconds = round(time.perf_counter() - started, 3)
     return result
+
+
+def _write_weights(weights: WeightsFile, metadata: dict[str, Any], dtype: str, shard_size: int, staging: Path,
+                   warnings: list[str], bar: progress_bars.Progress) -> dict[str, list[_File]]:
+    """Write the tensors; a tensor whose values do not fit ``dtype`` is written again wider (rare),
+    by convert's rule (:func:`~streamconv.stages.casting.fallback_dtype`) and with its note."""
+    files = _layout(weights, metadata, dtype, shard_size)
+    overflow = _write_tensors(weights, files, staging, bar)
+    if not overflow:
+        return files
+    for path in (f.path for group in files.values() for f in group):
+        (staging / path).unlink()
+    kept = {name: _fallback(weights.entries[name].info, peak) for name, peak in overflow.items()}
+    warnings += [overflow_note(weights.entries[n].info.source_name, dtype, kept[n], p) for n, p in overflow.items()]
+    files = _layout(weights, metadata, dtype, shard_size, kept)
+    bar.reset()
+    _write_tensors(weights, files, staging, bar)
+    return files
 
 
 def _part_warnings(metadata: dict[str, Any]) -> list[str]:
@@ -179,8 +190,7 @@ def _part_warnings(metadata: dict[str, Any]) -> list[str]:
 def _target_dtype(info: TensorInfo, dtype: str) -> DType:
     stored = by_name(info.dtype)
     assert stored is not None
-    wanted = by_name(dtype)
-    return stored if wanted is None or not stored.is_float else wanted
+    return planned_dtype(stored, dtype)
 
 
 def _fallback(info: TensorInfo, peak: float) -> DType:
@@ -188,13 +198,6 @@ def _fallback(info: TensorInfo, peak: float) -> DType:
     stored = by_name(info.dtype)
     assert stored is not None
     return fallback_dtype(stored, peak)
-
-
-def _overflow_note(info: TensorInfo, dtype: str, store: DType, peak: float) -> str:
-    return (
-        f"tensor {info.source_name!r} has values up to {peak:.6g}, beyond {dtype}'s range; "
-        f"written as {store.name} instead"
-    )
 
 
 def _layout(
@@ -278,19 +281,16 @@ def _write_index(shards: list[_File], staging: Path) -> None:
         "metadata": {"total_size": sum(s.size for s in shards)},
         "weight_map": {key: shard.path for shard in shards for key in shard.header},
     }
-    (staging / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    _files.write_json(index, staging / INDEX_FILE)
 
 
 def _copy_asset(source: Path, staging: Path, asset: dict[str, Any]) -> None:
     """Copy one asset listed in metadata.json, checking its sha256 against the record."""
-    relative = str(asset.get("path", ""))
-    if not relative or Path(relative).is_absolute() or ".." in Path(relative).parts:
-        raise FormatError(source / "metadata.json", f"asset path {relative!r} leaves the output folder")
-    path = source / relative
-    if not path.is_file():
+    path = _files.contained(source, asset.get("path"), named_in=source / METADATA_FILENAME)
+    if not path.exists():
         raise FormatError(path, "an asset listed in metadata.json is missing")
+    relative = path.relative_to(source).as_posix()
     target = staging / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(path.read_bytes())
-    if asset.get("sha256") and file_record(target, staging)["sha256"] != asset["sha256"]:
+    _files.copy_file(path, target, root=source)
+    if asset.get("sha256") and _files.sha256_file(target) != asset["sha256"]:
         raise FormatError(path, "an asset differs from its sha256 in metadata.json")

@@ -10,7 +10,6 @@ found is collected, never only the first problem.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import threading
 import time
@@ -24,11 +23,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streamconv.constants import DEFAULT_WORKERS, WorkerPool
-from streamconv.errors import FormatError, NotConvertedError
+from streamconv import _files
+from streamconv.constants import DEFAULT_WORKERS, WorkerPool, check_workers
+from streamconv.errors import FormatError, NotConvertedError, UnsafeInputError
 from streamconv.format import codec
 from streamconv.format.reader import WeightsFile, read_metadata, weights_path
-from streamconv.format.writer import checksum
+from streamconv.format.schema import METADATA_FILENAME, checksum
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -85,6 +85,7 @@ def verify(output: str | Path, *, workers: int = DEFAULT_WORKERS) -> VerifyRepor
     Raises:
         NotConvertedError: there are no weights under ``output`` at all.
     """
+    check_workers(workers)
     start = time.perf_counter()
     folder = Path(output)
     folder = folder if folder.is_dir() else folder.parent
@@ -142,21 +143,20 @@ def _hash_listed(folder: Path, metadata: dict[str, Any], report: VerifyReport, p
 def _check_file(folder: Path, entry: dict[str, Any], record: dict[str, Any], report: VerifyReport) -> None:
     """Size and sha256 of one listed file against metadata.json (runs on a worker thread)."""
     name = record["path"]
-    path = folder / name
-    if not path.is_file() or ".." in Path(name).parts or Path(name).is_absolute():
-        report.problems.append(f"{name}: listed in metadata.json but missing")
-        return
-    digest = hashlib.sha256()
-    size = 0
     try:
-        with path.open("rb") as f:
-            while block := f.read(_HASH_BLOCK):
-                digest.update(block)
-                size += len(block)
+        path = _files.contained(folder, entry.get("path"), named_in=folder / METADATA_FILENAME)
+        if not path.exists():
+            report.problems.append(f"{name}: listed in metadata.json but missing")
+            return
+        digest = _files.sha256_file(path, root=folder)
+        size = path.stat().st_size
+    except UnsafeInputError as exc:
+        report.problems.append(f"{name}: {exc.problem}")
+        return
     except OSError as exc:
         report.problems.append(f"{name}: cannot be read ({exc.strerror or exc})")
         return
-    record["bytes"], record["sha256"] = size, digest.hexdigest()
+    record["bytes"], record["sha256"] = size, digest
     wrong = []
     if "bytes" in entry and entry["bytes"] != size:
         wrong.append(f"{size} bytes, metadata.json says {entry['bytes']}")

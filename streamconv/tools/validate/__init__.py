@@ -16,17 +16,16 @@ Output tensors the model does not use are checked as weights only (and given to 
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from streamconv import _files
 from streamconv import progress as progress_bars
-from streamconv.constants import METADATA_FILENAME
 from streamconv.errors import InvalidOptionError, SourceNotFoundError
 from streamconv.format.reader import describe, read_metadata
+from streamconv.format.schema import METADATA_FILENAME
 from streamconv.plans import Plan, get_plan
 from streamconv.sources.checkpoint import Checkpoint, open_checkpoint
 from streamconv.tools.validate.report import LIBRARY_LIMITS, LIMITS, Check, ValidationReport, compare, limits_for
@@ -235,22 +234,14 @@ class _Steps:
 
 
 def record_validation(output: str | os.PathLike[str], report: ValidationReport) -> Path:
-    """Write ``report`` as the ``validation`` section of the output's metadata.json, atomically.
-
-    The new metadata goes to a temporary file in the same folder, then replaces the old one.
+    """Write ``report`` as the ``validation`` section of the output's metadata.json, atomically
+    (:func:`streamconv._files.write_json`).
 
     Returns:
         The metadata.json path.
     """
     path = Path(output) / METADATA_FILENAME
-    metadata = json.loads(path.read_text(encoding="utf-8"))
+    metadata = read_metadata(output)
     metadata["validation"] = report.to_dict()
-    fd, temp = tempfile.mkstemp(prefix=".metadata-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    _files.write_json(metadata, path)
     return path

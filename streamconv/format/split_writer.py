@@ -9,21 +9,17 @@ as ``weights-00001.parquet.incomplete``... and renamed when the last one is clos
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from streamconv.constants import FORMAT_VERSION
-from streamconv.errors import FormatError, NotConvertedError
-from streamconv.format.writer import WeightsWriter, WriteSummary
-from streamconv.pipeline.assets import file_record
-from streamconv.stages.pieces import TensorChunk
+from streamconv._files import file_record, write_json
+from streamconv.format.schema import FORMAT_VERSION, INDEX_FILENAME, split_name
+from streamconv.format.writer import P, Piece, WeightsWriter, WriteSummary
 
-__all__ = ["INDEX_FILENAME", "SplitWeightsWriter", "read_index", "split_name"]
+__all__ = ["SplitWeightsWriter", "write_index"]
 
-INDEX_FILENAME = "weights.parquet.index.json"
 # Bytes a file's Parquet footer and schema add to its chunks' data, counted against the limit.
 FILE_OVERHEAD = 8 * 1024
 # Bytes beside a chunk's data (its row's other columns, a row group's footer entry, zstd's frame),
@@ -31,11 +27,6 @@ FILE_OVERHEAD = 8 * 1024
 # never at their compressed size, which the writer learns only after encoding ahead: so no file
 # passes the limit, and files come out below it by about the compression ratio.
 ROW_OVERHEAD = 1024
-
-
-def split_name(index: int, count: int) -> str:
-    """``weights-00001-of-00003.parquet``."""
-    return f"weights-{index:05d}-of-{count:05d}.parquet"
 
 
 class SplitWeightsWriter:
@@ -55,7 +46,7 @@ class SplitWeightsWriter:
         self.files: list[dict[str, Any]] = []  # {"path", "tensors"} per file, in order
 
     def write(
-        self, chunks: Iterable[TensorChunk], on_written: Callable[[TensorChunk, str | None], None] | None = None
+        self, chunks: Iterable[P], on_written: Callable[[P, str | None], None] | None = None
     ) -> WriteSummary:
         """Encode and write every chunk, opening a new file when the current one is full."""
         temporary: list[Path] = []
@@ -73,18 +64,18 @@ class SplitWeightsWriter:
             raise
         return self.summary
 
-    def _files(self, chunks: Iterable[TensorChunk]) -> Iterator[Iterator[TensorChunk]]:
+    def _files(self, chunks: Iterable[P]) -> Iterator[Iterator[P]]:
         """Cut the chunk stream into one iterator per file, by the chunks' encoded sizes so far."""
         stream = iter(chunks)
         first = next(stream, None)
         if first is None:
             yield iter(())
             return
-        head: list[TensorChunk | None] = [first]
+        head: list[P | None] = [first]
         while head[0] is not None:
             yield self._one_file(stream, head)
 
-    def _one_file(self, stream: Iterator[TensorChunk], head: list[TensorChunk | None]) -> Iterator[TensorChunk]:
+    def _one_file(self, stream: Iterator[P], head: list[P | None]) -> Iterator[P]:
         # The first chunk always goes in, so every file holds at least one.
         budget = self.max_file_size - FILE_OVERHEAD
         used = 0
@@ -98,7 +89,7 @@ class SplitWeightsWriter:
             head[0] = next(stream, None)
 
     @staticmethod
-    def _estimate(piece: TensorChunk) -> int:
+    def _estimate(piece: Piece) -> int:
         """An upper bound of the chunk's bytes in the file: zstd's worst case on its stored bytes."""
         stored = piece.store_as.itemsize if piece.store_as is not None else piece.ref.dtype.itemsize
         raw = piece.element_count * stored
@@ -135,30 +126,5 @@ def write_index(folder: Path, files: list[dict[str, Any]]) -> Path:
         "weight_map": {name: f["path"] for f in files for name in f["tensors"]},
     }
     path = folder / INDEX_FILENAME
-    path.write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(index, path)
     return path
-
-
-def read_index(path: Path) -> list[tuple[Path, list[str]]]:
-    """The files a split index lists, in order, with the tensors each holds.
-
-    Raises:
-        FormatError: the index is not JSON, lists no files, or a path leaves its folder.
-        NotConvertedError: a listed file is missing.
-    """
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-        files = [(str(f["path"]), [str(t) for t in f["tensors"]]) for f in index["files"]]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise FormatError(path, f"not a usable split index ({exc!r})") from exc
-    if not files:
-        raise FormatError(path, "the split index lists no files")
-    found = []
-    for name, tensors in files:
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise FormatError(path, f"the split index names {name!r}, outside its folder")
-        file = path.parent / name
-        if not file.is_file():
-            raise NotConvertedError(file, "weights file (listed in the split index)")
-        found.append((file, tensors))
-    return found

@@ -1,0 +1,51 @@
+"""The contract of an output, in one place: format version, file names, the Parquet schema and the
+chunk checksum (docs/format.md documents every column and key).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import xxhash
+
+__all__ = ["FORMAT_VERSION", "INDEX_FILENAME", "METADATA_FILENAME", "META_COLUMNS", "SCHEMA", "WEIGHTS_FILENAME",
+           "checksum", "split_name"]
+
+#: Version of the output layout written by this package (see docs/format.md). Readers accept
+#: every version up to this one.
+FORMAT_VERSION = 3
+WEIGHTS_FILENAME = "weights.parquet"
+METADATA_FILENAME = "metadata.json"
+#: A split output's index, beside its ``weights-0000k-of-0000N.parquet`` files.
+INDEX_FILENAME = "weights.parquet.index.json"
+
+SCHEMA = pa.schema(
+    [
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("source_name", pa.string(), nullable=False),
+        pa.field("dtype", pa.string(), nullable=False),
+        pa.field("source_dtype", pa.string(), nullable=False),
+        pa.field("shape", pa.list_(pa.int64()), nullable=False),
+        pa.field("chunk_index", pa.int32(), nullable=False),
+        pa.field("chunk_count", pa.int32(), nullable=False),
+        pa.field("element_offset", pa.int64(), nullable=False),
+        pa.field("element_count", pa.int64(), nullable=False),
+        pa.field("data", pa.large_binary(), nullable=False),
+        # Format 2: the stored bytes' length (read without touching ``data``) and their checksum.
+        pa.field("data_bytes", pa.int64(), nullable=False),
+        pa.field("data_xxh3", pa.uint64(), nullable=False),
+    ]
+)
+#: Every column but the data and its checksum: what describes a chunk.
+META_COLUMNS = ["name", "source_name", "dtype", "source_dtype", "shape", "chunk_index", "chunk_count",
+                "element_offset", "element_count"]
+
+
+def split_name(index: int, count: int) -> str:
+    """``weights-00001-of-00003.parquet``."""
+    return f"weights-{index:05d}-of-{count:05d}.parquet"
+
+
+def checksum(payload: bytes | memoryview | np.ndarray) -> int:
+    """The ``data_xxh3`` of a stored ``data`` value: xxHash's XXH3-64 of its bytes, seed 0."""
+    return xxhash.xxh3_64_intdigest(payload.data if isinstance(payload, np.ndarray) else payload)

@@ -1,7 +1,8 @@
-"""Defaults shared by every layer: option choices and bounds, worker threads, environment variables.
+"""Defaults shared by every layer: option choices and bounds, worker threads.
 
 The dtype facts live in :mod:`streamconv.dtypes`; the on-disk names and version in
-:mod:`streamconv.format.schema`.
+:mod:`streamconv.format.schema`; progress-bar policy and its environment variables in
+:mod:`streamconv.progress`; size strings in :mod:`streamconv.units`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,16 @@ from streamconv.errors import InvalidOptionError
 #: Values accepted by ``dtype``: a float target, or ``keep`` for the source dtype.
 DTYPE_CHOICES = ("float16", "bfloat16", "float32", "keep")
 DEFAULT_DTYPE = "float16"
+#: Values accepted by ``export``'s ``dtype``.
+EXPORT_DTYPES = ("keep", "float16", "float32")
+#: Other spellings of the float dtypes (llama.cpp's and optimum's), accepted wherever a dtype is.
+DTYPE_ALIASES = {"fp16": "float16", "f16": "float16", "bf16": "bfloat16", "fp32": "float32", "f32": "float32"}
+
+
+def canonical_dtype(name: object) -> object:
+    """``name`` with an alias (``fp16``, ``bf16``...) replaced by its dtype name; anything else as given."""
+    return DTYPE_ALIASES.get(name.lower(), name) if isinstance(name, str) else name
+
 
 COMPRESSION_CHOICES = ("zstd", "none")
 DEFAULT_COMPRESSION = "zstd"
@@ -35,7 +46,8 @@ MAX_WORKERS = 256
 def check_dtype(dtype: str) -> None:
     """Refuse a ``dtype`` that is not one of :data:`DTYPE_CHOICES`."""
     if dtype not in DTYPE_CHOICES:
-        raise InvalidOptionError(f"{{dtype=}} is not a dtype; choose one of {', '.join(DTYPE_CHOICES)}", "dtype", dtype=dtype)
+        raise InvalidOptionError(f"{{dtype=}} is not a dtype; choose one of {', '.join(DTYPE_CHOICES)} "
+                                 f"(or {', '.join(DTYPE_ALIASES)})", "dtype", dtype=dtype)
 
 
 def check_codec(compression: str, level: int | None) -> None:
@@ -83,12 +95,3 @@ class WorkerPool(ThreadPoolExecutor):
                 super()._adjust_thread_count()
             finally:
                 threading.stack_size(previous)
-
-
-ENV_DISABLE_PROGRESS_BARS = "STREAMCONV_DISABLE_PROGRESS_BARS"
-
-
-def progress_bars_disabled() -> bool:
-    """True when ``STREAMCONV_DISABLE_PROGRESS_BARS`` is set to a true value."""
-    value = os.environ.get(ENV_DISABLE_PROGRESS_BARS, "")
-    return value.strip().lower() in {"1", "true", "yes", "on"}

@@ -32,6 +32,7 @@ __all__ = [
     "MissingDependencyError",
     "InvalidOptionError",
     "CastOverflowError",
+    "escape",
 ]
 
 
@@ -39,6 +40,46 @@ class StreamconvError(Exception):
     """Base class: an error with a message meant for the user, one line, with a fix."""
 
     exit_code = 1
+
+    def render(self, label: Callable[[str, Any], str]) -> str:
+        """The message with every option it names written by ``label(name, value_or_NOVALUE)``.
+
+        ``str(error)`` is the message as a Python caller reads it (``force=True``); the CLI renders
+        it with its flags (``--force``). Errors that name no option have one message for both.
+        """
+        return str(self)
+
+
+class _NamesOptions(StreamconvError):
+    """An error whose message names options through placeholders (see :class:`InvalidOptionError`).
+
+    ``where`` (a path, printed first) is kept out of the template, so braces in it stay as they are.
+    """
+
+    template: str = ""
+    where: str = ""
+    values: dict[str, Any]
+
+    def _set_message(self, template: str, where: Any, values: dict[str, Any]) -> None:
+        self.template, self.where, self.values = template, "" if where is None else str(where), values
+        self.args = (self.render(python_label),)
+
+    def render(self, label: Callable[[str, Any], str]) -> str:
+        def replace(match: re.Match[str]) -> str:
+            name, has_value, literal = match.group(1), match.group(2), match.group(3)
+            if name is None:  # {{ or }}: a brace of the text
+                return match.group(0)[0]
+            if not has_value:
+                return label(name, NOVALUE)
+            if literal:
+                return label(name, _LITERALS.get(literal, literal))
+            return label(name, self.values.get(name))
+
+        text = _PLACEHOLDER.sub(replace, self.template)
+        return f"{self.where}: {text}" if self.where else text
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class SourceNotFoundError(StreamconvError, FileNotFoundError):
@@ -53,12 +94,18 @@ class SourceNotFoundError(StreamconvError, FileNotFoundError):
 
 
 class NoWeightsError(StreamconvError, FileNotFoundError):
-    """The folder exists but holds no safetensors weights."""
+    """The folder exists but holds no weights, or SOURCE is a file that is not weights (``given``)."""
 
     exit_code = 2
 
-    def __init__(self, folder: Path, found: list[str] | None = None) -> None:
+    def __init__(self, folder: Path, found: list[str] | None = None, given: Path | None = None) -> None:
         self.folder = folder
+        if given is not None:  # a file that holds no weights (config.json) was passed as SOURCE
+            super().__init__(
+                f"{given}: not a weights file (.safetensors or .bin); point SOURCE at the folder that "
+                f"holds the model, {folder}"
+            )
+            return
         extra = ""
         if found:
             extra = (
@@ -66,8 +113,8 @@ class NoWeightsError(StreamconvError, FileNotFoundError):
                 "`model.save_pretrained(dir, safe_serialization=True)` first)"
             )
         super().__init__(
-            f"{folder}: no model.safetensors or model.safetensors.index.json{extra}; "
-            "point SOURCE at a folder that contains safetensors weights"
+            f"{folder}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin{extra}; "
+            "point SOURCE at a folder that contains the model's weights"
         )
 
 
@@ -76,12 +123,11 @@ class CorruptCheckpointError(StreamconvError, ValueError):
 
     exit_code = 3
 
-    def __init__(self, path: Path, problem: str) -> None:
+    def __init__(self, path: Path, problem: str, fix: str = "") -> None:
         self.path = path
         self.problem = problem
-        super().__init__(
-            f"{path}: {problem}; the file is damaged or not safetensors: re-download or re-save it"
-        )
+        fix = fix or "the file is damaged or not safetensors: re-download or re-save it"
+        super().__init__(f"{path}: {problem}; {fix}")
 
 
 class UnsafeCheckpointError(StreamconvError, ValueError):
@@ -140,52 +186,60 @@ class UnsupportedDtypeError(StreamconvError, TypeError):
         )
 
 
-class OutputExistsError(StreamconvError, FileExistsError):
-    """The output folder exists and overwriting was not asked for."""
+class OutputExistsError(_NamesOptions, FileExistsError):
+    """The output folder exists and overwriting was not asked for.
+
+    The message names ``force=True`` to a Python caller, ``--force`` on the command line.
+    """
 
     exit_code = 4
 
     def __init__(self, output: Path) -> None:
         self.output = output
-        super().__init__(f"{output}: output already exists; pass --force to replace it")
+        self._set_message("output already exists; pass {force=True} to replace it", output, {})
 
 
-class OutputNotWritableError(StreamconvError, PermissionError):
-    """The output folder cannot be created where it was asked for."""
+class OutputNotWritableError(_NamesOptions, PermissionError):
+    """The output folder cannot be created where it was asked for.
 
-    exit_code = 4
-
-    def __init__(self, output: Path, reason: str) -> None:
-        self.output = output
-        super().__init__(
-            f"{output}: cannot write the output here ({reason}); choose a writable location with -o"
-        )
-
-
-class DiskFullError(StreamconvError, OSError):
-    """The disk (or a quota, or a file-size limit) ran out while the output was being written.
-
-    Nothing is left behind: the partial output is removed before this is raised. ``errno`` is
-    the original one (``ENOSPC``, ``EDQUOT`` or ``EFBIG``).
+    ``option`` is the argument that chose the location (``output``; ``target`` for export).
     """
 
     exit_code = 4
 
-    def __init__(self, output: Path, needed: int, free: int, errno: int, reason: str) -> None:
+    def __init__(self, output: Path, reason: str, option: str = "output") -> None:
+        self.output = output
+        self._set_message(
+            f"cannot write the output here ({escape(reason)}); choose a writable {{{option}}}",
+            output, {},
+        )
+
+
+class DiskFullError(_NamesOptions, OSError):
+    """The disk (or a quota, or a file-size limit) ran out while the output was being written.
+
+    Nothing is left behind: the partial output is removed before this is raised. ``errno`` is
+    the original one (``ENOSPC``, ``EDQUOT`` or ``EFBIG``). ``option`` is the argument that chose
+    the location (``output``; ``target`` for export), named in the fix.
+    """
+
+    exit_code = 4
+
+    def __init__(self, output: Path, needed: int, free: int, errno: int, reason: str, option: str = "output") -> None:
         self.output = output
         self.needed = needed  # bytes the output is expected to take (an estimate; 0 if unknown)
         self.free = free  # bytes free on the output's filesystem once the partial output is gone
         mib = 1024 * 1024
-        need = f"needs about {needed / mib:.1f} MiB, " if needed else ""
-        super().__init__(
-            f"{output}: cannot write the output ({reason}); it {need}{free / mib:.1f} MiB free; "
-            "free some space, raise the limit (quota, `ulimit -f`) or choose another -o"
+        room = f"{free / mib:.1f} MiB free"
+        if needed:
+            room = f"it needs about {needed / mib:.1f} MiB, {room}"
+        self._set_message(
+            f"cannot write the output ({escape(reason)}); {room}; "
+            f"free some space, raise the limit (quota, `ulimit -f`) or choose another {{{option}}}",
+            output, {},
         )
         self.errno = errno
         self.strerror = reason
-
-    def __str__(self) -> str:  # OSError would otherwise print "[Errno 28] ..." only
-        return str(self.args[0])
 
 
 class FormatError(StreamconvError, ValueError):
@@ -250,12 +304,14 @@ class MissingDependencyError(StreamconvError, ImportError):
         super().__init__(f"{package} is needed {needed_for} but is not installed; install it with `{install}`")
 
 
-class InvalidOptionError(StreamconvError, ValueError):
+class InvalidOptionError(_NamesOptions, ValueError):
     """An option has a value streamconv cannot use.
 
     The message names options through placeholders, so that Python callers read the argument
     (``level=5``) and the CLI its flag (``--level 5``): ``{name}`` is the option, ``{name=}`` the
-    option with the value given in ``values``, ``{name=text}`` the option with a literal value.
+    option with the value given in ``values``, ``{name=text}`` the option with a literal value
+    (``{force=True}`` reads ``force=True``, and ``--force`` on the command line); ``{{`` is a
+    brace (:func:`escape` doubles those of a text). ``where`` is a path put before the message as it is.
 
     Attributes:
         argument: The option at fault (a field of :class:`streamconv.pipeline.options.ConvertOptions`, or a
@@ -265,32 +321,25 @@ class InvalidOptionError(StreamconvError, ValueError):
 
     exit_code = 2
 
-    def __init__(self, template: str, argument: str | None = None, **values: Any) -> None:
-        self.template = template
+    def __init__(self, template: str, argument: str | None = None, *, where: Any = None, **values: Any) -> None:
         self.argument = argument
-        self.values = values
-        super().__init__(self.render(python_label))
-
-    def render(self, label: Callable[[str, Any], str]) -> str:
-        """The message with every option written by ``label(name, value_or_NOVALUE)``."""
-
-        def replace(match: re.Match[str]) -> str:
-            name, has_value, literal = match.group(1), match.group(2), match.group(3)
-            if not has_value:
-                return label(name, NOVALUE)
-            return label(name, literal if literal else self.values.get(name))
-
-        return _PLACEHOLDER.sub(replace, self.template)
+        self._set_message(template, where, values)
 
 
 #: Marks an option mentioned without a value in an :class:`InvalidOptionError` message.
 NOVALUE: Any = object()
-_PLACEHOLDER = re.compile(r"\{(\w+)(=([^}]*))?\}")
+_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{(\w+)(=([^}]*))?\}")
+_LITERALS: dict[str, Any] = {"True": True, "False": False, "None": None}
 
 
 def python_label(name: str, value: Any) -> str:
     """How a Python caller reads an option in a message: ``level`` or ``level=5``."""
     return name if value is NOVALUE else f"{name}={value!r}"
+
+
+def escape(text: str) -> str:
+    """``text`` put into a template as it is: its braces are doubled, so none reads as a placeholder."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 class CastOverflowError(StreamconvError, ArithmeticError):

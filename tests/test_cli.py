@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -13,7 +12,10 @@ import numpy as np
 import pytest
 
 import streamconv
-from streamconv.cli.app import main, parse_size
+from streamconv.cli.app import main
+from streamconv.errors import InvalidOptionError, OutputExistsError
+from streamconv.sources.torch_bin import LEGACY_MAGIC
+from streamconv.units import parse_size
 from tests.conftest import write_raw_safetensors, write_safetensors, write_sharded
 
 
@@ -86,25 +88,81 @@ def test_inspect(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert_one_line_error(run("validate", str(tmp_path / "nowhere")), "no metadata", "streamconv convert")
 
 
-def test_progress_bar_env_switch(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bars = []
+class FakeBar:
+    """Records what a bar is made with and fed."""
 
-    class FakeBar:
-        def __init__(self, **kwargs):
-            bars.append(kwargs)
+    made: list[dict] = []
 
-        def update(self, n):
-            bars.append(n)
+    def __init__(self, **kwargs):
+        self.kwargs, self.updates, self.labels = kwargs, [], []
+        FakeBar.made.append(self)
 
-        def close(self):
-            pass
+    def update(self, n):
+        self.updates.append(n)
 
-    streamconv.convert(tiny_checkpoint, tmp_path / "a", progress=True, tqdm_class=FakeBar)
-    assert bars[0]["unit"] == "B" and sum(bars[1:]) == bars[0]["total"]
-    bars.clear()
-    monkeypatch.setenv("STREAMCONV_DISABLE_PROGRESS_BARS", "1")
+    def set_description(self, text):
+        self.labels.append(text)
+
+    def reset(self):
+        self.updates.clear()
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("variable", ["STREAMCONV_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"])
+def test_progress_bars_count_mib_and_either_variable_hides_them(
+    variable: str, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    FakeBar.made.clear()
+    for name in ("STREAMCONV_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(name, raising=False)
+    result = streamconv.convert(tiny_checkpoint, tmp_path / "a", progress=True, tqdm_class=FakeBar)
+    (bar,) = FakeBar.made
+    assert bar.kwargs["unit"] == "MiB" and "MiB" in bar.kwargs["bar_format"] and bar.kwargs["desc"] == "converting"
+    assert bar.kwargs["total"] == pytest.approx(result.source_bytes / 2**20)
+    assert sum(bar.updates) == pytest.approx(bar.kwargs["total"])
+    monkeypatch.setattr("tqdm.auto.tqdm", FakeBar)  # export's bar: the default class
+    streamconv.export(tmp_path / "a", tmp_path / "hf", progress=True)
+    assert FakeBar.made[1].kwargs["desc"] == "exporting"
+    exported = sum((tmp_path / "hf" / "model.safetensors").stat().st_size for _ in [0])
+    assert sum(FakeBar.made[1].updates) * 2**20 == pytest.approx(exported, abs=4096)  # data, not the header
+    FakeBar.made.clear()
+    monkeypatch.setenv(variable, "1")
     streamconv.convert(tiny_checkpoint, tmp_path / "b", progress=True, tqdm_class=FakeBar)
-    assert bars == []
+    streamconv.export(tmp_path / "a", tmp_path / "hf2", progress=True)
+    assert FakeBar.made == []
+
+
+def test_the_cli_wants_bars_on_a_terminal_only_and_never_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamconv import progress
+
+    class Terminal:
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("STREAMCONV_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    assert progress.wanted(stream=Terminal()) is True
+    assert progress.wanted(quiet=True, stream=Terminal()) is False
+    assert progress.wanted(stream=open(os.devnull, "w")) is False  # noqa: SIM115
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    assert progress.wanted(stream=Terminal()) is False
+
+
+def test_validate_shows_a_step_while_torch_imports(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamconv.tools.validate.outputs import _Steps
+
+    FakeBar.made.clear()
+    monkeypatch.setattr("tqdm.auto.tqdm", FakeBar)
+    monkeypatch.delenv("STREAMCONV_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    steps = _Steps(True, 5)
+    steps.say("importing torch and transformers")
+    assert FakeBar.made[0].kwargs["unit"] == "step" and FakeBar.made[0].labels == ["importing torch and transformers"]
+    source = Path(streamconv.__file__).parent / "tools" / "validate" / "outputs.py"
+    text = source.read_text()
+    assert text.index('steps.say("importing torch') < text.index("mod.import_torch()")
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
@@ -124,11 +182,66 @@ def test_debug_works_before_the_command_as_after_it(command: str, tmp_path: Path
     assert done.returncode != 0 and "Traceback" in done.stderr
 
 
-def test_parse_size() -> None:
-    assert parse_size("4MiB") == parse_size("4M") == 4 * 1024 * 1024
-    assert parse_size("512k") == 512 * 1024 and parse_size("100") == 100
-    with pytest.raises(argparse.ArgumentTypeError, match="'lots' is not a size"):
-        parse_size("lots")
+def test_parse_size_follows_transformers_max_shard_size() -> None:
+    assert parse_size("5GB") == 5 * 10**9 and parse_size("5GiB") == 5 * 2**30
+    assert parse_size("4MiB") == parse_size("4M") == parse_size("4 mib") == 4 * 1024 * 1024
+    assert parse_size("16MB") == 16_000_000 and parse_size("64kB") == parse_size("64KB") == 64_000
+    assert parse_size("512k") == 512 * 1024 and parse_size("100") == parse_size("100B") == parse_size(100) == 100
+    assert parse_size("1.5KiB") == 1536
+    for bad, needle in [("lots", "is not a size"), ("5Gb", "reads as bits"), ("0", "at least 1 byte"),
+                        ("1.5", "whole number"), (True, "is a bool")]:
+        with pytest.raises(InvalidOptionError, match=needle):
+            parse_size(bad, "chunk_size")
+
+
+def test_the_python_api_takes_the_cli_size_strings_and_dtype_spellings() -> None:
+    options = streamconv.ConvertOptions(chunk_size="4MiB", max_file_size="16MB", dtype="bf16")
+    assert (options.chunk_size, options.max_file_size, options.dtype) == (4 * 2**20, 16 * 10**6, "bfloat16")
+    for alias, name in [("fp16", "float16"), ("f16", "float16"), ("FP32", "float32"), ("f32", "float32")]:
+        assert streamconv.ConvertOptions(dtype=alias).dtype == name
+    with pytest.raises(InvalidOptionError, match=r"^chunk_size='x' is not a size"):
+        streamconv.ConvertOptions(chunk_size="x")
+    with pytest.raises(InvalidOptionError, match=r"^workers='3' is a str; give an int$"):
+        streamconv.ConvertOptions(workers="3")
+
+
+def test_cli_dtype_spellings_and_sizes(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    done = run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"), "--dtype", "bf16",
+               "--chunk-size", "64kB", "--max-file-size", "1MB", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["dtype"], result["chunk_size"]) == ("bfloat16", 64_000)
+    assert_one_line_error(run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "o2"), "--chunk-size", "5Gb"),
+                          "--chunk-size 5Gb reads as bits", "5GB")
+    exported = run("export", str(tmp_path / "out"), "--to", str(tmp_path / "hf"), "--dtype", "fp32",
+                   "--max-shard-size", "1kB", "--json")
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads(exported.stdout)["dtype"] == "float32"
+    assert (tmp_path / "hf" / "model.safetensors.index.json").exists()  # 1kB = 1000 bytes: sharded
+
+
+def test_every_help_shows_an_example_the_environment_and_the_exit_codes() -> None:
+    from streamconv.cli.commands import COMMANDS
+
+    for argv in [[], *([c.name] for c in COMMANDS)]:
+        done = run(*argv, "--help")
+        assert done.returncode == 0, argv
+        text = done.stdout
+        assert "example:\n  streamconv " in text, argv
+        assert "HF_HUB_DISABLE_PROGRESS_BARS=1" in text and "STREAMCONV_DISABLE_PROGRESS_BARS=1" in text, argv
+        assert "exit codes:" in text and "6 validation failed" in text, argv
+        if argv and argv[0] in ("convert", "export"):
+            assert "4MB = 4*10^6" in text and "4MiB = 4*2^20" in text
+
+
+def test_usage_errors_go_to_stderr_and_a_mistyped_flag_points_at_the_command(tmp_path: Path) -> None:
+    bare = run()
+    assert (bare.returncode, bare.stdout) == (2, "") and "usage: streamconv" in bare.stderr
+    done = run("convert", "x", "-o", str(tmp_path / "o"), "--forse")
+    assert_one_line_error(done, "unrecognized arguments: --forse", "did you mean --force?",
+                          "see `streamconv convert --help`")
+    assert done.stdout == ""
+    assert_one_line_error(run("verify", str(tmp_path), "--jsn"), "see `streamconv verify --help`", "--json")
 
 
 def test_usage_errors_are_one_line(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -149,6 +262,13 @@ def _folder(tmp_path: Path) -> Path:
     return folder
 
 
+def _config_only(tmp_path: Path) -> Path:
+    folder = _folder(tmp_path)
+    write_safetensors(folder / "model.safetensors", {"w": np.ones(2, np.float32)})
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
 def _bad_header(tmp_path: Path, header: dict, data: bytes = b"") -> Path:
     folder = _folder(tmp_path)
     write_raw_safetensors(folder / "model.safetensors", header, data)
@@ -157,10 +277,18 @@ def _bad_header(tmp_path: Path, header: dict, data: bytes = b"") -> Path:
 
 BAD_INPUTS = {
     "missing folder": (lambda t: t / "does-not-exist", ["does-not-exist", "no such checkpoint folder"]),
-    "folder without weights": (lambda t: _folder(t), ["no model.safetensors", "point SOURCE"]),
+    "folder without weights": (lambda t: _folder(t), ["no model.safetensors", "pytorch_model.bin", "point SOURCE"]),
     "only pytorch_model.bin": (
         lambda t: ((_folder(t) / "pytorch_model.bin").write_bytes(b"x"), t / "ckpt")[1],
-        ["pytorch_model.bin", "safe_serialization=True"],
+        ["pytorch_model.bin", "not a zip-format torch checkpoint", "re-download"],
+    ),
+    "legacy pytorch_model.bin": (  # the advice must not also call it damaged or "not safetensors"
+        lambda t: ((_folder(t) / "pytorch_model.bin").write_bytes(LEGACY_MAGIC + b"\0" * 16), t / "ckpt")[1],
+        ["legacy", "safe_serialization=True", "trust"],
+    ),
+    "config.json as SOURCE": (
+        lambda t: _config_only(t) / "config.json",
+        ["config.json: not a weights file", "point SOURCE at the folder that holds the model"],
     ),
     "empty shard": (
         lambda t: ((_folder(t) / "model.safetensors").write_bytes(b""), t / "ckpt")[1],
@@ -242,16 +370,50 @@ def test_same_tensor_in_two_shards_and_every_mismatch_in_one_error(tmp_path: Pat
 def test_output_exists_without_force(tiny_checkpoint: Path, tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    assert_one_line_error(run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "out")), "already exists", "--force")
+    done = run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"))
+    assert_one_line_error(done, "already exists", "pass --force to replace it")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    # A Python caller reads the argument, not the flag.
+    with pytest.raises(OutputExistsError, match="already exists; pass force=True to replace it$"):
+        streamconv.convert(tiny_checkpoint, tmp_path / "out")
+    with pytest.raises(OutputExistsError, match="pass force=True"):
+        streamconv.export(tmp_path / "x", tmp_path / "out")
+
+
+def test_output_under_a_file_or_empty_is_a_bad_option(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    done = run("convert", str(tiny_checkpoint), "-o", str(blocker / "deeper" / "out"))
+    assert_one_line_error(done, f"{blocker}' is a file, not a folder", "choose another --output")
+    assert done.returncode == 2 and blocker.read_text() == "not a folder"
+    done = run("convert", str(tiny_checkpoint), "-o", "")
+    assert_one_line_error(done, "--output is empty")
+    assert done.returncode == 2
+    with pytest.raises(InvalidOptionError, match="^output is empty"):
+        streamconv.convert(tiny_checkpoint, "")
+    converted = tmp_path / "conv"
+    streamconv.convert(tiny_checkpoint, converted)
+    done = run("export", str(converted), "--to", str(blocker / "hf"))
+    assert_one_line_error(done, "is a file, not a folder", "choose another --to")
+    with pytest.raises(InvalidOptionError, match="choose another target$"):
+        streamconv.export(converted, blocker / "hf")
 
 
 def test_output_location_not_writable(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    done = run("convert", str(tiny_checkpoint), "-o", str(blocker / "out"))
-    assert_one_line_error(done, "cannot write the output here", "choose a writable location")
-    assert blocker.read_text() == "not a folder"
+    # /sys refuses new folders to root too; elsewhere a folder without write permission does.
+    locked = Path("/sys") if os.geteuid() == 0 and Path("/sys/kernel").is_dir() else tmp_path / "locked"
+    if locked != Path("/sys"):
+        locked.mkdir()
+        locked.chmod(0o500)
+    try:
+        done = run("convert", str(tiny_checkpoint), "-o", str(locked / "streamconv-out"))
+        assert_one_line_error(done, "cannot write the output here", "choose a writable --output")
+        assert done.returncode == 4
+        with pytest.raises(streamconv.StreamconvError, match="choose a writable output$"):
+            streamconv.convert(tiny_checkpoint, locked / "streamconv-out")
+    finally:
+        if locked != Path("/sys"):
+            locked.chmod(0o700)
 
 
 def test_bad_options_fail_before_anything_is_written(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -302,3 +464,98 @@ def test_a_command_that_uses_blas_keeps_its_threads() -> None:
     environ = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, check=True)
     assert done.stdout.split() == ["None", "False", "0"]  # and a collector the user turned off stays off
+
+
+def test_quiet_works_on_every_command(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out, hf = str(tmp_path / "out"), str(tmp_path / "hf")
+    for argv in (["convert", str(tiny_checkpoint), "-o", out, "-q"], ["-q", "inspect", out], ["inspect", out, "-q"],
+                 ["verify", out, "--quiet"], ["export", out, "--to", hf, "-q"], ["-q", "types"]):
+        done = run(*argv)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), argv
+    assert json.loads(run("inspect", out, "-q", "--json").stdout)["tensors"]  # --json still prints
+    # -q keeps errors: one line on stderr.
+    assert_one_line_error(run("verify", str(tmp_path), "-q"), "no converted weights")
+
+
+def test_inspect_json_lists_tensors_in_the_order_of_the_text(tmp_path: Path) -> None:
+    names = ["layer.10.w", "layer.2.w", "b", "layer.1.w", "a"]
+    write_safetensors(tmp_path / "src" / "model.safetensors", {n: np.ones(2, np.float32) for n in names})
+    streamconv.convert(tmp_path / "src", tmp_path / "out")
+    text = run("inspect", str(tmp_path / "out")).stdout
+    table = text.split("\n  name", 1)[1].split("\n\n")[0].splitlines()[1:]  # the rows, up to the blank line
+    listed = [line.split()[0] for line in table]
+    assert listed == ["a", "b", "layer.1.w", "layer.2.w", "layer.10.w"]
+    data = json.loads(run("inspect", str(tmp_path / "out"), "--json").stdout)
+    assert [t["name"] for t in data["tensors"]] == listed
+
+
+def test_interrupt_lines_name_what_export_and_validate_were_doing(tmp_path: Path) -> None:
+    from streamconv.cli.app import _interrupt_line, _parse, build_parser
+    from streamconv.cli.commands import command
+    from streamconv.cli.interrupts import Terminated, output_identity
+
+    parser = build_parser()
+    args = _parse(parser, ["export", "OUT", "--to", str(tmp_path / "hf")])
+    assert _interrupt_line(KeyboardInterrupt(), command("export"), args, None) == (
+        f"error: interrupted; nothing was written under {tmp_path / 'hf'}")
+    (tmp_path / "hf").mkdir()
+    before = output_identity(str(tmp_path / "hf"))
+    assert _interrupt_line(Terminated(), command("export"), args, before) == (
+        f"error: terminated (SIGTERM); {tmp_path / 'hf'} still holds the old output, unchanged")
+    args = _parse(parser, ["validate", "OUT"])
+    assert _interrupt_line(KeyboardInterrupt(), command("validate"), args, None) == (
+        "error: interrupted; `streamconv validate OUT` stopped, nothing was written")
+
+
+def test_options_that_cannot_work_are_exit_2(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    streamconv.convert(tiny_checkpoint, tmp_path / "out")
+    for argv, needle in [
+        (["validate", str(tmp_path / "out"), "--min-cosine", "1.5"], "--min-cosine 1.5 is above 1"),
+        (["validate", str(tmp_path / "out"), "--max-nmse", "-1"], "--max-nmse -1.0 is below 0"),
+        (["convert", str(tiny_checkpoint), "-o", str(tmp_path / "o2"), "--include", "nomatch*"],
+         "no tensor left to convert after --include/--exclude"),
+        (["convert", str(tiny_checkpoint), "-o", str(tmp_path / "o2"), "--exclude", "*"], "--include/--exclude"),
+    ]:
+        done = run(*argv)
+        assert_one_line_error(done, needle)
+        assert done.returncode == 2, argv
+    assert not (tmp_path / "o2").exists()
+    with pytest.raises(InvalidOptionError, match="^min_cosine=1.5 is above 1"):
+        streamconv.validate(tmp_path / "out", min_cosine=1.5)
+
+
+def test_error_messages_name_the_python_argument_or_the_flag() -> None:
+    from streamconv.cli.app import _one_line, build_parser
+    from streamconv.errors import DiskFullError, OutputNotWritableError
+
+    parser = build_parser()
+    full = DiskFullError(Path("hf"), 0, 12 * 2**20, 28, "no space left on device", option="target")
+    assert str(full) == ("hf: cannot write the output (no space left on device); 12.0 MiB free; free some space, "
+                         "raise the limit (quota, `ulimit -f`) or choose another target")
+    assert _one_line(full, parser).endswith("or choose another --to")
+    sized = DiskFullError(Path("out"), 43 * 2**20, 12 * 2**20, 28, "no space left on device")
+    assert "it needs about 43.0 MiB, 12.0 MiB free;" in str(sized)
+    assert _one_line(sized, parser).endswith("or choose another --output")
+    assert _one_line(OutputExistsError(Path("o{1}")), parser) == "o{1}: output already exists; pass --force to replace it"
+    assert str(OutputNotWritableError(Path("x"), "a {weird} reason", "target")).endswith("choose a writable target")
+    level = InvalidOptionError("{level=} has no effect with {compression=none}", "level", level=5)
+    assert (str(level), _one_line(level, parser)) == (
+        "level=5 has no effect with compression='none'", "--level 5 has no effect with --compression none")
+
+
+def test_one_table_of_commands_and_short_functions() -> None:
+    """Each command is one row (parser, handler, module); the parser's subcommands are exactly the rows."""
+    import ast
+    import importlib
+
+    from streamconv.cli import app, commands
+
+    rows = [c.name for c in commands.COMMANDS]
+    assert len(rows) == len(set(rows))
+    assert list(app._subparsers(app.build_parser())) == rows
+    for row in commands.COMMANDS:
+        importlib.import_module(row.module)
+    cli = Path(app.__file__).parent
+    long = [f"{p.name}:{n.name}" for p in cli.glob("*.py") for n in ast.walk(ast.parse(p.read_text()))
+            if isinstance(n, ast.FunctionDef) and (n.end_lineno or n.lineno) - n.lineno + 1 > 60]
+    assert long == []

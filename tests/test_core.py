@@ -299,7 +299,7 @@ def test_force_replaces_only_after_success(tiny_checkpoint: Path, tmp_path: Path
 
 
 def test_output_may_not_replace_the_source(tiny_checkpoint: Path) -> None:
-    with pytest.raises(streamconv.StreamconvError, match="would replace the checkpoint"):
+    with pytest.raises(streamconv.StreamconvError, match="would replace the folder it is made from"):
         streamconv.convert(tiny_checkpoint, tiny_checkpoint, force=True)
     assert (tiny_checkpoint / "model.safetensors").is_file()
 

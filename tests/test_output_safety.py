@@ -245,7 +245,7 @@ def test_full_disk_is_exit_4_and_leaves_nothing(checkpoint: Path, tmp_path: Path
     assert re.fullmatch(
         rf"error: {re.escape(str(out))}: cannot write the output \(a file grew beyond the file-size limit\); "
         r"it needs about 12\.0 MiB, [0-9.]+ MiB free; free some space, raise the limit \(quota, `ulimit -f`\) "
-        r"or choose another -o",
+        r"or choose another --output",
         line,
     ), line
     assert sorted(p.name for p in tmp_path.iterdir()) == (["out"] if force else [])

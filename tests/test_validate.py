@@ -179,6 +179,9 @@ def test_cli_json_limits_and_exit_codes(tiny_bert: tuple[Path, Path], capsys: py
     text = next(c for c in report["checks"] if c["name"] == "outputs:text")
     assert text["limits"] == {"min_cosine": 0.99999, "max_nmse": 1e-5}
     assert isinstance(text["figures"]["nmse"], float) and isinstance(text["figures"]["min_cosine"], float)
+    counts = next(c for c in report["checks"] if c["name"] == "model-tensors")["figures"]
+    assert {type(counts[k]) for k in ("loaded", "missing", "unused")} == {int} and type(text["figures"]["items"]) is int
+    assert counts["loaded"] > 0 and text["figures"]["items"] == 8
     assert main(["validate", out, "--max-nmse", "0"]) == 6
     shown = capsys.readouterr().out
     assert "FAIL outputs:text" in shown and "FAILED" in shown

@@ -7,7 +7,6 @@ supervisors (systemd, Kubernetes, `timeout`) see what ended it.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
@@ -64,32 +63,38 @@ def interrupts_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def output_identity(args: argparse.Namespace | None) -> tuple[int, int] | None:
-    """(device, inode) of ``convert``'s output name now, None if nothing is there."""
-    if args is None or args.command != "convert" or not args.output:
+def output_identity(target: str | None) -> tuple[int, int] | None:
+    """(device, inode) of the folder name ``target`` now (the folder a command writes), None if nothing is there."""
+    if not target:
         return None
     try:
-        st = os.lstat(os.path.expanduser(args.output))
+        st = os.lstat(os.path.expanduser(target))
     except OSError:
         return None
     return st.st_dev, st.st_ino
 
 
-def interrupt_line(args: argparse.Namespace | None, before: tuple[int, int] | None, exc: BaseException) -> str:
-    """The one line for an interrupt, saying truly what the output name holds now.
+def interrupt_line(exc: BaseException, target: str | None = None, before: tuple[int, int] | None = None,
+                   stopped: str | None = None) -> str:
+    """The one line for an interrupt, saying truly what the command's folder holds now.
 
-    It compares the output name's inode now with the one before the conversion: the new output
-    (and an atomic --force exchange) brings another inode under the name, an untouched old
-    output keeps its own.
+    Args:
+        exc: The interrupt (:class:`Terminated` for SIGTERM).
+        target: The folder the command was writing (``convert -o``, ``export --to``), if any.
+        before: :func:`output_identity` of ``target`` before the command ran.
+        stopped: What was stopped, for a command that writes nothing (``streamconv validate OUT``).
+
+    It compares the target's inode now with the one before: the new output (and an atomic
+    --force exchange) brings another inode under the name, an untouched old output keeps its own.
     """
     how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-    if args is None or args.command != "convert" or not args.output or getattr(args, "dry_run", False):
-        return f"error: {how}; nothing was written"
-    now, output = output_identity(args), args.output
+    if not target:
+        return f"error: {how}; {stopped} stopped, nothing was written" if stopped else f"error: {how}; nothing was written"
+    now = output_identity(target)
     if now is None:
-        state = f"nothing was written under {output}" if before is None else f"nothing is under {output} now"
+        state = f"nothing was written under {target}" if before is None else f"nothing is under {target} now"
     elif now == before:
-        state = f"{output} still holds the old output, unchanged"
+        state = f"{target} still holds the old output, unchanged"
     else:
-        state = f"{output} holds the new output, complete"
+        state = f"{target} holds the new output, complete"
     return f"error: {how}; {state}"

@@ -27,9 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from streamconv.errors import DiskFullError, InvalidOptionError, OutputExistsError, OutputNotWritableError
+from streamconv.errors import DiskFullError, InvalidOptionError, OutputExistsError, OutputNotWritableError, escape
 
-__all__ = ["check_output", "clean_leftovers", "find_leftovers", "staged_output", "staging_path"]
+__all__ = ["check_output", "clean_leftovers", "find_leftovers", "output_path", "staged_output", "staging_path"]
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +48,39 @@ _SYS_RENAMEAT2 = {"x86_64": 316, "aarch64": 276, "riscv64": 276, "i686": 353, "i
 _NO_EXCHANGE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP})
 
 
-def check_output(output: Path, source_root: Path, force: bool) -> None:
-    """Refuse an output that exists (unless ``force``) or that would overwrite the source.
+def output_path(value: str | os.PathLike[str], option: str = "output") -> Path:
+    """The output folder ``value`` names (``~`` expanded); ``option`` is the argument it came as.
+
+    Raises:
+        InvalidOptionError: ``value`` is empty (``Path("")`` would be the working directory).
+    """
+    if not os.fspath(value).strip():
+        raise InvalidOptionError(f"{{{option}}} is empty; name the folder to create", option)
+    return Path(value).expanduser()
+
+
+def check_output(output: Path, source_root: Path, force: bool, option: str = "output") -> None:
+    """Refuse an output that cannot be made, exists (unless ``force``) or would overwrite the source.
 
     Raises:
         OutputExistsError: ``output`` exists and ``force`` is false.
-        InvalidOptionError: ``output`` is the source folder, inside it holding it, or holds it.
+        InvalidOptionError: ``output`` is the source folder, inside it holding it, or holds it; or
+            a folder above it is a file.
     """
     out, src = output.resolve(), source_root.resolve()
     if out == src or src.is_relative_to(out):
         raise InvalidOptionError(
-            f"{output}: the output would replace the checkpoint being converted; choose another -o"
+            f"the output would replace the folder it is made from; choose another {{{option}}}",
+            option, where=output,
         )
+    for parent in output.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise InvalidOptionError(
+                    f"cannot be created: {escape(repr(str(parent)))} is a file, not a folder; "
+                    f"choose another {{{option}}}", option, where=output,
+                )
+            break
     if (output.exists() or output.is_symlink()) and not force:
         raise OutputExistsError(output)
 
@@ -70,7 +91,7 @@ def staging_path(output: Path, pid: int | None = None, tag: str = STAGING_TAG) -
 
 
 @contextlib.contextmanager
-def staged_output(output: Path, force: bool, expected_bytes: int = 0) -> Iterator[Path]:
+def staged_output(output: Path, force: bool, expected_bytes: int = 0, option: str = "output") -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``output``; on success move it to ``output``.
 
     On any error (or interrupt) the temporary folder is removed and ``output`` is left as it was.
@@ -81,6 +102,7 @@ def staged_output(output: Path, force: bool, expected_bytes: int = 0) -> Iterato
         output: The output folder.
         force: Replace an existing ``output``.
         expected_bytes: About how many bytes the output will take, for the disk-full message.
+        option: The argument that named ``output`` (``target`` for export), for the messages.
 
     Raises:
         OutputNotWritableError: the parent folder cannot be created or written.
@@ -94,8 +116,8 @@ def staged_output(output: Path, force: bool, expected_bytes: int = 0) -> Iterato
         staging.mkdir()
     except OSError as exc:
         if exc.errno in DISK_FULL:
-            raise _disk_full(exc, output, expected_bytes) from exc
-        raise OutputNotWritableError(output, exc.strerror or str(exc)) from exc
+            raise _disk_full(exc, output, expected_bytes, option) from exc
+        raise OutputNotWritableError(output, exc.strerror or str(exc), option) from exc
     try:
         yield staging
         _replace(staging, output, force)
@@ -104,7 +126,7 @@ def staged_output(output: Path, force: bool, expected_bytes: int = 0) -> Iterato
         _remove(staging, ignore_errors=True)
         full = _disk_full_errno(exc)
         if full is not None:
-            raise _disk_full(full, output, expected_bytes) from exc
+            raise _disk_full(full, output, expected_bytes, option) from exc
         raise
 
 
@@ -261,11 +283,11 @@ def _disk_full_errno(exc: BaseException) -> OSError | None:
     return None
 
 
-def _disk_full(exc: OSError, output: Path, expected_bytes: int) -> DiskFullError:
+def _disk_full(exc: OSError, output: Path, expected_bytes: int, option: str) -> DiskFullError:
     try:
         free = shutil.disk_usage(output.parent).free
     except OSError:
         free = 0
     reason = {errno.EFBIG: "a file grew beyond the file-size limit"}.get(exc.errno or 0)
     return DiskFullError(output, expected_bytes, free, exc.errno or errno.ENOSPC,
-                         reason or os.strerror(exc.errno or errno.ENOSPC).lower())
+                         reason or os.strerror(exc.errno or errno.ENOSPC).lower(), option)

@@ -8,14 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streamconv import progress
 from streamconv._files import write_json
-from streamconv.constants import progress_bars_disabled
 from streamconv.dtypes import by_name
 from streamconv.errors import CastOverflowError, MissingDependencyError
 from streamconv.format import codec
 from streamconv.format.schema import METADATA_FILENAME, WEIGHTS_FILENAME
 from streamconv.format.split_writer import SplitWeightsWriter
-from streamconv.format.staging import check_output, clean_leftovers, find_leftovers, staged_output
+from streamconv.format.staging import check_output, clean_leftovers, find_leftovers, output_path, staged_output
 from streamconv.format.writer import WeightsWriter, WriteSummary, row_group_bytes_for
 from streamconv.pipeline.assets import planned_assets, write_assets
 from streamconv.pipeline.options import ConvertOptions
@@ -75,7 +75,7 @@ def convert(
     if options.validate:
         _require_validation_packages()  # before anything is written: a rerun would need --force
     started = time.perf_counter()
-    output = Path(output).expanduser()
+    output = output_path(output)
     checkpoint = open_checkpoint(source, revision=options.revision)
     model = ModelInfo.from_checkpoint(checkpoint)
     plan_cls, detected = choose_plan(model, options.model_type, options.parts)
@@ -183,7 +183,8 @@ def _write_assets(result: ConversionResult, checkpoint: Checkpoint, plan: Plan, 
 
 def _write_weights(result: ConversionResult, refs: tuple[TensorRef, ...], folder: Path, options: ConvertOptions) -> None:
     """Write the weights file(s); only this step starts again when a late chunk overflows the dtype."""
-    bar = _progress_bar(result.source_bytes, options)
+    bar = progress.bar(result.source_bytes, "bytes", "converting", enabled=options.progress,
+                       tqdm_class=options.tqdm_class)
     warnings = list(result.warnings)
     try:
         try:
@@ -192,12 +193,10 @@ def _write_weights(result: ConversionResult, refs: tuple[TensorRef, ...], folder
             # A tensor of several chunks does not fit the target dtype and some of its chunks are
             # written already: write the file again, scanning such tensors before casting (rare).
             result.warnings = list(warnings)
-            if bar is not None:
-                bar.reset()
+            bar.reset()
             summary = _write_once(result, refs, folder, options, bar, prescan=True)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     result.chunk_count = summary.chunk_count
     result.output_bytes = sum(f["bytes"] for f in result.files)
     result.ratio = round(result.source_bytes / result.output_bytes, 4) if result.output_bytes else 0.0
@@ -208,13 +207,13 @@ def _write_weights(result: ConversionResult, refs: tuple[TensorRef, ...], folder
 
 
 def _write_once(
-    result: ConversionResult, refs: tuple[TensorRef, ...], folder: Path, options: ConvertOptions, bar: Any, prescan: bool
+    result: ConversionResult, refs: tuple[TensorRef, ...], folder: Path, options: ConvertOptions,
+    bar: progress.Progress, prescan: bool,
 ) -> WriteSummary:
     def on_written(piece: TensorChunk, note: str | None) -> None:
         if note:
             result.warnings.append(note)
-        if bar is not None:
-            bar.update(piece.ref.dtype.itemsize * piece.element_count)
+        bar.update(piece.ref.dtype.itemsize * piece.element_count)
 
     writer_options: dict[str, Any] = dict(
         compression=options.compression,
@@ -233,18 +232,6 @@ def _write_once(
     # The writer hashed the file as it wrote it: no second pass over the output.
     result.files = [{"path": WEIGHTS_FILENAME, "bytes": writer.path.stat().st_size, "sha256": writer.sha256}]
     return summary
-
-
-def _progress_bar(total: int, options: ConvertOptions) -> Any:
-    if not options.progress or progress_bars_disabled():
-        return None
-    tqdm_class = options.tqdm_class
-    if tqdm_class is None:
-        from tqdm.auto import tqdm
-
-        tqdm_class = tqdm
-    # Bytes scaled by 1024: the bar counts in MiB, as the summary does (cli._summary).
-    return tqdm_class(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="converting")
 
 
 def _estimate(result: ConversionResult, refs: tuple[TensorRef, ...], options: ConvertOptions) -> None:

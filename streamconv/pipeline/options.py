@@ -17,17 +17,16 @@ from streamconv.constants import (
     DEFAULT_COMPRESSION,
     DEFAULT_DTYPE,
     DEFAULT_WORKERS,
+    canonical_dtype,
     check_chunk_size,
     check_codec,
     check_dtype,
     check_workers,
 )
 from streamconv.errors import InvalidOptionError
+from streamconv.units import article, parse_size
 
 __all__ = ["ConvertOptions"]
-
-#: More threads than this only adds queued memory: encoding is bound by the cores.
-
 
 @dataclass(frozen=True)
 class ConvertOptions:
@@ -37,15 +36,17 @@ class ConvertOptions:
         model_type: ``auto`` or a plan name (``streamconv types``), or an old spelling of one
             (``sentence_transformer``).
         parts: Plan parts to convert (``vision``, ``text``...); ``None`` for the plan's defaults.
-        dtype: ``float16``, ``bfloat16``, ``float32`` or ``keep``. Integer and bool tensors are
-            never cast; a tensor with values beyond float16's range is kept in float32.
+        dtype: ``float16``, ``bfloat16``, ``float32`` or ``keep`` (also spelt ``fp16``/``f16``,
+            ``bf16``, ``fp32``/``f32``). Integer and bool tensors are never cast; a tensor with
+            values beyond float16's range is kept in float32.
         compression: ``zstd`` or ``none``.
         level: zstd level -7 to 22 on every byte plane; ``None`` (default) for the coder tuned per
             plane (docs/format.md). Refused with ``compression='none'``.
         include: Glob patterns over source tensor names; keep only tensors matching one.
         exclude: Glob patterns over source tensor names; drop tensors matching one.
-        chunk_size: Largest chunk (one Parquet row), in source bytes.
-        max_file_size: Split the weights into files of at most this many bytes
+        chunk_size: Largest chunk (one Parquet row), in source bytes: an int, or a size string
+            (``"4MiB"`` = 4 * 2**20, ``"4MB"`` = 4 * 10**6, see :mod:`streamconv.units`).
+        max_file_size: Split the weights into files of at most this many bytes (int or size string)
             (``weights-00001-of-0000N.parquet`` + ``weights.parquet.index.json``); ``None``: one file.
             At least ``chunk_size``: a chunk never spans two files.
         workers: Threads that read, cast and compress chunks.
@@ -53,7 +54,8 @@ class ConvertOptions:
         force: Replace the output if it exists.
         dry_run: Plan and estimate only; write nothing.
         strict: Fail, instead of warning, when an asset cannot be copied or built.
-        progress: Show a progress bar on stderr (unless ``STREAMCONV_DISABLE_PROGRESS_BARS``).
+        progress: Show a progress bar on stderr (unless ``STREAMCONV_DISABLE_PROGRESS_BARS`` or
+            ``HF_HUB_DISABLE_PROGRESS_BARS`` is set: :mod:`streamconv.progress`).
         validate: After writing, validate the output against the source (needs torch and
             transformers) and record the report as metadata.json's ``validation`` section.
         tqdm_class: The tqdm class for the bar (``tqdm.auto.tqdm`` by default).
@@ -88,6 +90,11 @@ class ConvertOptions:
                 value = [p for p in value.split(",") if p] if name == "parts" else [value]
             if value is not None:
                 object.__setattr__(self, name, tuple(value))
+        # Other spellings become the canonical ones: fp16 -> float16, "4MiB" -> 4194304.
+        object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
+        for name in ("chunk_size", "max_file_size"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, parse_size(getattr(self, name), name))
         _check_types(self)
         _check_values(self)
 
@@ -124,7 +131,7 @@ def _check_types(options: ConvertOptions) -> None:
         wrong_bool = isinstance(value, bool) and bool not in types
         if not isinstance(value, types) or wrong_bool:
             raise InvalidOptionError(
-                f"{{{name}=}} is a {type(value).__name__}; give a {types[0].__name__}", name, **{name: value}
+                f"{{{name}=}} is {article(type(value).__name__)}; give {article(types[0].__name__)}", name, **{name: value}
             )
     for name in ("parts", "include", "exclude"):
         value = getattr(options, name)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from streamconv.dtypes import CODES, by_code
-from streamconv.errors import PlanError, UnsupportedDtypeError
+from streamconv.errors import InvalidOptionError, PlanError, UnsupportedDtypeError
 from streamconv.plans.model_inputs import input_probes
 from streamconv.plans.probes import Probe, ProbeContext
 from streamconv.sources.checkpoint import Checkpoint
@@ -260,11 +260,14 @@ class Plan:
         warnings = tuple(_unmatched(include, exclude, kept, candidates))
         wanted = {r.source_name for r in select(candidates, include=include, exclude=exclude)}
         kept = [r for r in kept if r.source_name in wanted]
-        if not kept:
-            raise PlanError(
-                f"{checkpoint.root}: no tensor left to convert after --include/--exclude; "
-                "loosen the patterns (they match source tensor names, see `streamconv convert --dry-run`)"
+        if not kept and (include or exclude):  # an option that cannot work: exit 2
+            raise InvalidOptionError(
+                "no tensor left to convert after {include}/{exclude}; loosen the patterns "
+                "(they match the source checkpoint's tensor names)", "include", where=checkpoint.root,
             )
+        if not kept:
+            raise PlanError(f"{checkpoint.root}: the {self.name} plan keeps no tensor of this checkpoint; "
+                            "choose another plan with --type")
         refs = tuple(rename(kept, self.renames))
         unsupported = [r for r in refs if by_code(r.dtype_code) is None]
         if unsupported:

@@ -141,7 +141,7 @@ def open_checkpoint(source: str | os.PathLike[str], *, revision: str | None = No
 
         weight_files, tensors = [path], read_bin_file(path)
     else:
-        raise NoWeightsError(path.parent, [path.name])
+        raise NoWeightsError(path.parent, given=path)
     config, config_problem = _read_config(root)
     return Checkpoint(
         source=text,

@@ -64,11 +64,11 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     if magic != ZIP_MAGIC:
         if magic.startswith(LEGACY_MAGIC):
             problem = "a legacy (pre-1.6, non-zip) torch file, which cannot be read without unpickling it"
+            fix = "load it with a torch you trust and re-save it with `model.save_pretrained(dir, safe_serialization=True)`"
         else:
             problem = "not a zip-format torch checkpoint"
-        raise CorruptCheckpointError(
-            path, f"{problem}; re-save it with `model.save_pretrained(dir, safe_serialization=True)`"
-        )
+            fix = "the file is damaged or not a torch checkpoint: re-download it, or re-save the model as safetensors"
+        raise CorruptCheckpointError(path, problem, fix)
     torch = _torch()
     import pickle
 

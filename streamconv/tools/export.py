@@ -20,18 +20,20 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from streamconv import _files
+from streamconv import progress as progress_bars
 from streamconv._files import file_record
+from streamconv.constants import EXPORT_DTYPES, canonical_dtype
 from streamconv.dtypes import DType, by_code, by_name, by_numpy
 from streamconv.errors import FormatError, InvalidOptionError
 from streamconv.format.reader import TensorInfo, WeightsFile, read_metadata
 from streamconv.format.schema import METADATA_FILENAME
-from streamconv.format.staging import check_output, staged_output
+from streamconv.format.staging import check_output, output_path, staged_output
 from streamconv.plans import FALLBACK, get_plan
 from streamconv.stages.casting import cast_array, fallback_dtype, finite_peak, overflow_note, planned_dtype
+from streamconv.units import parse_size
 
 __all__ = ["EXPORT_DTYPES", "ExportResult", "export"]
 
-EXPORT_DTYPES = ("keep", "float16", "float32")
 #: Largest root safetensors file before the checkpoint is sharded (transformers' own default).
 DEFAULT_MAX_SHARD_SIZE = 5 * 1024**3
 SINGLE_FILE = "model.safetensors"
@@ -92,8 +94,9 @@ def export(
     target: str | os.PathLike[str],
     *,
     dtype: str = "keep",
-    max_shard_size: int | None = None,
+    max_shard_size: int | str | None = None,
     force: bool = False,
+    progress: bool = False,
 ) -> ExportResult:
     """Write a converted output as a Hugging Face checkpoint folder that transformers loads.
 
@@ -101,13 +104,15 @@ def export(
         output: A folder written by ``streamconv convert``.
         target: The checkpoint folder to create.
         dtype: ``keep`` (the stored dtypes: bit-exact after a ``--dtype keep`` conversion),
-            ``float16`` or ``float32`` (float tensors only). As in :func:`streamconv.convert`, a
+            ``float16`` or ``float32`` (float tensors only; also spelt ``fp16``, ``f32``...). As in :func:`streamconv.convert`, a
             tensor with finite values beyond the dtype's range (``|x| > 65504`` for float16) is
             written in float32 instead (or its stored dtype, if float32 cannot hold it either),
             with a warning.
         max_shard_size: Largest ``model.safetensors`` before sharding into
-            ``model-0000N-of-0000M.safetensors`` + ``model.safetensors.index.json`` (default 5 GiB).
+            ``model-0000N-of-0000M.safetensors`` + ``model.safetensors.index.json`` (default 5 GiB):
+            bytes, or a size string as transformers writes it (``"5GB"`` = 5 * 10**9, ``"5GiB"``).
         force: Replace ``target`` if it exists (only once the new one is complete).
+        progress: Show a bar over the bytes written on stderr (see :mod:`streamconv.progress`).
 
     Returns:
         The :class:`ExportResult`.
@@ -120,19 +125,20 @@ def export(
         >>> streamconv.export("minilm-parquet", "minilm-hf")   # SentenceTransformer("minilm-hf") loads it
     """
     started = time.perf_counter()
+    dtype = str(canonical_dtype(dtype))
     if dtype not in EXPORT_DTYPES:
         raise InvalidOptionError(f"{{dtype=}} is not an export dtype; choose one of {', '.join(EXPORT_DTYPES)}",
                                  "dtype", dtype=dtype)
-    shard_size = DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else max_shard_size
-    if shard_size < 1:
-        raise InvalidOptionError("{max_shard_size=} must be at least 1 byte", "max_shard_size", max_shard_size=shard_size)
-    source, target = Path(output).expanduser(), Path(target).expanduser()
-    check_output(target, source, force)
+    shard_size = DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else parse_size(max_shard_size, "max_shard_size")
+    source, target = Path(output).expanduser(), output_path(target, "target")
+    check_output(target, source, force, "target")
     metadata = read_metadata(source)
     weights = WeightsFile(source)
     result = ExportResult(source, target, dtype, tensor_count=len(weights.entries), warnings=_part_warnings(metadata))
-    with staged_output(target, force) as staging:
-        files = _write_weights(weights, metadata, dtype, shard_size, staging, result.warnings)
+    total = sum(f.size for group in _layout(weights, metadata, dtype, shard_size).values() for f in group)
+    bar = progress_bars.bar(total, "bytes", "exporting", enabled=progress)
+    with bar, staged_output(target, force, expected_bytes=total, option="target") as staging:
+        files = _write_weights(weights, metadata, dtype, shard_size, staging, result.warnings, bar)
         if len(files[""]) > 1:
             _write_index(files[""], staging)
         for asset in metadata.get("assets", []):
@@ -146,11 +152,11 @@ def export(
 
 
 def _write_weights(weights: WeightsFile, metadata: dict[str, Any], dtype: str, shard_size: int, staging: Path,
-                   warnings: list[str]) -> dict[str, list[_File]]:
+                   warnings: list[str], bar: progress_bars.Progress) -> dict[str, list[_File]]:
     """Write the tensors; a tensor whose values do not fit ``dtype`` is written again wider (rare),
     by convert's rule (:func:`~streamconv.stages.casting.fallback_dtype`) and with its note."""
     files = _layout(weights, metadata, dtype, shard_size)
-    overflow = _write_tensors(weights, files, staging)
+    overflow = _write_tensors(weights, files, staging, bar)
     if not overflow:
         return files
     for path in (f.path for group in files.values() for f in group):
@@ -158,7 +164,8 @@ def _write_weights(weights: WeightsFile, metadata: dict[str, Any], dtype: str, s
     kept = {name: _fallback(weights.entries[name].info, peak) for name, peak in overflow.items()}
     warnings += [overflow_note(weights.entries[n].info.source_name, dtype, kept[n], p) for n, p in overflow.items()]
     files = _layout(weights, metadata, dtype, shard_size, kept)
-    _write_tensors(weights, files, staging)
+    bar.reset()
+    _write_tensors(weights, files, staging, bar)
     return files
 
 
@@ -221,7 +228,9 @@ def _layout(
     return files
 
 
-def _write_tensors(weights: WeightsFile, files: dict[str, list[_File]], staging: Path) -> dict[str, float]:
+def _write_tensors(
+    weights: WeightsFile, files: dict[str, list[_File]], staging: Path, bar: progress_bars.Progress
+) -> dict[str, float]:
     """Write every header, then every chunk at its place: one row group in memory at a time.
 
     Returns:
@@ -254,6 +263,7 @@ def _write_tensors(weights: WeightsFile, files: dict[str, list[_File]], staging:
                     overflow[info.name] = max(peak, overflow.get(info.name, 0.0))
             target.seek(base + header["data_offsets"][0] + offset * data.dtype.itemsize)
             target.write(np.ascontiguousarray(data).view(np.uint8).data)
+            bar.update(data.nbytes)
     finally:
         for handle in handles:
             handle.close()

@@ -263,23 +263,3 @@ def _check_counts(weights: WeightsFile, metadata: dict[str, Any], report: Verify
 def exit_code(report: VerifyReport) -> int:
     """0 if the output passed, else the exit code of damaged data (3)."""
     return 0 if report.passed else FormatError.exit_code
-
-
-def summary(report: VerifyReport, limit: int = 20) -> str:
-    """The human report: one line of totals, then the damaged tensors, problems and what was not checked."""
-    verdict = "ok" if report.passed else "DAMAGED"
-    lines = [f"{report.output}: {verdict}: {report.tensor_count} tensors, {report.chunk_count} chunks, "
-             f"{report.checked_bytes / 2**20:.1f} MiB of chunk data, {len(report.files)} files hashed "
-             f"in {report.seconds:.2f} s"]
-    damaged = sorted(report.damaged.items())
-    if damaged:
-        width = max(len(name) for name, _ in damaged[:limit])
-        lines.append(f"  {'damaged tensor':<{width}}  chunks  first problem")
-        for name, found in damaged[:limit]:
-            lines.append(f"  {name:<{width}}  {len(found):>6}  {found[0]}")
-        if len(damaged) > limit:
-            lines.append(f"  ... and {len(damaged) - limit} more damaged tensors (--json lists them all)")
-    lines.extend(f"  problem: {p}" for p in report.problems)
-    lines.extend(f"  not checked: {u}" for u in report.unchecked)
-    return "\n".join(lines)
-

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from streamconv import _files
-from streamconv.errors import SourceNotFoundError
+from streamconv.errors import InvalidOptionError, SourceNotFoundError
 from streamconv.format.reader import read_metadata
 from streamconv.format.schema import METADATA_FILENAME
 from streamconv.plans import get_plan
@@ -54,15 +54,22 @@ def validate(
         min_cosine: Overrides the stored dtype's minimum cosine per item.
         max_nmse: Overrides the stored dtype's maximum NMSE.
         seed: Seed of the probes' inputs.
-        progress: Show progress bars on stderr (the CLI turns them on for a terminal).
+        progress: Show a bar over the steps on stderr (see :mod:`streamconv.progress`).
 
     Returns:
         The :class:`ValidationReport` (check ``.passed``).
 
     Raises:
+        InvalidOptionError: ``min_cosine`` above 1 or ``max_nmse`` below 0 (no output could pass).
         MissingDependencyError: torch or transformers is not installed.
         SourceNotFoundError: the source cannot be found.
     """
+    if min_cosine is not None and not min_cosine <= 1:
+        raise InvalidOptionError("{min_cosine=} is above 1, which no cosine reaches; give at most 1",
+                                 "min_cosine", min_cosine=min_cosine)
+    if max_nmse is not None and not max_nmse >= 0:
+        raise InvalidOptionError("{max_nmse=} is below 0, which no error reaches; give at least 0",
+                                 "max_nmse", max_nmse=max_nmse)
     started = time.perf_counter()
     output = Path(output)
     metadata = read_metadata(output)

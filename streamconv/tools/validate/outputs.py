@@ -12,10 +12,10 @@ See :mod:`streamconv.tools.validate.model` for how each model is built. In order
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
+from streamconv import progress as progress_bars
 from streamconv.errors import StreamconvError
 from streamconv.format.reader import describe
 from streamconv.plans import Plan, Probe
@@ -33,8 +33,9 @@ def check_outputs(
     limits: tuple[float, float], seed: int, progress: bool,
 ) -> list[Check]:
     """The ``model-tensors`` check and one ``outputs:<probe>`` check per probe (see the module docstring)."""
+    steps = _Steps(progress, 6)
+    steps.say("importing torch and transformers")
     torch, transformers = mod.import_torch()
-    steps = _Steps(progress, 5)
     class_name = plan.model_class(metadata)
     saved = {ref.source_name for ref in checkpoint.tensors}
     outside = [ref for ref in plan.tensors(checkpoint) if ref.source_name not in saved]
@@ -155,7 +156,7 @@ def _model_tensors_check(
         notes.append(f"{len(other_parts)} not converted ({reasons[other_parts[0]]}), their probes skipped")
     if outside:
         notes.append(f"{len(outside)} outside the transformers model, given to the probes")
-    figures = {"loaded": float(len(built.used)), "missing": float(len(failing)), "unused": float(len(unused))}
+    figures: dict[str, float | int] = {"loaded": len(built.used), "missing": len(failing), "unused": len(unused)}
     return Check("model-tensors", not problems, "; ".join(problems + notes), figures)
 
 
@@ -204,17 +205,11 @@ class _Steps:
     """Progress on stderr: a bar over the steps, when ``progress``."""
 
     def __init__(self, progress: bool, total: int) -> None:
-        self.bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc="validating", unit="step", file=sys.stderr, leave=False)
+        self.bar = progress_bars.bar(total, "steps", "validating", enabled=progress, leave=False)
 
     def say(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.set_description(text)
-            self.bar.update(1)
+        self.bar.say(text)
+        self.bar.update(1)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()

@@ -41,12 +41,16 @@ def limits_for(policy: str) -> tuple[float, float]:
 
 @dataclass
 class Check:
-    """One comparison: what was compared, the verdict, the measured figures and their limits."""
+    """One comparison: what was compared, the verdict, the measured figures and their limits.
+
+    ``detail`` is the check's one-line account, recorded with the report in metadata.json; the
+    terminal layout of a report is :mod:`streamconv.cli.display`'s.
+    """
 
     name: str
     passed: bool
     detail: str
-    figures: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, float | int] = field(default_factory=dict)
     limits: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,14 +109,6 @@ class ValidationReport:
             "messages": list(self.messages),
         }
 
-    def table(self) -> str:
-        """The report as lines for a terminal: one per check."""
-        lines = [f"validated {self.output_dir} against {self.source}"]
-        for check in self.checks:
-            lines.append(f"  {'ok  ' if check.passed else 'FAIL'} {check.name}: {check.detail}")
-        lines.append(f"  {'passed' if self.passed else 'FAILED'} in {self.seconds:.1f} s")
-        return "\n".join(lines)
-
 
 #: Elements of one item compared at a time in float64 (8 MiB per temporary).
 COMPARE_SLICE = 1024 * 1024
@@ -143,7 +139,7 @@ def compare(torch: Any, want: Any, got: Any) -> dict[str, float]:
         "min_cosine": float("nan") if nan else min(cosines),
         "nmse": float("nan") if nan else (err_energy / ref_energy if ref_energy else float(err_energy > 0)),
         "max_abs_error_ratio": float("nan") if nan else (max_err / scale if scale else max_err),
-        "items": float(rows),
+        "items": rows,  # a count: an int in the JSON report
     }
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -37,9 +38,9 @@ HEAVY = ("numpy", "pyarrow", "zstandard", "ml_dtypes", "tqdm", "huggingface_hub"
 IN_PROCESS = """\
 import sys, time
 from streamconv import convert
-t = time.perf_counter()
+t, cpu = time.perf_counter(), time.process_time()
 convert(sys.argv[1], sys.argv[2], force=True, model_type="bert", workers=2)
-print(time.perf_counter() - t)
+print(time.perf_counter() - t, time.process_time() - cpu)
 print(",".join(m for m in sys.argv[3].split(",") if m in sys.modules))
 """
 IMPORTS = """\
@@ -56,11 +57,13 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "STREAMCONV_DISABLE_PROGRESS_BARS": "1"}
 
 
-def _wall(command: list[str]) -> float:
-    start = time.perf_counter()
+def _timed(command: list[str]) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of one child process, start to exit."""
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     subprocess.run(command, env=_env(), check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def _output(command: list[str]) -> list[str]:
@@ -68,23 +71,23 @@ def _output(command: list[str]) -> list[str]:
     return done.stdout.splitlines()
 
 
-def _side_by_side(source: Path, work: Path, runs: int) -> tuple[dict[str, list[float]], set[str]]:
-    """The three processes, ``runs`` times each after one untimed round; seconds per run, and the
-    heavy modules the in-process conversion had imported."""
+def _side_by_side(source: Path, work: Path, runs: int) -> tuple[dict[str, list[tuple[float, float]]], set[str]]:
+    """The three processes, ``runs`` times each after one untimed round; (wall, CPU) seconds per
+    run, and the heavy modules the in-process conversion had imported."""
     cli = [sys.executable, "-m", "streamconv", "convert", str(source), "-o", str(work / "cli-out"),
            "--force", "-q", "--type", "bert", "--workers", "2"]
     inproc = [sys.executable, "-c", IN_PROCESS, str(source), str(work / "in-out"), ",".join(HEAVY)]
     imports = [sys.executable, "-c", IMPORTS]
-    times: dict[str, list[float]] = {"cli": [], "in": [], "imports": []}
+    times: dict[str, list[tuple[float, float]]] = {"cli": [], "in": [], "imports": []}
     loaded: set[str] = set()
     for k in range(runs + 1):
-        cli_s = _wall(cli)
+        cli_s = _timed(cli)
         seconds, names = _output(inproc)
-        imports_s = _wall(imports)
+        imports_s = _timed(imports)
         loaded = set(filter(None, names.split(",")))
         if k:  # the first round warms the page cache and the imports
             times["cli"].append(cli_s)
-            times["in"].append(float(seconds))
+            times["in"].append((float(seconds.split()[0]), float(seconds.split()[1])))
             times["imports"].append(imports_s)
     return times, loaded
 
@@ -105,25 +108,31 @@ def measure(workdir: Path, runs: int, quick: bool) -> list[str]:
     work = workdir / "startup"
     work.mkdir(parents=True, exist_ok=True)
     times, loaded = _side_by_side(source, work, runs)
-    cli, inproc, imports = (statistics.median(times[k]) for k in ("cli", "in", "imports"))
-    extra = statistics.median(c - i for c, i in zip(times["cli"], times["in"], strict=True))
-    rest = statistics.median(c - i - m for c, i, m in zip(times["cli"], times["in"], times["imports"], strict=True))
-    spread = f"{min(times['cli']):.2f}–{max(times['cli']):.2f}"
+
+    def cell(rows: list[tuple[float, ...]], bold: bool = False) -> str:
+        wall, cpu = (statistics.median(r[n] for r in rows) for n in (0, 1))
+        return f"**{wall:.3f}** | **{cpu:.3f}**" if bold else f"{wall:.3f} | {cpu:.3f}"
+
+    pairs = list(zip(times["cli"], times["in"], times["imports"], strict=True))
+    extra = [(c[0] - i[0], c[1] - i[1]) for c, i, _ in pairs]
+    rest = [(c[0] - i[0] - m[0], c[1] - i[1] - m[1]) for c, i, m in pairs]
+    walls = [c[0] for c in times["cli"]]
     lines = [
         "## Start-up",
         "",
         f"{checkpoint.label}, float32 -> float16, medians of {runs} run(s), the three processes interleaved run by run",
         "(`benchmarks/startup.py`). *CLI* is the whole `python -m streamconv convert` process, timed from outside;",
         "*in process* is `streamconv.convert(...)` alone, timed inside a fresh process; *imports* is a process that",
-        "only imports what `convert` imports. Start-up and exit = CLI minus in process, run by run.",
+        "only imports what `convert` imports, as the CLI does. Start-up and exit = CLI minus in process, run by run.",
+        "CPU is user + system seconds, of all threads.",
         "",
-        "| what | seconds |",
-        "|---|---|",
-        f"| CLI, whole process | {cli:.3f} (min–max {spread}) |",
-        f"| in process, the conversion alone | {inproc:.3f} |",
-        f"| **start-up and exit** (CLI minus in process; target ≤ {TARGET_S}) | **{extra:.3f}** |",
-        f"| of which: interpreter and imports (the imports-only process) | {imports:.3f} |",
-        f"| of which: the rest (parsing, exit) | {rest:.3f} |",
+        "| what | wall (s) | CPU (s) |",
+        "|---|---|---|",
+        f"| CLI, whole process (wall min–max {min(walls):.2f}–{max(walls):.2f}) | {cell(times['cli'])} |",
+        f"| in process, the conversion alone | {cell(times['in'])} |",
+        f"| **start-up and exit** (CLI minus in process; target: wall ≤ {TARGET_S}) | {cell(extra, bold=True)} |",
+        f"| of which: interpreter and imports (the imports-only process) | {cell(times['imports'])} |",
+        f"| of which: the rest (parsing, exit) | {cell(rest)} |",
         "",
         "`import X` in a fresh process, timed around the import alone, after `import numpy` (numpy's row: alone),",
         f"median of {runs}; *convert imports it*: loaded by the end of the in-process float32 -> float16 conversion.",
@@ -133,8 +142,8 @@ def measure(workdir: Path, runs: int, quick: bool) -> list[str]:
     ]
     for name in HEAVY:
         seconds = _import_seconds(name, runs)
-        cell = f"{seconds:.3f}" if isinstance(seconds, float) else seconds
-        lines.append(f"| {name} | {cell} | {'yes' if name in loaded else 'no'} |")
+        figure = f"{seconds:.3f}" if isinstance(seconds, float) else seconds
+        lines.append(f"| {name} | {figure} | {'yes' if name in loaded else 'no'} |")
     return [*lines, ""]
 
 

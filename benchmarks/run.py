@@ -18,6 +18,8 @@ One run regenerates every number, table and figure of docs/benchmarks.md:
 4. *Profile*: py-spy (or pyinstrument if py-spy cannot run) on an in-process convert of BERT-large;
    the top self-time frames.
 5. *Plots* (matplotlib, Agg): peak RSS and wall time vs checkpoint size per tool, read throughput.
+6. *Start-up* (benchmarks/startup.py): the CLI's wall time beside the same conversion in process on
+   BERT-base, and the import time of each heavy dependency, each in fresh processes.
 
 ``--quick`` smoke-tests all of it in under a minute on tiny checkpoints, one run, no warm-up,
 writing to benchmarks/.work/quick/ (never docs/); the exit status is non-zero if any step fails.
@@ -53,6 +55,7 @@ import numpy as np
 import other_paths
 import pyarrow.parquet as pq
 import sizes
+import startup
 from make_checkpoints import (
     CHECKPOINTS,
     DEFAULT_WORKDIR,
@@ -94,6 +97,7 @@ QUICK_SCALE_BYTES = 40_000_000
 QUICK_SCALE_SHARD_BYTES = 15_000_000
 DISK_MARGIN_BYTES = 4_000_000_000
 OUTPUT_ESTIMATE = 0.9  # fp16 output ÷ bf16 source, for the disk check (measured ~0.85)
+SECTIONS = "peers,floors,scale,profile,sizes,other,startup"
 
 
 class ToolFailed(RuntimeError):
@@ -1026,7 +1030,7 @@ def render(run: dict[str, Any], results: list[Result], floors: list[Floors], sca
            profile: Profile | None, paths: dict[str, Path], report: Path,
            other: list[str] | None = None,
            size_report: tuple[list[str], list[list[str]]] | None = None,
-           cast: dict[str, float] | None = None) -> str:  # fmt: skip
+           cast: dict[str, float] | None = None, start_up: list[str] | None = None) -> str:  # fmt: skip
     """The whole of docs/benchmarks.md."""
     runs = run["runs"]
     names = ", ".join(r.checkpoint.name for r in results)
@@ -1041,7 +1045,7 @@ def render(run: dict[str, Any], results: list[Result], floors: list[Floors], sca
         f"- Command: `{run['command']}`",
         f"- Date: {run['date']}; the whole run took {run['minutes']:.1f} min",
         f"- Peers on: {names}; {runs} timed run(s) per tool{'' if run['warmup'] else ', no warm-up'}",
-        *([f"- Sections run: {run['sections']}"] if run["sections"] != "peers,floors,scale,profile,sizes,other" else []),
+        *([f"- Sections run: {run['sections']}"] if run["sections"] != SECTIONS else []),
         "",
         "## Machine",
         "",
@@ -1082,6 +1086,7 @@ def render(run: dict[str, Any], results: list[Result], floors: list[Floors], sca
         comparison_table(results),
         "",
         *(["CTranslate2 failed on: " + ", ".join(ct2_failed) + " (errors under Failures).", ""] if ct2_failed else []),
+        *(start_up or []),
         "## Scale",
         "",
         *scale_lines(scale),
@@ -1148,7 +1153,7 @@ def main() -> None:
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(CHECKPOINTS)} for the peers")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny checkpoints, 1 run, scratch output")
     parser.add_argument("--skip-scale", action="store_true", help="skip the >= 8 GB checkpoint")
-    parser.add_argument("--sections", default="peers,floors,scale,profile,sizes,other", help="comma-separated parts to run")
+    parser.add_argument("--sections", default=SECTIONS, help="comma-separated parts to run")
     parser.add_argument("--scale-gb", type=float, help=f"size of the scale checkpoint (default {SCALE_BYTES / 1e9})")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="checkpoints and outputs")
     parser.add_argument("--output", type=Path, help="report to write (default docs/benchmarks.md; --quick: scratch)")
@@ -1205,6 +1210,7 @@ def main() -> None:
     other = None
     if "other" in sections:
         other = step("other", lambda: other_paths.measure(args.workdir, runs, timed, args.quick))
+    start_up = step("startup", lambda: startup.measure(args.workdir, runs, args.quick)) if "startup" in sections else None
     paths = step("plots", lambda: plots(results, floors, scale, figures)) or {}
     run = {
         "command": " ".join(["python", os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
@@ -1215,7 +1221,7 @@ def main() -> None:
         "sections": args.sections,
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render(run, results, floors, scale, profile, paths, output, other, size_report, cast))
+    output.write_text(render(run, results, floors, scale, profile, paths, output, other, size_report, cast, start_up))
     log(f"wrote {output} in {run['minutes']:.1f} min")
     if broken:
         log(f"FAILED steps: {', '.join(broken)}")

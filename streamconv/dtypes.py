@@ -3,16 +3,22 @@
 Every module looks dtypes up here: the source (safetensors codes), the stages (is it a float, can
 it overflow), the writer and reader (the name in the Parquet ``dtype`` column), validate and the
 tests (the torch dtype of the same name).
+
+bfloat16 is ml_dtypes' type, and importing ml_dtypes costs more than converting BERT-base (0.4-0.8 s;
+docs/benchmarks.md, "Start-up"), so its row resolves its numpy type the first time a bfloat16 is
+needed: a bf16 tensor read or planned, a bf16 cast, a bf16 output read. Until then nothing has
+made an array of that type, which is why :func:`by_numpy` and :func:`is_bfloat16` need not look.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import sys
+from dataclasses import dataclass, field
 
-import ml_dtypes
 import numpy as np
 
-__all__ = ["DType", "DTYPES", "by_code", "by_name", "by_numpy", "CODES", "NAMES"]
+__all__ = ["DType", "DTYPES", "by_code", "by_name", "by_numpy", "is_bfloat16", "CODES", "NAMES"]
 
 
 @dataclass(frozen=True)
@@ -22,41 +28,62 @@ class DType:
     Attributes:
         name: The name in the Parquet ``dtype`` columns, and torch's (``torch.<name>``).
         code: The safetensors header code (``F16``, ``BF16``...).
-        numpy: The numpy dtype, little-endian as safetensors and streamconv store it.
+        itemsize: Bytes per element.
         is_float: True for floating-point types: only those are cast.
+        eager: The numpy dtype, little-endian as safetensors and streamconv store it; ``None`` for
+            ml_dtypes' type of the same name (bfloat16), which :attr:`numpy` imports on first use.
     """
 
     name: str
     code: str
-    numpy: np.dtype
+    itemsize: int
     is_float: bool
+    eager: np.dtype | None = field(default=None, repr=False)
 
     @property
-    def itemsize(self) -> int:
-        """Bytes per element."""
-        return self.numpy.itemsize
+    def numpy(self) -> np.dtype:
+        """The numpy dtype (for bfloat16: ml_dtypes' type, importing ml_dtypes the first time)."""
+        return self.eager if self.eager is not None else _ml_dtype(self.name)
 
     @property
     def max(self) -> float:
         """The largest finite value of a float type (``inf`` for integer and bool types)."""
-        return float(ml_dtypes.finfo(self.numpy).max) if self.is_float else float("inf")
+        if not self.is_float:
+            return float("inf")
+        if self.eager is not None:
+            return float(np.finfo(self.eager).max)
+        import ml_dtypes
+
+        return float(ml_dtypes.finfo(self.numpy).max)
+
+
+@functools.cache
+def _ml_dtype(name: str) -> np.dtype:
+    import ml_dtypes
+
+    return np.dtype(getattr(ml_dtypes, name))
+
+
+def _row(name: str, code: str, numpy: str, is_float: bool) -> DType:
+    return DType(name, code, np.dtype(numpy).itemsize, is_float, np.dtype(numpy))
 
 
 DTYPES: tuple[DType, ...] = (
-    DType("float64", "F64", np.dtype("<f8"), True),
-    DType("float32", "F32", np.dtype("<f4"), True),
-    DType("float16", "F16", np.dtype("<f2"), True),
-    DType("bfloat16", "BF16", np.dtype(ml_dtypes.bfloat16), True),
-    DType("int64", "I64", np.dtype("<i8"), False),
-    DType("int32", "I32", np.dtype("<i4"), False),
-    DType("int16", "I16", np.dtype("<i2"), False),
-    DType("int8", "I8", np.dtype("i1"), False),
-    DType("uint8", "U8", np.dtype("u1"), False),
-    DType("bool", "BOOL", np.dtype("?"), False),
+    _row("float64", "F64", "<f8", True),
+    _row("float32", "F32", "<f4", True),
+    _row("float16", "F16", "<f2", True),
+    DType("bfloat16", "BF16", 2, True),  # ml_dtypes.bfloat16, imported on first use
+    _row("int64", "I64", "<i8", False),
+    _row("int32", "I32", "<i4", False),
+    _row("int16", "I16", "<i2", False),
+    _row("int8", "I8", "i1", False),
+    _row("uint8", "U8", "u1", False),
+    _row("bool", "BOOL", "?", False),
 )
 _BY_CODE = {d.code: d for d in DTYPES}
 _BY_NAME = {d.name: d for d in DTYPES}
-_BY_NUMPY = {d.numpy: d for d in DTYPES}
+_BY_NUMPY = {d.eager: d for d in DTYPES if d.eager is not None}
+_LAZY = tuple(d for d in DTYPES if d.eager is None)
 #: The safetensors codes and the Parquet names streamconv stores, in table order.
 CODES: tuple[str, ...] = tuple(_BY_CODE)
 NAMES: tuple[str, ...] = tuple(_BY_NAME)
@@ -78,4 +105,15 @@ def by_numpy(dtype: np.dtype) -> DType:
     Raises:
         KeyError: a numpy dtype outside the table (a big-endian or complex type).
     """
-    return _BY_NUMPY[np.dtype(dtype)]
+    dtype = np.dtype(dtype)
+    row = _BY_NUMPY.get(dtype)
+    if row is None and "ml_dtypes" in sys.modules:  # only ml_dtypes makes a bfloat16 array
+        row = next((d for d in _LAZY if d.numpy == dtype), None)
+    if row is None:
+        raise KeyError(dtype)
+    return row
+
+
+def is_bfloat16(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is ml_dtypes' bfloat16, without importing ml_dtypes to find out."""
+    return "ml_dtypes" in sys.modules and dtype == _ml_dtype("bfloat16")

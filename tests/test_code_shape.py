@@ -1,14 +1,21 @@
 """Habits that keep the code readable, checked: small modules, long functions explained, no family
-names outside streamconv/plans/, no torch on the convert path."""
+names outside streamconv/plans/, and a command that imports only what it uses."""
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
+
+import streamconv
+from tests.conftest import write_safetensors
 
 PACKAGE = Path(__file__).parents[1] / "streamconv"
 MAX_MODULE_LINES = 400
@@ -57,30 +64,56 @@ def test_no_module_outside_plans_names_a_model_family() -> None:
     assert offenders == []
 
 
-def test_convert_imports_neither_torch_nor_transformers() -> None:
-    code = (
-        "import sys, streamconv, streamconv.cli, streamconv.pipeline.convert\n"
-        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+HEAVY = ("ml_dtypes", "torch", "transformers", "pandas")
+#: Each runs in a fresh process; {src}, {bf16} and {out} are filled in. "program:" runs the CLI as the
+#: program (``python -m streamconv``, its start-up included); the others are Python.
+COMMANDS = {
+    "convert float32 -> float16": "program: convert {src} -o {new} -q",
+    "inspect": "program: inspect {out}",
+    "verify": "program: verify {out}",
+    "library: convert, load, iter_tensors, verify": (
+        "import streamconv; streamconv.convert({src!r}, {new!r}); streamconv.load({out!r});"
+        "list(streamconv.iter_tensors({out!r})); streamconv.verify({out!r});"
+        "streamconv.ValidationReport; streamconv.validate"
+    ),
+    "convert bfloat16": "program: convert {bf16} -o {new} -q",
+}
+IMPORTS_OF = {"convert bfloat16": ["ml_dtypes"]}  # the others: none of HEAVY
 
 
-def test_converting_and_reading_never_import_pandas(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    # pyarrow imports pandas, when it is installed, from calls such as pa.array(list): a few hundred
-    # ms and tens of MiB in every conversion. A stand-in pandas records that it was asked for.
+@pytest.fixture(scope="module")
+def float16_output(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A float32 checkpoint, a bfloat16 one, and the float16 output of the first."""
+    import ml_dtypes
+
+    folder = tmp_path_factory.mktemp("startup")
+    weights = np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32)
+    for name, tensors in (("f32", {"w": weights, "ids": np.arange(8)}), ("bf16", {"w": weights.astype(ml_dtypes.bfloat16)})):
+        write_safetensors(folder / name / "model.safetensors", tensors)
+        (folder / name / "config.json").write_text(json.dumps({"model_type": "tiny-test", "hidden_size": 16}))
+    streamconv.convert(folder / "f32", folder / "out")
+    return folder / "f32", folder / "bf16", folder / "out"
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_command_imports_only_what_it_uses(command: str, float16_output: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """No ml_dtypes without a bfloat16 (0.4-0.8 s to import: docs/benchmarks.md, "Start-up"), and
+    never torch, transformers or pandas. pyarrow imports pandas, when it is installed, from calls
+    such as pa.array(list): a stand-in pandas on the path records that it was asked for."""
+    src, bf16, out = float16_output
     fake = tmp_path / "site" / "pandas"
     fake.mkdir(parents=True)
     marker = tmp_path / "pandas-imported"
     (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError('stand-in')\n")
-    out = tmp_path / "out"
-    code = (
-        "import sys, streamconv\n"
-        f"streamconv.convert({str(tiny_checkpoint)!r}, {str(out)!r}, force=True)\n"
-        f"streamconv.load({str(out)!r}); list(streamconv.iter_tensors({str(out)!r}))\n"
-        f"streamconv.verify({str(out)!r})\n"
-    )
+    text = COMMANDS[command].format(src=str(src), bf16=str(bf16), out=str(out), new=str(tmp_path / "new"))
+    if text.startswith("program: "):
+        argv = ["streamconv", *text.removeprefix("program: ").split()]
+        text = f"import runpy, sys; sys.argv = {argv!r}; runpy.run_module('streamconv', run_name='__main__')"
+    code = f"import atexit, sys; atexit.register(lambda: print(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n{text}\n"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), str(PACKAGE.parent)])}
-    subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    assert (out / "weights.parquet").is_file()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == str(IMPORTS_OF.get(command, [])), done.stdout
     assert not marker.exists()
+    if "convert" in command:
+        assert (tmp_path / "new" / "weights.parquet").is_file()

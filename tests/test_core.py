@@ -390,17 +390,6 @@ def test_hub_repo_id_from_offline_cache(tiny_checkpoint: Path, tmp_path: Path) -
     assert len(missing.stderr.strip().splitlines()) == 1
 
 
-def test_convert_does_not_import_torch_or_transformers(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    script = (
-        "import sys; from streamconv.cli import main;"
-        "code = main(['convert', sys.argv[1], '-o', sys.argv[2], '-q']);"
-        "heavy = [m for m in ('torch', 'transformers') if m in sys.modules];"
-        "print(code, heavy)"
-    )
-    done = subprocess.run([sys.executable, "-c", script, str(tiny_checkpoint), str(tmp_path / "out")], capture_output=True, text=True)
-    assert done.stdout.strip() == "0 []", done.stderr
-
-
 def test_format_doc_snippet_reads_a_tensor(minilm_converted, tmp_path: Path) -> None:
     """The plain pyarrow + numpy + zstandard reader in docs/format.md works as written, also on a
     bit-split plane (float16 cast from bfloat16)."""

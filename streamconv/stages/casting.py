@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from streamconv.buffers import thread_buffer
-from streamconv.dtypes import DType, by_name
+from streamconv.dtypes import DType, by_name, is_bfloat16
 from streamconv.sources.ref import TensorRef
 
 __all__ = ["below_max", "cast_array", "cast_with_bound", "fallback_dtype", "finite_peak", "overflow_note", "planned_dtype",
@@ -42,7 +42,7 @@ def cast_with_bound(data: np.ndarray, store: DType, scratch: str | None = None) 
     65,536 bfloat16 values and the hard float32 ones); a NaN stays a NaN of the same sign, its
     payload bits may differ.
     """
-    if store.numpy == _FLOAT16 and data.dtype in _HALF_SOURCES and data.flags.c_contiguous:
+    if store.numpy == _FLOAT16 and (data.dtype == _FLOAT32 or is_bfloat16(data.dtype)) and data.flags.c_contiguous:
         if _HALFCAST is not None:
             out = np.empty(data.shape, _FLOAT16) if scratch is None else \
                 thread_buffer(scratch, 2 * data.size)[: 2 * data.size].view(_FLOAT16).reshape(data.shape)
@@ -54,7 +54,6 @@ def cast_with_bound(data: np.ndarray, store: DType, scratch: str | None = None) 
 
 
 _FLOAT32, _FLOAT16 = np.dtype("<f4"), np.dtype("<f2")
-_HALF_SOURCES = (_FLOAT32, by_name("bfloat16").numpy)  # type: ignore[union-attr]
 _FLOAT16_MAX_BITS = 0x7BFF  # 65504, float16's largest finite value
 
 
@@ -127,7 +126,7 @@ def finite_peak(data: np.ndarray) -> float:
     """Largest finite magnitude of ``data`` (0 for an empty array): what decides an overflow."""
     if data.size == 0:
         return 0.0
-    values = data.astype(np.float32) if data.dtype == by_name("bfloat16").numpy else data  # type: ignore[union-attr]
+    values = data.astype(np.float32) if is_bfloat16(data.dtype) else data
     lo, hi = float(values.min()), float(values.max())
     if math.isfinite(lo) and math.isfinite(hi):
         return max(-lo, hi)

@@ -225,6 +225,10 @@ def _sharded_weights(index_path: Path) -> tuple[list[Path], list[TensorRef]]:
 class _NotJSON(StreamconvError):
     """config.json's content is not JSON: the plan is then chosen without it (a warning, not an error)."""
 
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+
 
 def _short_list(items: list[str], limit: int = 8) -> str:
     # Names come from the files: a newline or control character in one must not break the line.
@@ -252,7 +256,7 @@ def _read_config(root: Path) -> tuple[dict[str, Any] | None, str | None]:
     try:
         config = _files.read_json(path, root=root, error=_NotJSON)
     except _NotJSON as exc:
-        return None, f"config.json is {exc.args[1]}"
+        return None, f"config.json is {exc.reason}"
     if not isinstance(config, dict):
         return None, "config.json is not a JSON object"
     if not config.get("model_type"):

@@ -271,7 +271,7 @@ def test_damage_to_renamed_and_fused_tensors_reaches_the_outputs(
     from tests import models
 
     source = getattr(models, builder)(tmp_path / "src")
-    # keep: exact limits, and MoE routing cannot flip on a float16 rounding.
+    # keep: exact limits (float16 with pinned routing: tests/test_routing.py).
     out = streamconv.convert(source, tmp_path / "out", dtype="keep").output_dir
     clean = validate(out)
     assert clean.passed, clean.table()

@@ -4,6 +4,8 @@ What a reader of ``OUTPUT`` can rely on (docs/reliability.md, "Atomicity", lists
 
 - the output is written under ``.OUTPUT.streamconv-incomplete-PID`` and takes the output name in
   one rename, so the name never holds a partial output, whatever kills the process;
+- ``--force`` replaces only what streamconv wrote: an empty folder, or an output of the same
+  command (its marker file lists every file in it); anything else is refused (:func:`check_output`);
 - ``--force`` swaps the new output with the old one in one step where the OS has one (Linux
   ``renameat2(RENAME_EXCHANGE)``), so the name holds the old or the new output at every instant;
 - folders left by killed runs (their PID no longer alive) are removed by the next run on the
@@ -22,14 +24,32 @@ import os
 import platform
 import re
 import shutil
+import stat
 import sys
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from streamconv.errors import DiskFullError, InvalidOptionError, OutputExistsError, OutputNotWritableError, escape
+from streamconv import _files
+from streamconv.errors import (
+    DiskFullError,
+    InvalidOptionError,
+    OutputExistsError,
+    OutputNotWritableError,
+    OutputRefusedError,
+    StreamconvError,
+    escape,
+)
+from streamconv.format.schema import (
+    EXPORT_FORMAT,
+    EXPORT_MARKER_FILENAME,
+    INDEX_FILENAME,
+    METADATA_FILENAME,
+    WEIGHTS_FILENAME,
+)
 
-__all__ = ["check_output", "clean_leftovers", "find_leftovers", "output_path", "staged_output", "staging_path"]
+__all__ = ["check_output", "clean_leftovers", "find_leftovers", "output_path", "refusal", "staged_output",
+           "staging_path"]
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +79,29 @@ def output_path(value: str | os.PathLike[str], option: str = "output") -> Path:
     return Path(value).expanduser()
 
 
-def check_output(output: Path, source_root: Path, force: bool, option: str = "output") -> None:
-    """Refuse an output that cannot be made, exists (unless ``force``) or would overwrite the source.
+def check_output(output: Path, reads: Mapping[str, Path], force: bool, option: str = "output",
+                 kind: str = "convert") -> None:
+    """Refuse an output that cannot be made, that is not streamconv's to replace, or that exists
+    (unless ``force``). Every command that writes a folder (convert, its dry run, export) asks here.
+
+    What ``force`` may replace: an empty folder, or a folder this kind of command wrote (recognised by
+    its marker: ``metadata.json`` for ``convert``, ``streamconv_export.json`` for ``export``) holding
+    nothing but the files that marker lists. Anything else is refused, force or not (see
+    :func:`refusal`).
+
+    Args:
+        output: The folder to write.
+        reads: The folders the run reads, by what they are (``{"the source checkpoint": root}``): the
+            output may not be one of them, hold one, or (when it exists) lie inside one.
+        force: Replace an existing output that is streamconv's own.
+        option: The argument that named ``output`` (``target`` for export), for the messages.
+        kind: ``convert`` or ``export``: which marker makes a folder streamconv's own.
 
     Raises:
-        OutputExistsError: ``output`` exists and ``force`` is false.
-        InvalidOptionError: ``output`` is the source folder, inside it holding it, or holds it; or
-            a folder above it is a file.
+        InvalidOptionError: a folder above ``output`` is a file.
+        OutputRefusedError: ``output`` holds something streamconv did not write, or is read by the run.
+        OutputExistsError: ``output`` is streamconv's own (or an empty folder) and ``force`` is false.
     """
-    out, src = output.resolve(), source_root.resolve()
-    if out == src or src.is_relative_to(out):
-        raise InvalidOptionError(
-            f"the output would replace the folder it is made from; choose another {{{option}}}",
-            option, where=output,
-        )
     for parent in output.parents:
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
@@ -81,8 +110,136 @@ def check_output(output: Path, source_root: Path, force: bool, option: str = "ou
                     f"choose another {{{option}}}", option, where=output,
                 )
             break
+    what = refusal(output, reads, kind)
+    if what is not None:
+        raise OutputRefusedError(output, what, option)
     if (output.exists() or output.is_symlink()) and not force:
         raise OutputExistsError(output)
+
+
+def refusal(output: Path, reads: Mapping[str, Path], kind: str = "convert") -> str | None:
+    """What makes ``output`` something streamconv never replaces, in words; None if it may be replaced.
+
+    Refused: a symlink; the current folder or a folder above it; a folder of ``reads``, one that
+    holds it, or (when ``output`` exists) one inside it; a file, FIFO or device; a folder holding
+    anything but what the marker of ``kind`` lists. An empty folder and a missing name are accepted.
+    """
+    if output.is_symlink():
+        return _contents_refusal(output, kind)
+    try:
+        out = output.resolve()
+        cwd = Path.cwd().resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop above it, a removed working folder
+        return f"cannot be resolved ({_files.quote(str(exc))})"
+    exists = out.exists()
+    if out == cwd:
+        return "is the current folder"
+    if cwd.is_relative_to(out):
+        return f"holds the current folder ({_files.quote(str(cwd))})"
+    for what, path in reads.items():
+        try:
+            read = path.resolve()
+        except (OSError, RuntimeError):
+            continue
+        if out == read:
+            return f"is {what}"
+        if read.is_relative_to(out):
+            return f"holds {what} ({_files.quote(str(read))})"
+        if exists and out.is_relative_to(read):
+            return f"lies inside {what} ({_files.quote(str(read))})"
+    return _contents_refusal(output, kind) if exists else None
+
+
+def _contents_refusal(output: Path, kind: str) -> str | None:
+    """Why what stands at ``output`` is not streamconv's to replace; None for an empty folder or a
+    folder of ``kind`` holding only the files its marker lists."""
+    if output.is_symlink():
+        try:
+            target = os.readlink(output)
+        except OSError:
+            target = "?"
+        return f"is a symlink (to {_files.quote(target)}), not a folder streamconv wrote"
+    try:
+        mode = os.stat(output).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot be read ({_files.quote(exc.strerror or str(exc))})"
+    if not stat.S_ISDIR(mode):
+        return f"is {_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, not a folder streamconv wrote"
+    marker, _ = _MARKERS[kind]
+    known = _own_files(output, kind)
+    try:
+        foreign = _foreign(output, known or set())
+    except OSError as exc:
+        return f"cannot be listed ({_files.quote(exc.strerror or str(exc))})"
+    if not foreign:
+        return None
+    count = len(foreign)
+    named = ", ".join(_files.quote(name) for name in foreign[:2]) + (", ..." if count > 2 else "")
+    items = f"{count} item{'s' if count > 1 else ''}"
+    if known is None:
+        return f"holds {items} ({named}) and no {marker} of a streamconv {_WORDS[kind]}"
+    return f"holds {items} streamconv did not write ({named})"
+
+
+#: The file that marks a folder as written by each command, and the ``format`` it records there.
+_MARKERS = {"convert": (METADATA_FILENAME, "streamconv"), "export": (EXPORT_MARKER_FILENAME, EXPORT_FORMAT)}
+_WORDS = {"convert": "output", "export": "export"}
+#: Files a convert output may hold that its metadata.json does not list (format 1 lists no files).
+_UNLISTED = {"convert": {WEIGHTS_FILENAME, INDEX_FILENAME}, "export": set()}
+_KINDS = {stat.S_IFREG: "a file", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+#: A temporary name :func:`streamconv._files.write_json` writes beside a file (a killed write leaves it).
+_TEMPORARY = re.compile(r"\.(.+)\.[0-9]+\.tmp")
+
+
+def _own_files(folder: Path, kind: str) -> set[str] | None:
+    """The files (relative posix paths) the marker of ``kind`` in ``folder`` lists; None without a
+    readable marker of that kind (missing, damaged, a FIFO, another format)."""
+    marker, form = _MARKERS[kind]
+    try:
+        data = _files.read_json(folder / marker, root=folder)
+    except (StreamconvError, OSError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != form or type(data.get("format_version")) is not int:
+        return None
+    known = {marker, *_UNLISTED[kind]}
+    for key in ("files", "assets"):
+        records = data.get(key)
+        for record in records if isinstance(records, list) else []:
+            if isinstance(record, dict) and isinstance(record.get("path"), str):
+                known.add(record["path"])
+    return known
+
+
+def _foreign(folder: Path, known: set[str]) -> list[str]:
+    """Everything in ``folder`` that is not one of the ``known`` files (relative posix paths) or a
+    folder on the way to one, top level first; a symlink is always foreign, and is never followed."""
+    parents = {p.as_posix() for name in known for p in PurePosixPath(name).parents if p.as_posix() != "."}
+    found: list[str] = []
+    queue = [(folder, "")]
+    while queue:
+        current, prefix = queue.pop(0)
+        with os.scandir(current) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+        for entry in entries:
+            name = prefix + entry.name
+            if entry.is_symlink():
+                found.append(name)
+            elif entry.is_dir(follow_symlinks=False) and name in parents:
+                queue.append((Path(entry.path), name + "/"))
+            elif entry.is_file(follow_symlinks=False) and (name in known or _temporary_of(name, known)):
+                continue
+            else:
+                found.append(name)
+    return found
+
+
+def _temporary_of(name: str, known: set[str]) -> bool:
+    path = PurePosixPath(name)
+    match = _TEMPORARY.fullmatch(path.name)
+    return match is not None and (path.parent / match.group(1)).as_posix() in known
 
 
 def staging_path(output: Path, pid: int | None = None, tag: str = STAGING_TAG) -> Path:
@@ -91,7 +248,8 @@ def staging_path(output: Path, pid: int | None = None, tag: str = STAGING_TAG) -
 
 
 @contextlib.contextmanager
-def staged_output(output: Path, force: bool, expected_bytes: int = 0, option: str = "output") -> Iterator[Path]:
+def staged_output(output: Path, force: bool, expected_bytes: int = 0, option: str = "output",
+                  kind: str = "convert") -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``output``; on success move it to ``output``.
 
     On any error (or interrupt) the temporary folder is removed and ``output`` is left as it was.
@@ -103,8 +261,11 @@ def staged_output(output: Path, force: bool, expected_bytes: int = 0, option: st
         force: Replace an existing ``output``.
         expected_bytes: About how many bytes the output will take, for the disk-full message.
         option: The argument that named ``output`` (``target`` for export), for the messages.
+        kind: ``convert`` or ``export``: what ``force`` may replace (see :func:`check_output`),
+            checked again just before the replacement.
 
     Raises:
+        OutputRefusedError: what appeared at ``output`` meanwhile is not streamconv's to replace.
         OutputNotWritableError: the parent folder cannot be created or written.
         DiskFullError: no space, quota or file-size limit (ENOSPC, EDQUOT, EFBIG) while writing.
     """
@@ -120,7 +281,7 @@ def staged_output(output: Path, force: bool, expected_bytes: int = 0, option: st
         raise OutputNotWritableError(output, exc.strerror or str(exc), option) from exc
     try:
         yield staging
-        _replace(staging, output, force)
+        _replace(staging, output, force, option, kind)
     except BaseException as exc:
         # Also after the exchange, when the staging name holds the old output being removed.
         _remove(staging, ignore_errors=True)
@@ -130,13 +291,16 @@ def staged_output(output: Path, force: bool, expected_bytes: int = 0, option: st
         raise
 
 
-def _replace(staging: Path, output: Path, force: bool) -> None:
+def _replace(staging: Path, output: Path, force: bool, option: str = "output", kind: str = "convert") -> None:
     """Move the complete ``staging`` folder to ``output``, replacing it with ``force``."""
     if not (output.exists() or output.is_symlink()):
         os.rename(staging, output)
         return
     if not force:  # appeared while we were converting
         raise OutputExistsError(output)
+    what = _contents_refusal(output, kind)  # checked again: files may have been put there meanwhile
+    if what is not None:
+        raise OutputRefusedError(output, what, option)
     if _exchange(staging, output):
         # One step: the output name goes from the old output to the new one, and the old one now
         # sits under the staging name. Removing it is the last step; a kill during the removal

@@ -81,7 +81,8 @@ def convert(
     plan_cls, detected = choose_plan(model, options.model_type, options.parts)
     plan = plan_cls()
     resolution = plan.resolve(checkpoint, options.parts, options.include, options.exclude)
-    check_output(output, checkpoint.root, options.force)  # a dry run stops where the real run would
+    # A dry run stops where the real run would.
+    check_output(output, {"the source checkpoint": checkpoint.root}, options.force)
     result = _new_result(checkpoint, output, plan, detected, resolution, options)
     if options.model_type == "auto" and not detected:
         result.warnings.insert(

@@ -48,8 +48,7 @@ from streamconv.format.schema import (
     WEIGHTS_FILENAME,
 )
 
-__all__ = ["check_output", "clean_leftovers", "find_leftovers", "output_path", "refusal", "staged_output",
-           "staging_path"]
+__all__ = ["check_output", "clean_leftovers", "find_leftovers", "output_path", "staged_output", "staging_path"]
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +85,9 @@ def check_output(output: Path, reads: Mapping[str, Path], force: bool, option: s
 
     What ``force`` may replace: an empty folder, or a folder this kind of command wrote (recognised by
     its marker: ``metadata.json`` for ``convert``, ``streamconv_export.json`` for ``export``) holding
-    nothing but the files that marker lists. Anything else is refused, force or not (see
-    :func:`refusal`).
+    nothing but the files that marker lists. Anything else is refused, force or not: a symlink, a
+    file, a FIFO or device, a folder holding anything else; the current folder or a folder above it;
+    a folder the run reads, one holding it, or an existing one inside it. A missing name is accepted.
 
     Args:
         output: The folder to write.
@@ -110,32 +110,31 @@ def check_output(output: Path, reads: Mapping[str, Path], force: bool, option: s
                     f"choose another {{{option}}}", option, where=output,
                 )
             break
-    what = refusal(output, reads, kind)
+    where = _place_refusal(output, reads)
+    if where is not None:
+        raise OutputRefusedError(output, where, option, removable=False)
+    what = _contents_refusal(output, kind)
     if what is not None:
         raise OutputRefusedError(output, what, option)
     if (output.exists() or output.is_symlink()) and not force:
         raise OutputExistsError(output)
 
 
-def refusal(output: Path, reads: Mapping[str, Path], kind: str = "convert") -> str | None:
-    """What makes ``output`` something streamconv never replaces, in words; None if it may be replaced.
-
-    Refused: a symlink; the current folder or a folder above it; a folder of ``reads``, one that
-    holds it, or (when ``output`` exists) one inside it; a file, FIFO or device; a folder holding
-    anything but what the marker of ``kind`` lists. An empty folder and a missing name are accepted.
-    """
+def _place_refusal(output: Path, reads: Mapping[str, Path]) -> str | None:
+    """Why ``output`` may never be written, whatever it holds: it is the current folder or holds it,
+    or it is a folder of ``reads``, holds one, or (when it exists) lies inside one; None otherwise."""
     if output.is_symlink():
-        return _contents_refusal(output, kind)
+        return None  # refused for what it is (a symlink), not followed
     try:
         out = output.resolve()
         cwd = Path.cwd().resolve()
     except (OSError, RuntimeError) as exc:  # a symlink loop above it, a removed working folder
         return f"cannot be resolved ({_files.quote(str(exc))})"
-    exists = out.exists()
     if out == cwd:
         return "is the current folder"
     if cwd.is_relative_to(out):
         return f"holds the current folder ({_files.quote(str(cwd))})"
+    exists = out.exists()
     for what, path in reads.items():
         try:
             read = path.resolve()
@@ -147,7 +146,7 @@ def refusal(output: Path, reads: Mapping[str, Path], kind: str = "convert") -> s
             return f"holds {what} ({_files.quote(str(read))})"
         if exists and out.is_relative_to(read):
             return f"lies inside {what} ({_files.quote(str(read))})"
-    return _contents_refusal(output, kind) if exists else None
+    return None
 
 
 def _contents_refusal(output: Path, kind: str) -> str | None:

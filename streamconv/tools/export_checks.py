@@ -123,8 +123,9 @@ def check_names(output: Path, keys: Mapping[str, Sequence[str]]) -> None:
 def _check_shape(output: Path, info: TensorInfo) -> None:
     shape = info.shape
     if not isinstance(shape, (list, tuple)) or not all(type(d) is int and d >= 0 for d in shape):
-        raise FormatError(output, f"tensor {quote(info.name)} has the shape {quote(repr(shape))}, not a list "
-                                  "of non-negative integers")
+        text = repr(list(shape) if isinstance(shape, (list, tuple)) else shape)
+        raise FormatError(output, f"tensor {quote(info.name)} has the shape {text[:80]}, not a list of "
+                                  "non-negative integers")
     size = _WIDEST
     for dimension in shape:
         size *= dimension or 1  # an empty tensor's other dimensions must still be describable

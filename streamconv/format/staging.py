@@ -133,7 +133,7 @@ def _place_refusal(output: Path, reads: Mapping[str, Path]) -> str | None:
     if out == cwd:
         return "is the current folder"
     if cwd.is_relative_to(out):
-        return f"holds the current folder ({_files.quote(str(cwd))})"
+        return f"holds the current folder ({str(cwd)!r})"
     exists = out.exists()
     for what, path in reads.items():
         try:
@@ -143,9 +143,9 @@ def _place_refusal(output: Path, reads: Mapping[str, Path]) -> str | None:
         if out == read:
             return f"is {what}"
         if read.is_relative_to(out):
-            return f"holds {what} ({_files.quote(str(read))})"
+            return f"holds {what} ({str(read)!r})"
         if exists and out.is_relative_to(read):
-            return f"lies inside {what} ({_files.quote(str(read))})"
+            return f"lies inside {what} ({str(read)!r})"
     return None
 
 

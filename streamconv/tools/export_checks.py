@@ -62,12 +62,15 @@ def check_paths(output: Path, written: Sequence[str], assets: Iterable[Any]) -> 
 
     Raises:
         UnsafeInputError: an asset path that is not a plain relative path inside ``output``.
-        FormatError: two files with one path, or a file where a folder is needed.
+        FormatError: an asset that is not an object, two files with one path, or a file where a
+            folder is needed.
     """
     named_in = output / METADATA_FILENAME
     paths = list(written)
     for asset in assets:
-        name = asset.get("path") if isinstance(asset, dict) else asset
+        if not isinstance(asset, dict):
+            raise FormatError(named_in, f"an asset is recorded as {type(asset).__name__}, not as an object")
+        name = asset.get("path")
         paths.append(_files.contained(output, name, named_in=named_in).relative_to(output).as_posix())
     seen: set[str] = set()
     for path in paths:

@@ -22,6 +22,7 @@ __all__ = [
     "UnsafeInputError",
     "UnsupportedDtypeError",
     "OutputExistsError",
+    "OutputRefusedError",
     "OutputNotWritableError",
     "DiskFullError",
     "FormatError",
@@ -197,6 +198,31 @@ class OutputExistsError(_NamesOptions, FileExistsError):
     def __init__(self, output: Path) -> None:
         self.output = output
         self._set_message("output already exists; pass {force=True} to replace it", output, {})
+
+
+class OutputRefusedError(_NamesOptions, FileExistsError):
+    """The output name holds something streamconv did not write, so it is never replaced, even with
+    ``force``: a folder of other files, a file, a symlink, the current folder or one above it, or a
+    folder the run reads (the source checkpoint; for export, the output exported and its source).
+
+    ``what`` says what is there (``holds 2 items streamconv did not write ('thesis.txt', 'notes.md')``);
+    ``option`` is the argument that named the output (``output``; ``target`` for export);
+    ``removable`` is false for what the user keeps (the source, the current folder): the fix is then
+    only to choose another output.
+    """
+
+    exit_code = 4
+
+    def __init__(self, output: Path, what: str, option: str = "output", removable: bool = True) -> None:
+        self.output = output
+        self.what = what
+        if removable:  # a folder of other files, a file, a symlink: the user's to remove
+            fix = f"remove it yourself or choose another {{{option}}}"
+            text = f"{escape(what)}; streamconv replaces only its own output or an empty folder, even with {{force=True}}"
+        else:  # the source, the current folder: to keep
+            fix = f"choose another {{{option}}}"
+            text = f"{escape(what)}, which streamconv never replaces, even with {{force=True}}"
+        self._set_message(f"{text}: {fix}", output, {})
 
 
 class OutputNotWritableError(_NamesOptions, PermissionError):

@@ -98,7 +98,7 @@ def build_convert(conv: argparse.ArgumentParser) -> None:
     add("--max-file-size", metavar="SIZE", help="split the weights into files of at most SIZE, e.g. 2GiB (default: one file)")
     add("--revision", help="hub branch, tag or commit (hub sources)")
     add("--workers", type=int, help=f"compression threads (default {_default('workers')})")
-    add("--force", action="store_true", help="replace OUTPUT if it exists")
+    add("--force", action="store_true", help="replace OUTPUT if it is a streamconv output or empty (else refused)")
     add("--strict", action="store_true",
         help="fail instead of warning when an asset is missing or cannot be copied or built")
     add("--dry-run", action="store_true", help="show what would be written and its estimated size")
@@ -167,7 +167,7 @@ def build_export(parser: argparse.ArgumentParser) -> None:
                         help="dtype of float tensors: keep (default: the stored dtypes), float16 or float32 "
                         "(or fp16, f16, fp32, f32)")
     parser.add_argument("--max-shard-size", metavar="SIZE", help="shard model.safetensors beyond SIZE (default 5GiB)")
-    parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    parser.add_argument("--force", action="store_true", help="replace DIR if export wrote it or it is empty (else refused)")
     _json_argument(parser, "the result")
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-__all__ = ["FORMAT_VERSION", "INDEX_FILENAME", "METADATA_FILENAME", "META_COLUMNS", "SCHEMA", "WEIGHTS_FILENAME",
-           "checksum", "split_name"]
+__all__ = ["EXPORT_FORMAT", "EXPORT_MARKER_FILENAME", "FORMAT_VERSION", "INDEX_FILENAME", "METADATA_FILENAME",
+           "META_COLUMNS", "SCHEMA", "WEIGHTS_FILENAME", "checksum", "split_name"]
 
 #: Version of the output layout written by this package (see docs/format.md). Readers accept
 #: every version up to this one.
@@ -18,6 +18,10 @@ WEIGHTS_FILENAME = "weights.parquet"
 METADATA_FILENAME = "metadata.json"
 #: A split output's index, beside its ``weights-0000k-of-0000N.parquet`` files.
 INDEX_FILENAME = "weights.parquet.index.json"
+#: What ``export`` writes into every checkpoint it makes (``format`` is :data:`EXPORT_FORMAT`, then
+#: the files written), so that a later ``export --force`` knows the folder as its own.
+EXPORT_MARKER_FILENAME = "streamconv_export.json"
+EXPORT_FORMAT = "streamconv-export"
 
 SCHEMA = pa.schema(
     [

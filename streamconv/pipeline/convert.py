@@ -81,7 +81,10 @@ def convert(
     plan_cls, detected = choose_plan(model, options.model_type, options.parts)
     plan = plan_cls()
     resolution = plan.resolve(checkpoint, options.parts, options.include, options.exclude)
-    check_output(output, checkpoint.root, options.force)  # a dry run stops where the real run would
+    # A dry run stops where the real run would. A lone weights file is the source, not its folder:
+    # an output beside it is not inside the source.
+    given = Path(source).expanduser()
+    check_output(output, {"the source checkpoint": given if given.is_file() else checkpoint.root}, options.force)
     result = _new_result(checkpoint, output, plan, detected, resolution, options)
     if options.model_type == "auto" and not detected:
         result.warnings.insert(

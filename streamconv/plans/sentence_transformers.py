@@ -152,10 +152,10 @@ class SentenceTransformersPlan(Plan):
             f"max_seq_length {st.get('max_seq_length')}, similarity {st.get('similarity_function')}"
         ]
 
-    def module_folders(self, metadata: dict[str, Any]) -> dict[str, str]:
-        """Each Dense module's tensor prefix and folder (``2_Dense.`` -> ``2_Dense``)."""
+    def module_folders(self, metadata: dict[str, Any]) -> dict[Any, Any]:
+        """Each Dense module's tensor prefix and folder (``2_Dense.`` -> ``2_Dense``), as recorded."""
         modules = (metadata.get("sentence_transformers") or {}).get("modules") or []
-        return {m["tensor_prefix"]: m["path"] for m in modules if isinstance(m, dict) and m.get("tensor_prefix")}
+        return {m["tensor_prefix"]: m.get("path") for m in modules if isinstance(m, dict) and m.get("tensor_prefix")}
 
 
 def _module_record(module: Module) -> dict[str, Any]:

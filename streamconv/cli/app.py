@@ -25,6 +25,8 @@ from streamconv.cli.interrupts import (
     interrupt_line,
     interrupts_held,
     output_identity,
+    redeliver_swallowed,
+    settle,
     sigterm_raises,
 )
 from streamconv.cli.startup import program_start
@@ -99,10 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: argparse.Namespace | None = None
     cmd: Command | None = None
     before = None
-    parser = build_parser()
+    parser: argparse.ArgumentParser | None = None
     try:
         with sigterm_raises():
+            if argv is None:
+                redeliver_swallowed()
             with interrupts_held():  # start-up: parse, and import numpy, pyarrow... (see there)
+                parser = build_parser()
                 args = _parse(parser, argv)
                 cmd = command(args.command)
                 before = output_identity(_target(cmd, args))  # with args, so an interrupt line can compare
@@ -113,17 +118,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             if cmd is None:
                 parser.print_help(sys.stderr)  # a usage error: stderr, exit 2
                 return 2
-            return cmd.run(args)
+            code = cmd.run(args)
+            if argv is None:
+                settle()
+            return code
     except BrokenPipeError:  # `streamconv inspect OUT | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see sigterm_raises)
+        if argv is None:
+            settle()  # a second Ctrl-C while the line is printed: no traceback
         print(_interrupt_line(exc, cmd, args, before), file=sys.stderr)
         return SIGTERM_EXIT if isinstance(exc, Terminated) else SIGINT_EXIT
     except Exception as exc:  # every error becomes one line; --debug shows the traceback
         if args is not None and args.debug:
             raise
-        print(f"error: {_one_line(exc, parser)}", file=sys.stderr)
+        if argv is None:
+            settle()
+        print(f"error: {_one_line(exc, parser or build_parser())}", file=sys.stderr)
         return exc.exit_code if isinstance(exc, StreamconvError) else 1
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "regular",
     "sha256_file",
     "strict_json_loads",
+    "utf8_text",
     "within",
     "write_json",
 ]
@@ -68,6 +69,28 @@ _HASH_BLOCK = 1 << 20
 
 class JSONRefused(ValueError):
     """JSON that serde_json would refuse, or that holds a duplicate key; the message says why."""
+
+
+def utf8_text(text: str) -> str:
+    """``text`` as UTF-8 can hold it: the lone surrogates of a name that is not UTF-8 as escapes.
+
+    A file name that is not UTF-8 reaches Python with its bytes as lone surrogates (``b'\\xff'``
+    as ``'\\udcff'``), which no UTF-8 writer accepts; they become the text ``\\xff``.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _utf8_tree(value: Any) -> Any:
+    if isinstance(value, str):
+        return utf8_text(value)
+    if isinstance(value, dict):
+        return {_utf8_tree(k): _utf8_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_utf8_tree(v) for v in value]
+    return value
 
 
 def quote(text: str, limit: int = 80) -> str:
@@ -167,11 +190,12 @@ def regular(path: Path, *, root: Path | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def open_regular(path: Path, *, root: Path | None = None) -> Iterator[IO[bytes]]:
+def open_regular(path: Path, *, root: Path | None = None, buffering: int = -1) -> Iterator[IO[bytes]]:
     """Open ``path`` for reading, refusing anything but a regular file before a byte is read.
 
     ``O_NONBLOCK`` makes the open of a FIFO return at once instead of waiting for a writer; the flag is
     cleared again for the regular file that passed. With ``root``, the path must resolve inside it.
+    ``buffering`` is :func:`open`'s (0: a raw file, for reads straight into the caller's buffer).
 
     Raises:
         UnsafeInputError: not a regular file, or outside ``root``.
@@ -186,7 +210,7 @@ def open_regular(path: Path, *, root: Path | None = None) -> Iterator[IO[bytes]]
             raise UnsafeInputError(path, f"is {_kind(mode)}, where a file belongs", "replace it with a regular file")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
-        handle = os.fdopen(fd, "rb")
+        handle = os.fdopen(fd, "rb", buffering=buffering)
     except BaseException:
         os.close(fd)
         raise
@@ -346,11 +370,19 @@ def copy_file(source: Path, target: Path, *, root: Path, cap: int | None = None)
 
 def write_json(data: Any, path: Path) -> None:
     """Write ``data`` as indented UTF-8 JSON with a final newline, atomically: to a temporary name
-    beside ``path``, then renamed over it, so a reader never sees half a file."""
+    beside ``path``, then renamed over it, so a reader never sees half a file.
+
+    A string that UTF-8 cannot hold (a path that is not UTF-8, in provenance or a warning) is
+    written as :func:`utf8_text` gives it."""
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:
+        encoded = (json.dumps(_utf8_tree(data), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        with open(temporary, "wb") as f:
+            f.write(encoded)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -106,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with sigterm_raises():
             if argv is None:
                 redeliver_swallowed()
+                _safe_streams()
             with interrupts_held():  # start-up: parse, and import numpy, pyarrow... (see there)
                 parser = build_parser()
                 args = _parse(parser, argv)
@@ -137,6 +138,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             settle()
         print(f"error: {_one_line(exc, parser or build_parser())}", file=sys.stderr)
         return exc.exit_code if isinstance(exc, StreamconvError) else 1
+
+
+def _safe_streams() -> None:
+    """Print what UTF-8 cannot hold as escapes, not as an error: a path that is not UTF-8 reaches
+    Python as lone surrogates, and a summary naming it would end in UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):  # replaced by a caller, or closed
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

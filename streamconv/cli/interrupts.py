@@ -7,6 +7,7 @@ supervisors (systemd, Kubernetes, `timeout`) see what ended it.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import signal
@@ -54,17 +55,20 @@ def redeliver_swallowed() -> None:
 
     A signal handler runs wherever the main thread is, and that can be a weakref callback or a
     ``__del__``, whose exceptions Python cannot raise: it prints "Exception ignored in ..." with a
-    traceback and goes on, and the run would finish as if the signal never came. The hook sends the
-    signal again instead, to be raised at the next ordinary line; other unraisable exceptions go to
-    the previous hook.
+    traceback and goes on, and the run would finish as if the signal never came. The hook has the
+    signal come again instead, from another thread (sent from the hook itself, its handler would
+    run inside the hook, and be swallowed again), to be raised at the main thread's next line.
+    Other unraisable exceptions go to the previous hook.
     """
     previous = sys.unraisablehook
 
     def hook(unraisable: Any) -> None:
-        if isinstance(unraisable.exc_value, KeyboardInterrupt):
-            signal.raise_signal(signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT)
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous(unraisable)
             return
-        previous(unraisable)
+        signum = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+        with contextlib.suppress(RuntimeError):  # no new thread while the interpreter exits
+            threading.Thread(target=_thread.interrupt_main, args=(signum,), daemon=True).start()
 
     sys.unraisablehook = hook
 

@@ -196,7 +196,8 @@ class WeightsWriter:
         )
         # A native sink: Arrow writes to the file without a Python call or a copy per write (through a
         # Python file object it took 0.3 s more CPU on BERT-large); the hasher reads the file back.
-        self._sink = pa.BufferedOutputStream(pa.OSFile(str(self._partial), mode="wb"), _SINK_BUFFER)
+        # The name as bytes: Arrow encodes a str as strict UTF-8, which a folder name need not be.
+        self._sink = pa.BufferedOutputStream(pa.OSFile(os.fsencode(self._partial), mode="wb"), _SINK_BUFFER)
         try:
             self._hasher = FileHasher(self._partial)
             self._writer = pq.ParquetWriter(

@@ -131,17 +131,19 @@ def open_checkpoint(source: str | os.PathLike[str], *, revision: str | None = No
         if text.startswith((".", "/", "~")) or not REPO_ID.match(text):
             raise SourceNotFoundError(text)
         path, resolved_revision = download_snapshot(text, revision)
-    root = path.parent if path.is_file() else path
-    if not path.is_file():
+    root = path if path.is_dir() else path.parent
+    if path.is_dir():
         weight_files, tensors = _folder_weights(root)
-    elif path.suffix == ".safetensors":
-        weight_files, tensors = [path], read_safetensors_header(path)
-    elif path.suffix == ".bin":
-        from streamconv.sources.torch_bin import read_bin_file  # here: the .bin path alone may need torch
-
-        weight_files, tensors = [path], read_bin_file(path)
     else:
-        raise NoWeightsError(path.parent, given=path)
+        _files.regular(path)  # a FIFO or a device as SOURCE: refused before anything opens it
+        if path.suffix == ".safetensors":
+            weight_files, tensors = [path], read_safetensors_header(path)
+        elif path.suffix == ".bin":
+            from streamconv.sources.torch_bin import read_bin_file  # here: the .bin path alone may need torch
+
+            weight_files, tensors = [path], read_bin_file(path)
+        else:
+            raise NoWeightsError(path.parent, given=path)
     config, config_problem = _read_config(root)
     return Checkpoint(
         source=text,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamconv import _files
 from streamconv.dtypes import CODES, DType, by_code
 from streamconv.errors import CorruptCheckpointError, UnsupportedDtypeError
 
@@ -96,11 +97,12 @@ class TensorRef:
         nbytes = (stop - start) * dtype.itemsize
         out = np.empty(stop - start, dtype) if buffer is None else buffer[:nbytes].view(dtype)
         view = out.view(np.uint8).data
-        with open(self.path, "rb", buffering=0) as f:
+        # Checked again (a regular file, never blocking): the file may have been swapped since its header was read.
+        with _files.open_regular(self.path, buffering=0) as f:
             f.seek(self.offset + start * dtype.itemsize)
             filled = 0
             while filled < len(view):
-                n = f.readinto(view[filled:])
+                n = f.readinto(view[filled:])  # type: ignore[attr-defined]  # a raw FileIO (buffering=0)
                 if not n:
                     raise CorruptCheckpointError(
                         self.path, f"file ended while reading tensor {self.source_name!r}"

@@ -37,6 +37,8 @@ __all__ = ["BIN_FILE", "BIN_INDEX_FILE", "ShardCache", "TorchTensorRef", "bin_fo
 BIN_FILE = "pytorch_model.bin"
 BIN_INDEX_FILE = "pytorch_model.bin.index.json"
 ZIP_MAGIC = b"PK\x03\x04"
+#: The fix of a damaged ``.bin`` (CorruptCheckpointError's own speaks of safetensors).
+DAMAGED_FIX = "the file is damaged or not a torch checkpoint: re-download it, or re-save the model as safetensors"
 # A torch file from before torch 1.6 starts with a pickled magic number (protocol 2: 0x80 0x02).
 LEGACY_MAGIC = b"\x80\x02"
 
@@ -66,8 +68,7 @@ def load_state_dict(path: Path) -> dict[str, Any]:
             problem = "a legacy (pre-1.6, non-zip) torch file, which cannot be read without unpickling it"
             fix = "load it with a torch you trust and re-save it with `model.save_pretrained(dir, safe_serialization=True)`"
         else:
-            problem = "not a zip-format torch checkpoint"
-            fix = "the file is damaged or not a torch checkpoint: re-download it, or re-save the model as safetensors"
+            problem, fix = "not a zip-format torch checkpoint", DAMAGED_FIX
         raise CorruptCheckpointError(path, problem, fix)
     torch = _torch()
     import pickle
@@ -77,9 +78,9 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError(path, _unsafe_reason(exc)) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise CorruptCheckpointError(path, f"torch cannot read it ({_first_line(exc)})") from exc
+        raise CorruptCheckpointError(path, f"torch cannot read it ({_first_line(exc)})", DAMAGED_FIX) from exc
     if not isinstance(loaded, dict):
-        raise CorruptCheckpointError(path, f"holds a {type(loaded).__name__}, not a state dict of tensors")
+        raise CorruptCheckpointError(path, f"holds a {type(loaded).__name__}, not a state dict of tensors", DAMAGED_FIX)
     return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
 
 
@@ -189,17 +190,31 @@ def read_bin_file(path: Path, prefix: str = "", cache: ShardCache | None = None)
 
 
 def _check_storage(path: Path, name: str, tensor: Any, numel: int) -> None:
-    """Refuse a tensor that declares more elements than its storage holds (a stride-0 ``expand``,
-    overlapping strides): reading it would follow the declared size, not the file's bytes."""
-    itemsize = tensor.element_size()
-    held = tensor.untyped_storage().nbytes() // itemsize if itemsize else 0
+    """Refuse a tensor whose elements are not distinct values inside its storage: a stride-0
+    ``expand`` or overlapping strides (``as_strided``) declare more elements than the file holds,
+    and reading them would follow the declared size, not the file's bytes (a 1.6 KB ``.bin`` of
+    ``zeros(1).expand(2**34)`` took 73 s).
+
+    Checked on the strides alone, before any element is read: sorted by stride, each dimension must
+    step past everything the smaller ones reach (transposes and slices of a real model pass).
+    """
     if numel == 0:
         return
-    last = tensor.storage_offset() + sum((d - 1) * abs(s) for d, s in zip(tensor.shape, tensor.stride(), strict=True))
-    if numel > held or last >= held or any(s == 0 for d, s in zip(tensor.shape, tensor.stride(), strict=True) if d > 1):
+    itemsize = tensor.element_size()
+    held = tensor.untyped_storage().nbytes() // itemsize if itemsize else 0
+    reach = 0  # the furthest element, from the first, that the dimensions seen so far reach
+    for stride, size in sorted((abs(s), d) for d, s in zip(tensor.shape, tensor.stride(), strict=True) if d > 1):
+        if stride <= reach:
+            raise CorruptCheckpointError(
+                path, f"tensor {quote(name)} is a view whose {numel:,} elements repeat values of its storage "
+                f"of {held:,} (an expanded or overlapping view)",
+                "re-save it with contiguous tensors (`model.save_pretrained(dir, safe_serialization=True)`)",
+            )
+        reach += (size - 1) * stride
+    if tensor.storage_offset() + reach >= held:
         raise CorruptCheckpointError(
-            path, f"tensor {quote(name)} declares {numel:,} elements over a storage of {held:,} (a strided or "
-            "expanded view); re-save it with contiguous tensors (`model.save_pretrained(dir, safe_serialization=True)`)",
+            path, f"tensor {quote(name)} reaches element {tensor.storage_offset() + reach:,} of a storage of {held:,}",
+            DAMAGED_FIX,
         )
 
 

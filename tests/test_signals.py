@@ -108,3 +108,61 @@ def test_abandon_returns_at_once_whatever_the_writer_was_doing(tmp_path: Path) -
         hasher.abandon()
         assert not hasher._thread.is_alive()
         assert hasher._thread.daemon
+
+
+_INTERRUPTED_IMPORT = """
+import importlib.abc, os, signal, sys
+
+class SignalOnImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "streamconv.cli.commands":  # the CLI is being imported: main() has not started
+            os.kill(os.getpid(), signal.{sig})
+        return None
+
+sys.meta_path.insert(0, SignalOnImport())
+sys.argv = ["streamconv", "convert", {source!r}, "-o", {out!r}]
+from streamconv.__main__ import run
+raise SystemExit(run())
+"""
+
+
+@pytest.mark.parametrize(("sig", "code", "word"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated (SIGTERM)")])
+def test_a_signal_while_the_cli_is_imported_is_one_line(checkpoint: Path, tmp_path: Path, sig: str, code: int,
+                                                         word: str) -> None:
+    """Before main() runs, the entry point (``python -m streamconv``, the ``streamconv`` command) catches it."""
+    out = tmp_path / "out"
+    text = _INTERRUPTED_IMPORT.format(sig=sig, source=str(checkpoint), out=str(out))
+    done = subprocess.run([sys.executable, "-c", text], env=ENV, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (code, f"error: {word}; nothing was written\n")
+    assert not out.exists()
+
+
+_SWALLOWED = """
+import os, signal, sys, time
+from streamconv.cli.interrupts import redeliver_swallowed, sigterm_raises
+
+class SignalledWhileCollected:
+    def __del__(self):  # Python cannot raise from here: it prints "Exception ignored" and goes on
+        os.kill(os.getpid(), signal.{sig})
+
+{install}
+with sigterm_raises():
+    try:
+        SignalledWhileCollected()
+        time.sleep(1)  # 20 times the redelivery delay
+        print("lost")
+    except KeyboardInterrupt as exc:
+        print("raised", type(exc).__name__)
+"""
+
+
+@pytest.mark.parametrize(("sig", "raised"), [("SIGINT", "KeyboardInterrupt"), ("SIGTERM", "Terminated")])
+def test_an_interrupt_python_swallows_comes_again(sig: str, raised: str) -> None:
+    def run(install: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", _SWALLOWED.format(sig=sig, install=install)],
+                              env=ENV, capture_output=True, text=True, timeout=60)
+
+    swallowed = run("")
+    assert swallowed.stdout == "lost\n" and "Exception ignored" in swallowed.stderr  # what the hook is for
+    again = run("redeliver_swallowed()")
+    assert (again.stdout, again.stderr) == (f"raised {raised}\n", "")

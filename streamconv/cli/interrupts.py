@@ -16,11 +16,13 @@ import threading
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
-__all__ = ["SIGINT_EXIT", "SIGTERM_EXIT", "Terminated", "interrupt_line", "interrupts_held", "output_identity",
-           "raise_terminated", "redeliver_swallowed", "settle", "sigterm_raises"]
+__all__ = ["REDELIVERY_DELAY", "SIGINT_EXIT", "SIGTERM_EXIT", "Terminated", "interrupt_line", "interrupts_held",
+           "output_identity", "raise_terminated", "redeliver_swallowed", "settle", "sigterm_raises"]
 
 SIGINT_EXIT = 130
 SIGTERM_EXIT = 143
+#: Seconds after which a swallowed interrupt comes again (see :func:`redeliver_swallowed`).
+REDELIVERY_DELAY = 0.05
 
 
 class Terminated(KeyboardInterrupt):
@@ -56,8 +58,9 @@ def redeliver_swallowed() -> None:
     A signal handler runs wherever the main thread is, and that can be a weakref callback or a
     ``__del__``, whose exceptions Python cannot raise: it prints "Exception ignored in ..." with a
     traceback and goes on, and the run would finish as if the signal never came. The hook has the
-    signal come again instead, from another thread (sent from the hook itself, its handler would
-    run inside the hook, and be swallowed again), to be raised at the main thread's next line.
+    signal come again instead, :data:`REDELIVERY_DELAY` later from a timer thread (sent from the
+    hook itself, its handler would run inside the hook and be swallowed again), to be raised at
+    the main thread's next line.
     Other unraisable exceptions go to the previous hook.
     """
     previous = sys.unraisablehook
@@ -67,8 +70,12 @@ def redeliver_swallowed() -> None:
             previous(unraisable)
             return
         signum = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+        # A moment later, so that the hook has returned (a thread that sent it at once could have it
+        # raised inside Thread.start, still in the hook).
+        again = threading.Timer(REDELIVERY_DELAY, _thread.interrupt_main, (signum,))
+        again.daemon = True
         with contextlib.suppress(RuntimeError):  # no new thread while the interpreter exits
-            threading.Thread(target=_thread.interrupt_main, args=(signum,), daemon=True).start()
+            again.start()
 
     sys.unraisablehook = hook
 

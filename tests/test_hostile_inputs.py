@@ -399,3 +399,14 @@ def test_a_refusal_naming_a_path_that_is_not_utf8_is_one_line(built: dict[str, P
     nothing_under(tmp_path / "out")
 
 
+
+
+def test_a_refusal_naming_a_path_with_a_line_break_is_one_line(
+    built: dict[str, Path], tmp_path: Path, outside: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = Path(shutil.copytree(built["st"], tmp_path / "model\nsecond line"))
+    damage(folder, "config.json", "fifo", outside)
+    code, err = cli_in_process(capsys, "convert", str(folder), "-o", str(tmp_path / "out"), "-q")
+    assert code == 3 and one_line(err).endswith("model\\nsecond line/config.json: is a FIFO, where a file belongs; "
+                                                 "replace it with a regular file")
+    nothing_under(tmp_path / "out")

@@ -129,15 +129,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see sigterm_raises)
         if argv is None:
             settle()  # a second Ctrl-C while the line is printed: no traceback
-        print(_interrupt_line(exc, cmd, args, before), file=sys.stderr)
+        print(_folded(_interrupt_line(exc, cmd, args, before)), file=sys.stderr)
         return SIGTERM_EXIT if isinstance(exc, Terminated) else SIGINT_EXIT
     except Exception as exc:  # every error becomes one line; --debug shows the traceback
         if args is not None and args.debug:
             raise
         if argv is None:
             settle()
-        print(f"error: {_one_line(exc, parser or build_parser())}", file=sys.stderr)
+        print(_folded(f"error: {_one_line(exc, parser or build_parser())}"), file=sys.stderr)
         return exc.exit_code if isinstance(exc, StreamconvError) else 1
+
+
+def _folded(line: str) -> str:
+    """``line`` kept on one line: a line break in a path it names (a folder called ``a\\nb``) as an escape."""
+    return line.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _safe_streams() -> None:

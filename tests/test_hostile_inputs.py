@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import streamconv
@@ -31,6 +32,7 @@ from streamconv import _files
 from streamconv.cli import main
 from streamconv.errors import CorruptCheckpointError, UnsafeInputError
 from tests import models
+from tests.conftest import write_sharded
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "STREAMCONV_DISABLE_PROGRESS_BARS": "1"}
 #: A process that is still running this long after it started is hung (on a FIFO): the test fails.
@@ -255,6 +257,21 @@ def test_bin_index_naming_a_shard_outside_is_refused(
         (folder / "linked.bin").symlink_to(shard)
     fragment = "leads through a symlink to" if where == "symlink" else "which is not a plain relative path inside"
     refused_everywhere(folder, tmp_path / "out", capsys, UnsafeInputError, fragment)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "link"])
+@pytest.mark.parametrize("index", ["safetensors", "bin"])
+def test_a_shard_that_is_not_a_regular_file_of_the_folder_is_refused(
+    built: dict[str, Path], tmp_path: Path, outside: Path, capsys: pytest.CaptureFixture[str], index: str, kind: str
+) -> None:
+    if index == "bin":
+        folder, shard = bin_shards(built, tmp_path, "pytorch_model-00001-of-00001.bin"), "pytorch_model-00001-of-00001.bin"
+    else:
+        folder = write_sharded(tmp_path / "model", [{"a": np.ones(4, np.float32)}, {"b": np.zeros(2, np.float32)}])
+        (folder / "config.json").write_text(json.dumps({"model_type": "tiny-test"}))
+        shard = "model-00002-of-00002.safetensors"
+    damage(folder, shard, kind, outside)
+    refused_everywhere(folder, tmp_path / "out", capsys, UnsafeInputError, f"{folder / shard}: {KIND_MESSAGES[kind]}")
 
 
 # --- .bin tensors that view less storage than their size ---

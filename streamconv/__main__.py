@@ -6,6 +6,7 @@ Importing the CLI takes ~50-100 ms (argparse, the command table), before
 never a traceback. This module imports nothing of streamconv before its handlers are in place.
 """
 
+import os
 import signal
 import sys
 
@@ -35,7 +36,14 @@ def run() -> int:
         how, code = ("terminated (SIGTERM)", 143) if isinstance(exc, _Terminated) else ("interrupted", 130)
         sys.stderr.write(f"error: {how}; nothing was written\n")
         return code
-    return main()
+    code = main()
+    if code in (130, 143):
+        # Interrupted: the run has cleaned up and said so. The interpreter's exit would join the
+        # worker threads, and one that an interrupt left waiting on a cut Condition never returns.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

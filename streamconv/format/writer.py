@@ -288,8 +288,13 @@ class WeightsWriter:
             while pending:
                 done, future = pending.popleft()
                 yield done, future.result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            # An error or an interrupt: the queued chunks are cancelled and the running ones are not
+            # waited for. The workers only read and encode (this thread writes), and an interrupt
+            # that cut one of the pool's Conditions in this thread can leave a worker waiting forever.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
 
     def _add(self, piece: Piece, encoded: _Encoded) -> None:
         summary = self.summary

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -25,7 +24,8 @@ from streamconv._version import __version__
 from streamconv.constants import (
     DEFAULT_COMPRESSION,
     DEFAULT_WORKERS,
-    WorkerPool,
+    Answer,
+    DaemonWorkers,
     check_codec,
     check_workers,
 )
@@ -276,25 +276,24 @@ class WeightsWriter:
         return _Encoded(by_numpy(data.dtype).name, data.nbytes, payload, checksum(payload), piece.note_for(data))
 
     def _encoded(self, chunks: Iterable[P]) -> Iterator[tuple[P, _Encoded]]:
-        pool = WorkerPool(self.workers, thread_name_prefix="streamconv-encode")
-        pending: deque[tuple[P, Future[_Encoded]]] = deque()
+        # DaemonWorkers, not a ThreadPoolExecutor: this thread waits on them under Ctrl-C and SIGTERM.
+        pool = DaemonWorkers(self.workers, "streamconv-encode")
+        pending: deque[tuple[P, Answer[_Encoded]]] = deque()
         try:
             for piece in chunks:
-                future = pool.submit(self._encode, piece)
-                pending.append((piece, future))
+                pending.append((piece, pool.submit(self._encode, piece)))
                 if len(pending) > QUEUE_PER_WORKER * self.workers:
-                    done, future = pending.popleft()
-                    yield done, future.result()
+                    done, answer = pending.popleft()
+                    yield done, answer.get()
             while pending:
-                done, future = pending.popleft()
-                yield done, future.result()
+                done, answer = pending.popleft()
+                yield done, answer.get()
         except BaseException:
-            # An error or an interrupt: the queued chunks are cancelled and the running ones are not
-            # waited for. The workers only read and encode (this thread writes), and an interrupt
-            # that cut one of the pool's Conditions in this thread can leave a worker waiting forever.
-            pool.shutdown(wait=False, cancel_futures=True)
+            # An error or an interrupt: the queued chunks are skipped and the running ones are not
+            # waited for (the workers only read and encode; this thread writes).
+            pool.close(wait=False)
             raise
-        pool.shutdown(wait=True)
+        pool.close(wait=True)
 
     def _add(self, piece: Piece, encoded: _Encoded) -> None:
         summary = self.summary

@@ -166,3 +166,28 @@ def test_an_interrupt_python_swallows_comes_again(sig: str, raised: str) -> None
     assert swallowed.stdout == "lost\n" and "Exception ignored" in swallowed.stderr  # what the hook is for
     again = run("redeliver_swallowed()")
     assert (again.stdout, again.stderr) == (f"raised {raised}\n", "")
+
+
+def test_daemon_workers_answer_in_order_raise_and_stop_without_waiting() -> None:
+    """The encoder's workers: results and errors come back through the answers; closed at once,
+    they skip what is queued and are not waited for (a job still running is left to end)."""
+    import threading
+
+    from streamconv.constants import DaemonWorkers
+
+    pool = DaemonWorkers(2, "test-workers")
+    answers = [pool.submit(lambda x: x * x, i) for i in range(20)]
+    assert [a.get() for a in answers] == [i * i for i in range(20)]
+    with pytest.raises(ZeroDivisionError):
+        pool.submit(lambda x: 1 // x, 0).get()
+    pool.close(wait=True)
+
+    release, ran = threading.Event(), []
+    pool = DaemonWorkers(1, "test-workers")
+    pool.submit(lambda _: release.wait(30), None)
+    pool.submit(ran.append, "queued after the running job")
+    pool.close(wait=False)  # returns with the first job still running
+    assert all(t.daemon for t in pool._threads) and pool._threads[0].is_alive()
+    release.set()
+    pool._threads[0].join(30)
+    assert ran == []

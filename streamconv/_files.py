@@ -43,11 +43,13 @@ __all__ = [
     "file_record",
     "homes",
     "is_regular",
+    "open_file",
     "open_regular",
     "quote",
     "read_bytes",
     "read_json",
     "regular",
+    "same_file",
     "sha256_file",
     "strict_json_loads",
     "within",
@@ -166,9 +168,9 @@ def regular(path: Path, *, root: Path | None = None) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def open_regular(path: Path, *, root: Path | None = None) -> Iterator[IO[bytes]]:
-    """Open ``path`` for reading, refusing anything but a regular file before a byte is read.
+def open_file(path: Path, *, root: Path | None = None) -> IO[bytes]:
+    """Open ``path`` for reading, refusing anything but a regular file before a byte is read; the
+    caller closes the handle (:func:`open_regular` is the ``with`` form).
 
     ``O_NONBLOCK`` makes the open of a FIFO return at once instead of waiting for a writer; the flag is
     cleared again for the regular file that passed. With ``root``, the path must resolve inside it.
@@ -186,12 +188,24 @@ def open_regular(path: Path, *, root: Path | None = None) -> Iterator[IO[bytes]]
             raise UnsafeInputError(path, f"is {_kind(mode)}, where a file belongs", "replace it with a regular file")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
-        handle = os.fdopen(fd, "rb")
+        return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
-    with handle:
+
+
+@contextlib.contextmanager
+def open_regular(path: Path, *, root: Path | None = None) -> Iterator[IO[bytes]]:
+    """:func:`open_file` as a context manager: the file is closed at the end of the ``with``."""
+    with open_file(path, root=root) as handle:
         yield handle
+
+
+def same_file(handle: IO[bytes]) -> str | None:
+    """A name another library can open to read the very file ``handle`` has open (Linux's
+    ``/proc/self/fd/N``), whatever is renamed over its path since; None where there is no such name."""
+    name = f"/proc/self/fd/{handle.fileno()}"
+    return name if os.path.exists(name) else None
 
 
 def read_bytes(path: Path, *, cap: int = MAX_JSON_BYTES, root: Path | None = None) -> bytes:
@@ -203,7 +217,11 @@ def read_bytes(path: Path, *, cap: int = MAX_JSON_BYTES, root: Path | None = Non
     """
     with open_regular(path, root=root) as f:
         size = os.fstat(f.fileno()).st_size
-        data = f.read(cap + 1) if size <= cap else b""
+        # read(n) allocates n bytes first: ask for the size the file has (one more byte tells that it
+        # grew), never for the whole cap.
+        data = f.read(size + 1) if size <= cap else b""
+        if len(data) > size and size <= cap:  # it grew while being read: the rest, still under the cap
+            data += f.read(cap + 1 - len(data))
         if size > cap or len(data) > cap:  # a file that grows while it is read is held to the cap too
             raise UnsafeInputError(
                 path, f"is {max(size, len(data)):,} bytes, over streamconv's cap of {cap:,} for this file",

@@ -25,7 +25,10 @@ __all__ = [
     "OutputNotWritableError",
     "DiskFullError",
     "FormatError",
+    "OutOfMemoryError",
+    "OutputChangedError",
     "NotConvertedError",
+    "PartOfSplitError",
     "TensorNotFoundError",
     "PlanError",
     "AssetError",
@@ -33,6 +36,7 @@ __all__ = [
     "InvalidOptionError",
     "CastOverflowError",
     "escape",
+    "one_line",
 ]
 
 
@@ -249,8 +253,40 @@ class FormatError(StreamconvError, ValueError):
 
     def __init__(self, path: Path, problem: str) -> None:
         self.path = path
-        self.problem = problem
-        super().__init__(f"{path}: {problem}; re-run `streamconv convert` to rebuild the output")
+        self.problem = one_line(problem)
+        super().__init__(f"{path}: {self.problem}; re-run `streamconv convert` to rebuild the output")
+
+
+class OutOfMemoryError(StreamconvError, MemoryError):
+    """Memory ran out while reading or checking an output: the process's limit, not the file, is at fault.
+
+    ``needed`` is the size of the allocation that failed, when it is known (bytes; 0 otherwise).
+    """
+
+    exit_code = 8
+
+    def __init__(self, path: Path | None, doing: str, needed: int = 0) -> None:
+        self.path = path
+        self.needed = needed
+        amount = f" (an allocation of {needed / 2**20:.1f} MiB failed)" if needed else ""
+        where = f"{path}: " if path is not None else ""
+        super().__init__(
+            f"{where}memory ran out while {one_line(doing)}{amount}; the file is not known to be damaged: "
+            "raise the memory limit (`ulimit -v`, the container's), stop other programs, or convert again "
+            "with a smaller --chunk-size"
+        )
+
+
+class OutputChangedError(StreamconvError, ValueError):
+    """A split output's files changed while they were being read (an output replaced with ``--force``):
+    the files read no longer belong to one output, and reading again did not help."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = one_line(problem)
+        super().__init__(f"{path}: the output changed while it was being read ({self.problem}); read it again")
 
 
 class NotConvertedError(StreamconvError, FileNotFoundError):
@@ -261,6 +297,20 @@ class NotConvertedError(StreamconvError, FileNotFoundError):
     def __init__(self, path: Path, missing: str) -> None:
         self.path = path
         super().__init__(f"{path}: no {missing} here; pass a folder written by `streamconv convert`")
+
+
+class PartOfSplitError(StreamconvError, ValueError):
+    """One file of a split output was given where the output is needed: its tensors may run into the
+    files before and after it. ``folder`` is where its index lies (None if it is not beside it)."""
+
+    exit_code = 2
+
+    def __init__(self, path: Path, part: int, count: int, folder: Path | None) -> None:
+        self.path = path
+        self.part, self.count, self.folder = part, count, folder
+        where = f"the split output in {folder}; pass the folder" if folder is not None else \
+            "a split output, whose index and other files are not beside it; pass the folder that holds them all"
+        super().__init__(f"{path}: part {part} of {count} of {where}")
 
 
 class TensorNotFoundError(StreamconvError, KeyError):
@@ -335,6 +385,11 @@ _LITERALS: dict[str, Any] = {"True": True, "False": False, "None": None}
 def python_label(name: str, value: Any) -> str:
     """How a Python caller reads an option in a message: ``level`` or ``level=5``."""
     return name if value is NOVALUE else f"{name}={value!r}"
+
+
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines of Arrow's and zstd's messages) folded into one space."""
+    return " ".join(str(text).split())
 
 
 def escape(text: str) -> str:

@@ -28,7 +28,7 @@ from streamconv.cli.interrupts import (
     sigterm_raises,
 )
 from streamconv.cli.startup import program_start
-from streamconv.errors import NOVALUE, StreamconvError
+from streamconv.errors import NOVALUE, OutOfMemoryError, StreamconvError
 
 __all__ = ["EPILOG", "build_parser", "main"]
 
@@ -46,7 +46,8 @@ environment:
 exit codes:
   0 success            1 unexpected error (rerun with --debug)   2 not found, or a bad option
   3 damaged input      4 output problem (exists, not writable, disk full)
-  5 missing optional dependency      6 validation failed      130 interrupted     143 terminated
+  5 missing optional dependency      6 validation failed      8 out of memory
+  130 interrupted      143 terminated
 """
 
 
@@ -123,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # every error becomes one line; --debug shows the traceback
         if args is not None and args.debug:
             raise
+        no_room = isinstance(exc, ImportError) and "failed to map segment" in str(exc)  # a library under `ulimit -v`
+        if (isinstance(exc, MemoryError) or no_room) and not isinstance(exc, StreamconvError):
+            doing = f"running `streamconv {args.command}`" if args is not None and args.command else "starting"
+            exc = OutOfMemoryError(None, doing)
         print(f"error: {_one_line(exc, parser)}", file=sys.stderr)
         return exc.exit_code if isinstance(exc, StreamconvError) else 1
 

@@ -35,7 +35,7 @@ from streamconv.errors import (
 )
 from streamconv.format import codec
 from streamconv.format.reader import WeightsFile, read_metadata, weights_path
-from streamconv.format.schema import METADATA_FILENAME, checksum
+from streamconv.format.schema import INDEX_FILENAME, METADATA_FILENAME, WEIGHTS_FILENAME, checksum
 from streamconv.format.toc import memory_ran_out, payloads
 
 __all__ = ["VerifyReport", "verify"]
@@ -114,7 +114,8 @@ def _verify(given: Path, workers: int) -> VerifyReport:
     report = VerifyReport(folder)
     # A weights file given alone, with no metadata.json beside it (a WeightsWriter file): its chunks
     # and table of contents are checked, nothing that only metadata.json records.
-    bare = not given.is_dir() and given.name != METADATA_FILENAME and not (folder / METADATA_FILENAME).exists()
+    bare = not given.is_dir() and (given.name not in (METADATA_FILENAME, WEIGHTS_FILENAME, INDEX_FILENAME)
+                                   or not (folder / METADATA_FILENAME).exists())
     if bare:
         report.output = given
         report.unchecked.append("no metadata.json: file sizes, sha256 and counts are not checked "

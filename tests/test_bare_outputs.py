@@ -54,7 +54,7 @@ def test_inspect_reads_a_bare_weights_file(bare: Path) -> None:
     done = cli("inspect", str(bare), "--json")
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
-    assert data["metadata"] is None and [t["name"] for t in data["tensors"]][0] == "layer.0.weight"
+    assert data["metadata"] is None and data["tensors"][0]["name"] == "layer.0.weight"
 
 
 def test_verify_checks_a_bare_weights_file_and_says_what_it_could_not(bare: Path, tmp_path: Path) -> None:

@@ -29,7 +29,6 @@ from streamconv.errors import (
     FormatError,
     NotConvertedError,
     OutOfMemoryError,
-    PartOfSplitError,
     UnsafeInputError,
     one_line,
 )
@@ -121,15 +120,17 @@ def _verify(given: Path, workers: int) -> VerifyReport:
         report.unchecked.append("no metadata.json: file sizes, sha256 and counts are not checked "
                                 "(a weights file written without `streamconv convert`)")
     metadata = {} if bare else _metadata(folder, report)
-    path = weights_path(given if bare else folder)
+    try:
+        path: Path | None = weights_path(given if bare else folder)  # no weights at all: NotConvertedError
+    except UnsafeInputError as exc:
+        path = None
+        report.problems.append(f"weights: {exc}")
     with WorkerPool(workers, thread_name_prefix="streamconv-verify") as pool:
         hashes = _hash_listed(folder, metadata, report, pool)
         weights: WeightsFile | None = None
         try:
-            weights = WeightsFile(path)
+            weights = WeightsFile(path) if path is not None else None
         except (FormatError, NotConvertedError, UnsafeInputError) as exc:
-            if isinstance(exc, PartOfSplitError):
-                raise
             report.problems.append(f"weights: {exc}")
         if weights is not None:
             _check_chunks(weights, report, pool, workers)
@@ -146,7 +147,7 @@ def _metadata(folder: Path, report: VerifyReport) -> dict[str, Any]:
         return read_metadata(folder)
     except NotConvertedError:
         report.problems.append("metadata.json is missing")
-    except FormatError as exc:
+    except (FormatError, UnsafeInputError) as exc:
         report.problems.append(f"metadata.json: {exc.problem}")
     return {}
 

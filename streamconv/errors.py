@@ -24,11 +24,8 @@ __all__ = [
     "OutputExistsError",
     "OutputNotWritableError",
     "DiskFullError",
-    "FormatError",
-    "OutOfMemoryError",
-    "OutputChangedError",
-    "NotConvertedError",
-    "PartOfSplitError",
+    "FormatError", "OutOfMemoryError", "OutputChangedError",
+    "NotConvertedError", "PartOfSplitError",
     "TensorNotFoundError",
     "PlanError",
     "AssetError",
@@ -258,34 +255,25 @@ class FormatError(StreamconvError, ValueError):
 
 
 class OutOfMemoryError(StreamconvError, MemoryError):
-    """Memory ran out while reading or checking an output: the process's limit, not the file, is at fault.
-
-    ``needed`` is the size of the allocation that failed, when it is known (bytes; 0 otherwise).
-    """
+    """Memory ran out reading an output: the process's limit is at fault, not the file (``needed``: bytes, or 0)."""
 
     exit_code = 8
 
     def __init__(self, path: Path | None, doing: str, needed: int = 0) -> None:
-        self.path = path
-        self.needed = needed
+        self.path, self.needed = path, needed
         amount = f" (an allocation of {needed / 2**20:.1f} MiB failed)" if needed else ""
-        where = f"{path}: " if path is not None else ""
-        super().__init__(
-            f"{where}memory ran out while {one_line(doing)}{amount}; the file is not known to be damaged: "
-            "raise the memory limit (`ulimit -v`, the container's), stop other programs, or convert again "
-            "with a smaller --chunk-size"
-        )
+        super().__init__(f"{'' if path is None else f'{path}: '}memory ran out while {one_line(doing)}{amount}; the file is not "
+                         "known to be damaged: raise the memory limit (`ulimit -v`, the container's), stop other programs, "
+                         "or convert again with a smaller --chunk-size")
 
 
 class OutputChangedError(StreamconvError, ValueError):
-    """A split output's files changed while they were being read (an output replaced with ``--force``):
-    the files read no longer belong to one output, and reading again did not help."""
+    """A split output's files kept changing while read (replaced with ``--force``): they were not one output's."""
 
     exit_code = 3
 
     def __init__(self, path: Path, problem: str) -> None:
-        self.path = path
-        self.problem = one_line(problem)
+        self.path, self.problem = path, one_line(problem)
         super().__init__(f"{path}: the output changed while it was being read ({self.problem}); read it again")
 
 
@@ -300,16 +288,13 @@ class NotConvertedError(StreamconvError, FileNotFoundError):
 
 
 class PartOfSplitError(StreamconvError, ValueError):
-    """One file of a split output was given where the output is needed: its tensors may run into the
-    files before and after it. ``folder`` is where its index lies (None if it is not beside it)."""
+    """One file of a split output given for the output; ``folder`` holds its index (None: not beside it)."""
 
     exit_code = 2
 
     def __init__(self, path: Path, part: int, count: int, folder: Path | None) -> None:
-        self.path = path
-        self.part, self.count, self.folder = part, count, folder
-        where = f"the split output in {folder}; pass the folder" if folder is not None else \
-            "a split output, whose index and other files are not beside it; pass the folder that holds them all"
+        self.path, self.part, self.count, self.folder = path, part, count, folder
+        where = f"the split output in {folder}; pass the folder" if folder else "a split output; pass the folder of all its files"
         super().__init__(f"{path}: part {part} of {count} of {where}")
 
 
@@ -388,7 +373,7 @@ def python_label(name: str, value: Any) -> str:
 
 
 def one_line(text: str) -> str:
-    """``text`` with every run of whitespace (newlines of Arrow's and zstd's messages) folded into one space."""
+    """``text`` with each run of whitespace (the newlines of Arrow's and zstd's messages) made one space."""
     return " ".join(str(text).split())
 
 

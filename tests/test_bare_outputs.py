@@ -88,5 +88,5 @@ def test_one_file_of_a_split_output_is_named_as_a_part(source: Path, tmp_path: P
     alone = tmp_path / parts[0].name
     alone.write_bytes(parts[0].read_bytes())
     done = cli("inspect", str(alone))
-    assert done.returncode == 2 and f"part 1 of {len(parts)} of a split output" in done.stderr
+    assert done.returncode == 2 and f"part 1 of {len(parts)} of a split output; pass the folder of all its files" in done.stderr
     assert cli("verify", str(out)).returncode == 0

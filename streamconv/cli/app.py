@@ -124,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # every error becomes one line; --debug shows the traceback
         if args is not None and args.debug:
             raise
-        no_room = isinstance(exc, ImportError) and "failed to map segment" in str(exc)  # a library under `ulimit -v`
+        no_room = ((isinstance(exc, ImportError) and "failed to map segment" in str(exc))  # a library under `ulimit -v`
+                   or (isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)))
         if (isinstance(exc, MemoryError) or no_room) and not isinstance(exc, StreamconvError):
             doing = f"running `streamconv {args.command}`" if args is not None and args.command else "starting"
             exc = OutOfMemoryError(None, doing)

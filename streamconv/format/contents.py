@@ -3,7 +3,8 @@
 Every reader (``inspect``, ``verify``, ``export``, ``validate``, the plans' ``describe``) then trusts
 the types of the keys below: a wrong type is one :class:`~streamconv.errors.FormatError` naming the
 key, never a ``TypeError`` or ``KeyError`` somewhere later. Keys not in the table are allowed (a
-newer writer may add some); keys of format 1 (docs/format.md) are in it too.
+newer writer may add some); keys of format 1 (docs/format.md) are in it too. A plan's own key is
+the plan's to check (``format`` knows no plan).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ __all__ = ["METADATA_TYPES", "check_metadata"]
 # A type is one of these names, a tuple of alternatives, ``[T]`` (a list of T), or a dict of keys
 # and types (an object; its other keys allowed). ``count`` is a non-negative int.
 _FILE = {"path": "str", "bytes": "count", "sha256": "str", "built_from": ["str"]}
-_MODULE = {"index": "count", "type": "str", "path": "str", "tensor_prefix": "str"}
 
 #: Every key streamconv reads from ``metadata.json``, with its type (docs/format.md lists them).
 METADATA_TYPES: dict[str, Any] = {
@@ -53,10 +53,6 @@ METADATA_TYPES: dict[str, Any] = {
     "include": (["str"], "null"),
     "exclude": (["str"], "null"),
     "validation": "object",
-    "sentence_transformers": {
-        "pooling_mode": ("str", "null"), "normalize": "bool", "max_seq_length": ("count", "null"),
-        "similarity_function": ("str", "null"), "modules": [_MODULE],
-    },
     # format 1
     "model_type_detected": "bool",
     "config_model_type": ("str", "null"),

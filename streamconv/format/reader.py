@@ -25,15 +25,18 @@ from streamconv.constants import DEFAULT_WORKERS, MAX_CHUNK_BYTES, WorkerPool
 from streamconv.errors import (
     FormatError,
     NotConvertedError,
+    OutOfMemoryError,
     OutputChangedError,
     PartOfSplitError,
     TensorNotFoundError,
 )
+from streamconv.format.arrow import payloads
 from streamconv.format.contents import check_metadata
 from streamconv.format.index import Listed, read_index
 from streamconv.format.records import NameKind, TensorInfo, TensorRecord
+from streamconv.format.recycler import Recycler
 from streamconv.format.schema import INDEX_FILENAME, METADATA_FILENAME, WEIGHTS_FILENAME
-from streamconv.format.toc import Entry, Expected, OutputChanged, Recycler, WeightsPart, numel, payloads
+from streamconv.format.toc import Entry, Expected, OutputChanged, WeightsPart, numel
 
 __all__ = [
     "TensorInfo",
@@ -268,7 +271,11 @@ class WeightsFile:
                 for payload, (name, index, offset, count, expected_sum) in zip(payloads(table), part.group_chunks(group),
                                                                                strict=True):
                     if name in wanted:
-                        out = np.empty(count, dtype=self.entries[name].dtype.numpy)
+                        try:
+                            out = np.empty(count, dtype=self.entries[name].dtype.numpy)
+                        except MemoryError:
+                            raise OutOfMemoryError(part.path, f"decoding tensor {_files.quote(name)}",
+                                                   count * self.entries[name].dtype.numpy.itemsize) from None
                         job = pool.submit(part.decode_chunk, name, index, payload, expected_sum, out)
                         jobs.append((self.entries[name].info, offset, out, job))
                 for info, offset, out, job in jobs:
@@ -300,7 +307,7 @@ def iter_tensors(
 
     Memory holds a few row groups, the tensors they complete, and arrays of tensors the caller has
     dropped that a tensor soon to come will be decoded into (never one still referred to; see
-    :class:`streamconv.format.toc.Recycler`). The records are the same whatever
+    :class:`streamconv.format.recycler.Recycler`). The records are the same whatever
     ``names``; it says which name a record unpacks as (``for name, array in iter_tensors(...)``).
 
     Args:

@@ -8,12 +8,9 @@ decodes a row group's chunks, checking each against its stored checksum first.
 from __future__ import annotations
 
 import os
-import re
-import sys
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,10 +21,12 @@ import pyarrow.parquet as pq
 from streamconv import _files
 from streamconv.constants import MAX_CHUNK_BYTES
 from streamconv.dtypes import DType, by_name
-from streamconv.errors import FormatError, OutOfMemoryError, StreamconvError
+from streamconv.errors import FormatError, OutOfMemoryError
 from streamconv.format import codec
+from streamconv.format.arrow import STRINGS, distinct, first_rows, numbers, payloads, read_failure
 from streamconv.format.index import Listed
 from streamconv.format.records import TensorInfo
+from streamconv.format.recycler import Recycler
 from streamconv.format.schema import (
     FORMAT_VERSION,
     META_COLUMNS,
@@ -38,15 +37,10 @@ from streamconv.format.schema import (
     chunks_digest,
 )
 
-__all__ = ["Chunk", "Entry", "Expected", "META_COLUMNS", "OutputChanged", "Recycler", "WeightsPart", "memory_ran_out",
-           "numel", "payloads", "read_failure"]
+__all__ = ["Chunk", "Entry", "Expected", "META_COLUMNS", "OutputChanged", "WeightsPart", "numel"]
 
 #: (tensor name, next chunk index, next element offset) while reading rows; None between tensors.
 Expected = tuple[str, int, int] | None
-#: Arrays smaller than this come from malloc's heap, which reuses freed memory already.
-RECYCLE_BYTES = 1 << 20
-#: How many tensors ahead :class:`Recycler` looks for one that could reuse a dropped array.
-RECYCLE_AHEAD = 16
 class Chunk(NamedTuple):
     """One row of a row group, from the table of contents: all a reader needs besides ``data``."""
 
@@ -87,27 +81,6 @@ class OutputChanged(Exception):
     reads again, then raises :class:`~streamconv.errors.OutputChangedError`)."""
 
 
-#: Arrow's words for an allocation that failed (a thread it could not start needs memory too).
-_NO_MEMORY = re.compile(r"Failed to launch worker thread|bad_alloc|out of memory|Cannot allocate memory|"
-                        r"malloc of size|failed to allocate|Resource temporarily unavailable", re.IGNORECASE)
-
-
-def memory_ran_out(exc: BaseException) -> bool:
-    """Whether ``exc`` means memory ran out (a ``MemoryError``, or Arrow saying so), not damage."""
-    if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):  # Python's threads, likewise
-        return True
-    return isinstance(exc, MemoryError) or (isinstance(exc, (pa.ArrowException, OSError))
-                                            and _NO_MEMORY.search(str(exc)) is not None)
-
-
-def read_failure(path: Path, exc: BaseException, problem: str, doing: str) -> StreamconvError:
-    """What a failed read of ``path`` is: :class:`OutOfMemoryError` when memory ran out, else a
-    :class:`FormatError` saying ``problem`` with Arrow's message folded into the same line."""
-    if memory_ran_out(exc):
-        return OutOfMemoryError(path, doing)
-    return FormatError(path, f"{problem} ({exc})")
-
-
 class WeightsPart:
     """One open Parquet weights file: its format version, codec and checked table of contents.
 
@@ -132,7 +105,7 @@ class WeightsPart:
         try:
             # Without pre_buffer (on by default) reads go straight to the file, not through Arrow's
             # I/O threads and read cache: load's peak RSS on llama-bf16 1897 -> 1895 MiB.
-            self.parquet = pq.ParquetFile(self.source, pre_buffer=False)
+            self.parquet = pq.ParquetFile(self.source, pre_buffer=False, read_dictionary=STRINGS)
             meta = self.parquet.schema_arrow.metadata or {}
         except (pa.ArrowException, OSError) as exc:
             raise read_failure(self.path, exc, "not a readable Parquet file", "opening it") from None
@@ -164,6 +137,7 @@ class WeightsPart:
             if i < 0:
                 raise FormatError(self.path, f"has no column {name!r} (or has it twice)")
             got, want = schema.field(i).type, SCHEMA.field(name).type
+            got = got.value_type if pa.types.is_dictionary(got) else got  # the string columns, read as stored
             if not (got == want or (name == "data" and got == pa.binary())
                     or (want == pa.string() and got == pa.large_string())):
                 raise FormatError(self.path, f"column {name!r} holds {got}, not {want}")
@@ -214,7 +188,7 @@ class WeightsPart:
                 from None
         for name in table.column_names:
             column = table.column(name)
-            nulls = column.null_count + (sum(c.flatten().null_count for c in column.chunks) if name == "shape" else 0)
+            nulls = column.null_count + (sum(c.values.null_count for c in column.chunks) if name == "shape" else 0)
             if nulls:
                 raise FormatError(self.path, f"column {name!r} holds a null")
         group_rows = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
@@ -223,20 +197,18 @@ class WeightsPart:
         self._group_ends = np.concatenate([[0], np.cumsum(group_rows, dtype=np.int64)])
         group_of_row = np.repeat(np.arange(len(group_rows)), group_rows)
         if self.has_checksums:
-            stored = table.column("data_bytes").to_numpy()
-            self._sums: np.ndarray | None = table.column("data_xxh3").to_numpy()
+            stored = numbers(table, "data_bytes")
+            self._sums: np.ndarray | None = numbers(table, "data_xxh3")
         else:
             import pyarrow.compute as pc  # here: it costs every `streamconv convert` 20 ms
 
-            stored = pc.binary_length(table.column("data")).to_numpy().astype(np.int64)
+            stored = np.asarray(pc.binary_length(table.column("data")).to_pylist(), np.int64)
             self._sums = None
-        names = table.column("name").combine_chunks().dictionary_encode()
-        self._names: list[str] = names.dictionary.to_pylist()
-        self._name_ids = names.indices.to_numpy()
-        self._index = table.column("chunk_index").to_numpy().astype(np.int64)
-        self._offset = table.column("element_offset").to_numpy()
-        self._count = table.column("element_count").to_numpy()
-        chunk_counts = table.column("chunk_count").to_numpy()
+        self._name_ids, self._names = distinct(table, "name", self.path)
+        self._index = numbers(table, "chunk_index").astype(np.int64)
+        self._offset = numbers(table, "element_offset")
+        self._count = numbers(table, "element_count")
+        chunk_counts = numbers(table, "chunk_count")
         return self._check_rows(table, stored, chunk_counts, group_of_row, expected)
 
     def _check_rows(self, table: pa.Table, stored: np.ndarray, chunk_counts: np.ndarray, group_of_row: np.ndarray,
@@ -282,7 +254,7 @@ class WeightsPart:
         bad = np.flatnonzero(order | disagree)
         first_bad = int(bad[0]) if len(bad) else rows
         # Tensors in order: each checked as it starts (name, dtype, shape), and once complete.
-        heads = table.select(META_COLUMNS).take(pa.array(starts)).to_pylist() if len(starts) else []
+        heads = first_rows(table, starts, self._name_ids, self._names, self.path)
         for k in range(len(bounds) - 1):
             a, b = bounds[k], bounds[k + 1]
             if a >= first_bad:
@@ -291,13 +263,13 @@ class WeightsPart:
                 assert lead_entry is not None and expected is not None
                 entry, done = lead_entry, (expected[0], expected[1] + b, expected[2] + int(count[:b].sum()))
             else:
-                row = heads[k - 1 if lead else k]
-                if row["name"] in self.entries:
-                    raise FormatError(self.path, f"tensor {_files.quote(row['name'])} is stored twice")
-                entry = self._new_entry(row)
-                self.entries[row["name"]] = entry
-                self.started.append(row["name"])
-                done = (row["name"], b - a, int(count[a:b].sum()))
+                head = heads[k - 1 if lead else k]
+                if head["name"] in self.entries:
+                    raise FormatError(self.path, f"tensor {_files.quote(head['name'])} is stored twice")
+                entry = self._new_entry(head)
+                self.entries[head["name"]] = entry
+                self.started.append(head["name"])
+                done = (head["name"], b - a, int(count[a:b].sum()))
             per_chunk = max(1, self.chunk_limit // entry.source_itemsize)
             if b > a and count[a:b].max() > per_chunk:
                 row = a + int(np.argmax(count[a:b]))
@@ -352,7 +324,11 @@ class WeightsPart:
                 continue
             entry = self.entries[name]
             if index == 0:
-                pending[name] = arrays.take(numel(entry.shape), entry.dtype.numpy)
+                try:
+                    pending[name] = arrays.take(numel(entry.shape), entry.dtype.numpy)
+                except MemoryError:
+                    raise OutOfMemoryError(self.path, f"allocating tensor {_files.quote(name)}",
+                                           numel(entry.shape) * entry.dtype.numpy.itemsize) from None
             out = pending[name][offset:offset + count]
             jobs.append(pool.submit(self.decode_chunk, name, index, payload, expected_sum, out))
             if index == entry.row["chunk_count"] - 1:
@@ -368,60 +344,6 @@ class WeightsPart:
             raise OutOfMemoryError(self.path, f"decoding tensor {_files.quote(name)}", out.nbytes) from None
         except Exception as exc:  # zstd errors, size mismatches: all mean a damaged chunk
             raise FormatError(self.path, f"tensor {_files.quote(name)}: chunk {chunk} is damaged ({exc})") from None
-
-
-class Recycler:
-    """Arrays for whole tensors, reusing a tensor's array for a later one of the same byte size once
-    nothing else in the process refers to it (its reference count says so).
-
-    ``iter_tensors``' caller typically drops each tensor before asking for the next; without this
-    every tensor is decoded into memory fresh from the kernel, which here costs almost as much as
-    decoding (llama-bf16: 1.7 s of kernel time against the decode floor's 0.3 s, on 2.1 s of
-    decoding; the floor reuses its buffers). An array is kept only while one of the next
-    :data:`RECYCLE_AHEAD` tensors has its size: a model's layers repeat their sizes, so what is kept
-    is at most about a layer, never the model. ``take`` is called in the order ``sizes`` lists.
-    """
-
-    def __init__(self, sizes: list[int]) -> None:
-        self.sizes, self.taken = sizes, 0
-        self.kept: dict[int, list[np.ndarray]] = {}
-
-    def take(self, count: int, dtype: np.dtype) -> np.ndarray:
-        """An array of ``count`` elements of ``dtype``, contents undefined."""
-        nbytes = count * dtype.itemsize
-        self.taken += 1
-        soon = {n for n in self.sizes[self.taken:self.taken + RECYCLE_AHEAD] if n >= RECYCLE_BYTES}
-        kept = self.kept.pop(nbytes, [])
-        free = next((i for i in range(len(kept)) if sys.getrefcount(kept[i]) == _UNSHARED), None)
-        buffer = kept.pop(free) if free is not None else np.empty(nbytes, np.uint8)
-        self.kept = {n: arrays for n, arrays in self.kept.items() if n in soon}
-        if nbytes in soon:  # the last few: a caller holding every tensor must not make this quadratic
-            self.kept[nbytes] = [*kept, buffer][-RECYCLE_AHEAD:]
-        return buffer.view(dtype)
-
-
-def _unshared() -> int:
-    """What ``sys.getrefcount(items[i])`` says of an array that only the list ``items`` holds."""
-    items = [np.empty(0)]
-    return sys.getrefcount(items[0])
-
-
-_UNSHARED = _unshared()
-
-
-def payloads(table: pa.Table) -> list[pa.Buffer]:
-    """Every row's ``data`` value, as a slice of the column's own Arrow buffer (nothing copied).
-
-    ``combine_chunks`` would copy the column, and ``array[row].as_buffer()`` copies each value.
-    """
-    sliced: list[pa.Buffer] = []
-    for chunk in (c for c in table.column("data").chunks if len(c)):
-        _, offsets, values = chunk.buffers()
-        width = "<i8" if pa.types.is_large_binary(chunk.type) else "<i4"
-        ends = np.frombuffer(offsets, width)[chunk.offset:chunk.offset + len(chunk) + 1].tolist()
-        values = values if values is not None else pa.py_buffer(b"")
-        sliced.extend(values.slice(start, end - start) for start, end in pairwise(ends))
-    return sliced
 
 
 def numel(shape: tuple[int, ...]) -> int:

@@ -154,8 +154,11 @@ class SentenceTransformersPlan(Plan):
 
     def module_folders(self, metadata: dict[str, Any]) -> dict[str, str]:
         """Each Dense module's tensor prefix and folder (``2_Dense.`` -> ``2_Dense``)."""
-        modules = (metadata.get("sentence_transformers") or {}).get("modules") or []
-        return {m["tensor_prefix"]: m["path"] for m in modules if isinstance(m, dict) and m.get("tensor_prefix")}
+        settings = metadata.get("sentence_transformers")
+        modules = settings.get("modules") if isinstance(settings, dict) else []
+        modules = modules if isinstance(modules, list) else []  # metadata.json is input: only strings name files
+        return {m["tensor_prefix"]: m["path"] for m in modules if isinstance(m, dict) and m.get("tensor_prefix")
+                and isinstance(m["tensor_prefix"], str) and isinstance(m.get("path"), str)}
 
 
 def _module_record(module: Module) -> dict[str, Any]:

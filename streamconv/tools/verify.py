@@ -33,9 +33,9 @@ from streamconv.errors import (
     one_line,
 )
 from streamconv.format import codec
+from streamconv.format.arrow import memory_ran_out, payloads
 from streamconv.format.reader import WeightsFile, read_metadata, weights_path
 from streamconv.format.schema import INDEX_FILENAME, METADATA_FILENAME, WEIGHTS_FILENAME, checksum
-from streamconv.format.toc import memory_ran_out, payloads
 
 __all__ = ["VerifyReport", "verify"]
 

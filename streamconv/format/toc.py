@@ -129,6 +129,11 @@ class WeightsPart:
                 and chunks_digest(self._sums) != listed.chunks_xxh3:
             raise OutputChanged(f"{path.name} holds other rows than the split index records")
 
+    def __del__(self) -> None:  # the handle lives as long as the part: verify's threads open it again by name
+        handle = getattr(self, "_handle", None)
+        if handle is not None:
+            handle.close()
+
     def _check_schema(self) -> None:
         """Every column a reader uses is there, with the type of :data:`SCHEMA` (``data`` may be binary)."""
         schema = self.parquet.schema_arrow

@@ -81,13 +81,16 @@ def first_rows(table: pa.Table, rows: np.ndarray, name_ids: np.ndarray, names: l
         else table.column("shape").chunk(0)
     ends = ints(shapes.offsets)  # into ``values``, the whole child array (``flatten`` imports compute)
     dims = ints(shapes.values) if len(shapes.values) else np.empty(0, np.int64)
-    values = {c: numbers(table, c)[rows].tolist() for c in ("chunk_index", "chunk_count", "element_offset", "element_count")}
-    found = []
-    for k, row in enumerate(rows.tolist()):
-        head = {"name": names[name_ids[row]], **{c: known[ids[row]] for c, (ids, known) in strings.items()},
-                "shape": dims[ends[row]:ends[row + 1]].tolist()}
-        found.append({**head, **{c: column[k] for c, column in values.items()}})
-    return found
+    columns: dict[str, list[Any]] = {"name": [names[i] for i in name_ids[rows].tolist()]}
+    for c, (ids, known) in strings.items():
+        columns[c] = [known[i] for i in ids[rows].tolist()]
+    starts, stops = ends[rows].tolist(), ends[rows + 1].tolist()
+    flat = dims.tolist()
+    columns["shape"] = [flat[a:b] for a, b in zip(starts, stops, strict=True)]
+    for c in ("chunk_index", "chunk_count", "element_offset", "element_count"):
+        columns[c] = numbers(table, c)[rows].tolist()
+    keys = list(columns)
+    return [dict(zip(keys, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
 def payloads(table: pa.Table) -> list[pa.Buffer]:

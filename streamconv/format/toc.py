@@ -187,7 +187,7 @@ class WeightsPart:
         try:
             # One thread: the rows are small, and Arrow's thread pool would stay resident (BERT-large:
             # load's peak RSS 739 -> 733 MiB).
-            table = self.parquet.read(columns=[*META_COLUMNS, *sizes], use_threads=False)
+            table = self.parquet.read(columns=[*META_COLUMNS, *sizes], use_threads=False).combine_chunks()
         except (pa.ArrowException, OSError) as exc:
             raise read_failure(self.path, exc, "the metadata columns are damaged", "reading its table of contents") \
                 from None
@@ -260,13 +260,20 @@ class WeightsPart:
         first_bad = int(bad[0]) if len(bad) else rows
         # Tensors in order: each checked as it starts (name, dtype, shape), and once complete.
         heads = first_rows(table, starts, self._name_ids, self._names, self.path)
+        # Per tensor (segment of rows), computed at once: elements, stored bytes, largest chunk, and
+        # the first and last row group (rows and row groups are both in file order).
+        cut = np.array(bounds[:-1], dtype=np.int64)
+        elements, nbytes, largest = (np.add.reduceat(count, cut).tolist(), np.add.reduceat(stored, cut).tolist(),
+                                     np.maximum.reduceat(count, cut).tolist()) if rows else ([], [], [])
+        first_group = group_of_row[cut].tolist()
+        last_group = group_of_row[np.minimum(np.array(bounds[1:]), first_bad) - 1].tolist() if rows else []
         for k in range(len(bounds) - 1):
             a, b = bounds[k], bounds[k + 1]
             if a >= first_bad:
                 break
             if a == 0 and lead:
                 assert lead_entry is not None and expected is not None
-                entry, done = lead_entry, (expected[0], expected[1] + b, expected[2] + int(count[:b].sum()))
+                entry, done = lead_entry, (expected[0], expected[1] + b, expected[2] + elements[k])
             else:
                 head = heads[k - 1 if lead else k]
                 if head["name"] in self.entries:
@@ -274,17 +281,17 @@ class WeightsPart:
                 entry = self._new_entry(head)
                 self.entries[head["name"]] = entry
                 self.started.append(head["name"])
-                done = (head["name"], b - a, int(count[a:b].sum()))
+                done = (head["name"], b - a, elements[k])
             per_chunk = max(1, self.chunk_limit // entry.source_itemsize)
-            if b > a and count[a:b].max() > per_chunk:
+            if largest[k] > per_chunk:
                 row = a + int(np.argmax(count[a:b]))
                 raise FormatError(self.path, f"tensor {_files.quote(entry.row['name'])}: chunk {index[row]} holds "
                                              f"{count[row]:,} elements, more than the output's chunk size allows "
                                              f"({self.chunk_limit:,} bytes: {per_chunk:,} of {entry.row['source_dtype']})")
-            for group in np.unique(group_of_row[a:min(b, first_bad)]).tolist():
+            for group in range(first_group[k], last_group[k] + 1):
                 if not entry.groups or entry.groups[-1] != (self.index, group):
                     entry.groups.append((self.index, group))
-            entry.stored_bytes += int(stored[a:b].sum())
+            entry.stored_bytes += nbytes[k]
             if b < rows and b <= first_bad:  # the next tensor starts: this one must be complete
                 self.finish_entry(entry, done)
             expected = done

@@ -288,6 +288,7 @@ def test_hostile_metadata_is_one_line(made: dict[str, Path], tmp_path: Path, con
         streamconv.read_metadata(out)
     assert words in one_error_line(cli("inspect", str(out)), 3)
     assert words in one_error_line(cli("export", str(out), "--to", str(tmp_path / "hf")), 3)
+    assert len(streamconv.load(out)) == 4  # the weights need no metadata.json: chunks are held to the cap
 
 
 @pytest.mark.parametrize(("change", "words"), [

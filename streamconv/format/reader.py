@@ -29,6 +29,7 @@ from streamconv.errors import (
     OutputChangedError,
     PartOfSplitError,
     TensorNotFoundError,
+    UnsafeInputError,
 )
 from streamconv.format.arrow import payloads
 from streamconv.format.contents import check_metadata
@@ -134,10 +135,14 @@ class WeightsFile:
         if part is not None:
             raise PartOfSplitError(self.path, int(part.group(1)), int(part.group(2)),
                                    folder if (folder / INDEX_FILENAME).exists() else None)
-        # The output's chunk size bounds every chunk: from its metadata.json, if this is its weights.
+        # The output's chunk size bounds every chunk: from its metadata.json, if this is its weights
+        # (a metadata.json that cannot be read is the business of those who read it: the cap holds).
         limit = MAX_CHUNK_BYTES
         if self.path.name in (WEIGHTS_FILENAME, INDEX_FILENAME) and (folder / METADATA_FILENAME).exists():
-            recorded = read_metadata(folder).get("chunk_size")
+            try:
+                recorded = read_metadata(folder).get("chunk_size")
+            except (FormatError, UnsafeInputError):
+                recorded = None
             limit = min(limit, recorded) if isinstance(recorded, int) and recorded > 0 else limit
         for attempt in range(READ_ATTEMPTS):
             try:

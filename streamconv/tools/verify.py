@@ -48,7 +48,7 @@ class VerifyReport:
     """What :func:`verify` found.
 
     Attributes:
-        output: The output folder.
+        output: The output folder (or the weights file, for one verified without ``metadata.json``).
         passed: True if nothing is wrong (``unchecked`` may still list what could not be checked).
         format_version: Format version of the weights (the oldest, for several files).
         tensor_count: Tensors in the table of contents.

@@ -299,7 +299,7 @@ def test_hostile_metadata_is_one_line(made: dict[str, Path], tmp_path: Path, con
     (lambda t: t.set_column(4, "shape", pa.array([[None]] + t["shape"].to_pylist()[1:], pa.list_(pa.int64()))),
      "column 'shape' holds a null"),
     (lambda t: t.drop_columns(["data_xxh3"]), "has no column 'data_xxh3'"),
-    (lambda t: t.set_column(0, "name", pa.array(["\udcff"] * 0 + ["x\n"] + t["name"].to_pylist()[1:])),
+    (lambda t: t.set_column(0, "name", pa.array(["x\n"] + t["name"].to_pylist()[1:])),
      "tensor 'layer.0.weight': chunk 1 out of order or missing"),
 ])
 def test_hostile_columns_are_one_line(made: dict[str, Path], tmp_path: Path, change: Any, words: str) -> None:

@@ -36,6 +36,9 @@ ZSTD_LEVELS = range(-7, 23)
 
 #: Largest number of source bytes one chunk (one Parquet row) holds.
 DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024
+#: Largest chunk size accepted, and the largest chunk a reader accepts from a weights file without a
+#: ``metadata.json`` recording its chunk size: a declared chunk is refused before anything is allocated.
+MAX_CHUNK_BYTES = 256 * 1024 * 1024
 
 #: Worker threads that read, cast and compress chunks; zstd and numpy release the GIL.
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
@@ -67,9 +70,13 @@ def check_codec(compression: str, level: int | None) -> None:
 
 
 def check_chunk_size(chunk_size: int) -> None:
-    """Refuse a chunk smaller than one byte."""
+    """Refuse a chunk smaller than one byte or larger than :data:`MAX_CHUNK_BYTES`."""
     if chunk_size < 1:
         raise InvalidOptionError("{chunk_size=} must be at least 1 byte", "chunk_size", chunk_size=chunk_size)
+    if chunk_size > MAX_CHUNK_BYTES:
+        raise InvalidOptionError(f"{{chunk_size=}} is over the largest chunk, {MAX_CHUNK_BYTES // 2**20} MiB; "
+                                 "choose a smaller one (row groups are about 1 MiB: larger chunks gain nothing)",
+                                 "chunk_size", chunk_size=chunk_size)
 
 
 def check_workers(workers: int) -> None:

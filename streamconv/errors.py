@@ -7,10 +7,11 @@ The CLI prints ``error: <message>`` for these and exits non-zero without a trace
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from streamconv.messages import escape, one_line, python_label, render
 
 __all__ = [
     "StreamconvError",
@@ -25,15 +26,14 @@ __all__ = [
     "OutputRefusedError",
     "OutputNotWritableError",
     "DiskFullError",
-    "FormatError",
-    "NotConvertedError",
+    "FormatError", "OutOfMemoryError", "OutputChangedError",
+    "NotConvertedError", "PartOfSplitError",
     "TensorNotFoundError",
     "PlanError",
     "AssetError",
     "MissingDependencyError",
     "InvalidOptionError",
     "CastOverflowError",
-    "escape",
 ]
 
 
@@ -66,17 +66,7 @@ class _NamesOptions(StreamconvError):
         self.args = (self.render(python_label),)
 
     def render(self, label: Callable[[str, Any], str]) -> str:
-        def replace(match: re.Match[str]) -> str:
-            name, has_value, literal = match.group(1), match.group(2), match.group(3)
-            if name is None:  # {{ or }}: a brace of the text
-                return match.group(0)[0]
-            if not has_value:
-                return label(name, NOVALUE)
-            if literal:
-                return label(name, _LITERALS.get(literal, literal))
-            return label(name, self.values.get(name))
-
-        text = _PLACEHOLDER.sub(replace, self.template)
+        text = render(self.template, self.values, label)
         return f"{self.where}: {text}" if self.where else text
 
     def __str__(self) -> str:
@@ -275,8 +265,31 @@ class FormatError(StreamconvError, ValueError):
 
     def __init__(self, path: Path, problem: str) -> None:
         self.path = path
-        self.problem = problem
-        super().__init__(f"{path}: {problem}; re-run `streamconv convert` to rebuild the output")
+        self.problem = one_line(problem)
+        super().__init__(f"{path}: {self.problem}; re-run `streamconv convert` to rebuild the output")
+
+
+class OutOfMemoryError(StreamconvError, MemoryError):
+    """Memory ran out reading an output: the process's limit is at fault, not the file (``needed``: bytes, or 0)."""
+
+    exit_code = 8
+
+    def __init__(self, path: Path | None, doing: str, needed: int = 0) -> None:
+        self.path, self.needed = path, needed
+        amount = f" (an allocation of {needed / 2**20:.1f} MiB failed)" if needed else ""
+        super().__init__(f"{'' if path is None else f'{path}: '}memory ran out while {one_line(doing)}{amount}; the file is not "
+                         "known to be damaged: raise the memory limit (`ulimit -v`, the container's), stop other programs, "
+                         "or convert again with a smaller --chunk-size")
+
+
+class OutputChangedError(StreamconvError, ValueError):
+    """A split output's files kept changing while read (replaced with ``--force``): they were not one output's."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path, self.problem = path, one_line(problem)
+        super().__init__(f"{path}: the output changed while it was being read ({self.problem}); read it again")
 
 
 class NotConvertedError(StreamconvError, FileNotFoundError):
@@ -287,6 +300,17 @@ class NotConvertedError(StreamconvError, FileNotFoundError):
     def __init__(self, path: Path, missing: str) -> None:
         self.path = path
         super().__init__(f"{path}: no {missing} here; pass a folder written by `streamconv convert`")
+
+
+class PartOfSplitError(StreamconvError, ValueError):
+    """One file of a split output given for the output; ``folder`` holds its index (None: not beside it)."""
+
+    exit_code = 2
+
+    def __init__(self, path: Path, part: int, count: int, folder: Path | None) -> None:
+        self.path, self.part, self.count, self.folder = path, part, count, folder
+        where = f"the split output in {folder}; pass the folder" if folder else "a split output; pass the folder of all its files"
+        super().__init__(f"{path}: part {part} of {count} of {where}")
 
 
 class TensorNotFoundError(StreamconvError, KeyError):
@@ -350,22 +374,6 @@ class InvalidOptionError(_NamesOptions, ValueError):
     def __init__(self, template: str, argument: str | None = None, *, where: Any = None, **values: Any) -> None:
         self.argument = argument
         self._set_message(template, where, values)
-
-
-#: Marks an option mentioned without a value in an :class:`InvalidOptionError` message.
-NOVALUE: Any = object()
-_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{(\w+)(=([^}]*))?\}")
-_LITERALS: dict[str, Any] = {"True": True, "False": False, "None": None}
-
-
-def python_label(name: str, value: Any) -> str:
-    """How a Python caller reads an option in a message: ``level`` or ``level=5``."""
-    return name if value is NOVALUE else f"{name}={value!r}"
-
-
-def escape(text: str) -> str:
-    """``text`` put into a template as it is: its braces are doubled, so none reads as a placeholder."""
-    return text.replace("{", "{{").replace("}", "}}")
 
 
 class CastOverflowError(StreamconvError, ArithmeticError):

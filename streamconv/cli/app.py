@@ -30,7 +30,8 @@ from streamconv.cli.interrupts import (
     sigterm_raises,
 )
 from streamconv.cli.startup import program_start
-from streamconv.errors import NOVALUE, StreamconvError
+from streamconv.errors import OutOfMemoryError, StreamconvError
+from streamconv.messages import NOVALUE, one_line
 
 __all__ = ["EPILOG", "build_parser", "main"]
 
@@ -48,7 +49,8 @@ environment:
 exit codes:
   0 success            1 unexpected error (rerun with --debug)   2 not found, or a bad option
   3 damaged input      4 output problem (exists, not writable, disk full)
-  5 missing optional dependency      6 validation failed      130 interrupted     143 terminated
+  5 missing optional dependency      6 validation failed      8 out of memory
+  130 interrupted      143 terminated
 """
 
 
@@ -136,6 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         if argv is None:
             settle()
+        no_room = ((isinstance(exc, ImportError) and "failed to map segment" in str(exc))  # a library under `ulimit -v`
+                   or (isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)))
+        if (isinstance(exc, MemoryError) or no_room) and not isinstance(exc, StreamconvError):
+            doing = f"running `streamconv {args.command}`" if args is not None and args.command else "starting"
+            exc = OutOfMemoryError(None, doing)
         print(_folded(f"error: {_one_line(exc, parser or build_parser())}"), file=sys.stderr)
         return exc.exit_code if isinstance(exc, StreamconvError) else 1
 
@@ -185,7 +192,7 @@ def _one_line(exc: BaseException, parser: argparse.ArgumentParser) -> str:
         return exc.render(_flag_labeller(parser))
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}; check the path and its permissions"
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = one_line(str(exc)) or type(exc).__name__
     return f"unexpected {type(exc).__name__}: {text}; rerun with --debug and report it"
 
 

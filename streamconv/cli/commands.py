@@ -146,17 +146,27 @@ def build_inspect(parser: argparse.ArgumentParser) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from streamconv.format.reader import describe, read_metadata, weights_path
+    from pathlib import Path
+
+    from streamconv.errors import NotConvertedError
+    from streamconv.format.reader import WeightsFile, read_metadata
     from streamconv.plans import FALLBACK, get_plan
 
-    weights = weights_path(args.output)
-    metadata = read_metadata(args.output)
-    tensors = display.inspect_order(describe(weights), args.source_names)
+    weights = WeightsFile(args.output)
+    try:
+        metadata: dict[str, Any] | None = read_metadata(args.output)
+    except NotConvertedError:
+        if Path(args.output).is_dir():
+            raise
+        metadata = None  # a weights file of its own (WeightsWriter's): no metadata.json to show
+    tensors = display.inspect_order([e.info for e in weights.entries.values()], args.source_names)
     if args.json:
         print(json.dumps({"metadata": metadata, "tensors": [t.to_dict() for t in tensors]}, indent=2))
     elif not args.quiet:
-        plan_lines = get_plan(str(metadata.get("model_type", FALLBACK)))().describe(metadata)
-        print(display.inspect_text(weights, metadata, tensors, args.source_names, plan_lines))
+        part = weights.parts[0]
+        plan_lines = get_plan(str(metadata.get("model_type", FALLBACK)))().describe(metadata) if metadata else []
+        print(display.inspect_text(weights.path, metadata, tensors, args.source_names, plan_lines,
+                                   (part.version, part.compression)))
     return 0
 
 

@@ -29,6 +29,7 @@ from streamconv.format.schema import (
     METADATA_FILENAME,
     WEIGHTS_FILENAME,
 )
+from streamconv.messages import quote
 
 __all__ = ["contents_refusal", "place_refusal"]
 
@@ -42,7 +43,7 @@ def place_refusal(output: Path, reads: Mapping[str, Path]) -> str | None:
         out = output.resolve()
         cwd = Path.cwd().resolve()
     except (OSError, RuntimeError) as exc:  # a symlink loop above it, a removed working folder
-        return f"cannot be resolved ({_files.quote(str(exc))})"
+        return f"cannot be resolved ({quote(str(exc))})"
     if out == cwd:
         return "is the current folder"
     if cwd.is_relative_to(out):
@@ -70,13 +71,13 @@ def contents_refusal(output: Path, kind: str) -> str | None:
             target = os.readlink(output)
         except OSError:
             target = "?"
-        return f"is a symlink (to {_files.quote(target)}), not a folder streamconv wrote"
+        return f"is a symlink (to {quote(target)}), not a folder streamconv wrote"
     try:
         mode = os.stat(output).st_mode
     except FileNotFoundError:
         return None
     except OSError as exc:
-        return f"cannot be read ({_files.quote(exc.strerror or str(exc))})"
+        return f"cannot be read ({quote(exc.strerror or str(exc))})"
     if not stat.S_ISDIR(mode):
         return f"is {_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, not a folder streamconv wrote"
     marker, _ = _MARKERS[kind]
@@ -84,11 +85,11 @@ def contents_refusal(output: Path, kind: str) -> str | None:
     try:
         foreign = _foreign(output, known or set())
     except OSError as exc:
-        return f"cannot be listed ({_files.quote(exc.strerror or str(exc))})"
+        return f"cannot be listed ({quote(exc.strerror or str(exc))})"
     if not foreign:
         return None
     count = len(foreign)
-    named = ", ".join(_files.quote(name) for name in foreign[:2]) + (", ..." if count > 2 else "")
+    named = ", ".join(quote(name) for name in foreign[:2]) + (", ..." if count > 2 else "")
     items = f"{count} item{'s' if count > 1 else ''}"
     if known is None:
         return f"holds {items} ({named}) and no {marker} of a streamconv {_WORDS[kind]}"

@@ -9,7 +9,8 @@ import pyarrow as pa
 import xxhash
 
 __all__ = ["EXPORT_FORMAT", "EXPORT_MARKER_FILENAME", "FORMAT_VERSION", "INDEX_FILENAME", "METADATA_FILENAME",
-           "META_COLUMNS", "SCHEMA", "WEIGHTS_FILENAME", "checksum", "split_name"]
+           "META_COLUMNS", "MIN_ROW_BYTES", "MIN_ROW_BYTES_V1", "SCHEMA", "WEIGHTS_FILENAME",
+           "checksum", "chunks_digest", "split_name"]
 
 #: Version of the output layout written by this package (see docs/format.md). Readers accept
 #: every version up to this one.
@@ -45,6 +46,14 @@ META_COLUMNS = ["name", "source_name", "dtype", "source_dtype", "shape", "chunk_
                 "element_offset", "element_count"]
 
 
+#: Fewest bytes a row takes in a weights file (format 2 and later): four 8-byte and two 4-byte plain
+#: columns and the data value's 4-byte length; the smallest measured, a 1-byte chunk stored as it is,
+#: takes 54. A file declaring more rows than its size holds at this rate is refused before it is read.
+MIN_ROW_BYTES = 32
+#: The same for format 1, whose small columns were zstd-compressed: the data value's length alone.
+MIN_ROW_BYTES_V1 = 4
+
+
 def split_name(index: int, count: int) -> str:
     """``weights-00001-of-00003.parquet``."""
     return f"weights-{index:05d}-of-{count:05d}.parquet"
@@ -53,3 +62,9 @@ def split_name(index: int, count: int) -> str:
 def checksum(payload: bytes | memoryview | np.ndarray) -> int:
     """The ``data_xxh3`` of a stored ``data`` value: xxHash's XXH3-64 of its bytes, seed 0."""
     return xxhash.xxh3_64_intdigest(payload.data if isinstance(payload, np.ndarray) else payload)
+
+
+def chunks_digest(sums: np.ndarray) -> int:
+    """A file's identity from its rows' ``data_xxh3`` values, in order: XXH3-64 of them as little-endian
+    uint64s (a split index records it per file as ``chunks_xxh3``)."""
+    return xxhash.xxh3_64_intdigest(np.ascontiguousarray(sums, "<u8").tobytes())

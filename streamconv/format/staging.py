@@ -35,9 +35,9 @@ from streamconv.errors import (
     OutputExistsError,
     OutputNotWritableError,
     OutputRefusedError,
-    escape,
 )
 from streamconv.format.ownership import contents_refusal, place_refusal
+from streamconv.messages import escape
 
 __all__ = ["check_output", "clean_leftovers", "find_leftovers", "output_path", "staged_output", "staging_path"]
 

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import xxhash
 
 from streamconv._version import __version__
 from streamconv.constants import (
@@ -130,6 +131,8 @@ class WriteSummary:
         raw_bytes: Bytes of the stored elements before compression.
         data_bytes: Bytes of the ``data`` column after compression.
         stored_dtypes: Stored dtype per tensor name.
+        chunks_xxh3: :func:`~streamconv.format.schema.chunks_digest` of the rows written, in order:
+            the file's identity, which a split index records (a reader checks it for free).
     """
 
     tensor_count: int = 0
@@ -138,6 +141,7 @@ class WriteSummary:
     raw_bytes: int = 0
     data_bytes: int = 0
     stored_dtypes: dict[str, str] = field(default_factory=dict)
+    chunks_xxh3: int = 0
 
 
 def row_group_bytes_for(source_bytes: int) -> int:
@@ -184,6 +188,7 @@ class WeightsWriter:
         self._sink: pa.BufferedOutputStream | None = None
         self._rows: list[tuple[Piece, _Encoded]] = []
         self._pending_bytes = 0
+        self._digest = xxhash.xxh3_64()
 
     def __enter__(self) -> WeightsWriter:
         schema = SCHEMA.with_metadata(
@@ -304,6 +309,8 @@ class WeightsWriter:
         summary.chunk_count += 1
         summary.raw_bytes += encoded.nbytes
         summary.data_bytes += len(encoded.payload)
+        self._digest.update(encoded.checksum.to_bytes(8, "little"))
+        summary.chunks_xxh3 = self._digest.intdigest()
         self._rows.append((piece, encoded))
         self._pending_bytes += len(encoded.payload)
         if self._pending_bytes >= self.row_group_bytes or len(self._rows) >= MAX_ROWS_PER_GROUP:

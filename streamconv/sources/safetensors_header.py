@@ -40,18 +40,17 @@ from pathlib import Path
 from typing import Any
 
 from streamconv import _files
-from streamconv._files import JSONRefused, quote, strict_json_loads
 from streamconv.errors import CorruptCheckpointError, ShardIndexError
+from streamconv.messages import quote
+from streamconv.strict_json import JSONRefused, strict_json_loads
 
 __all__ = [
     "DTYPE_BITS",
     "MAX_HEADER_BYTES",
     "HeaderEntry",
-    "JSONRefused",
     "parse_safetensors_header",
     "read_weight_map",
     "shard_path",
-    "strict_json_loads",
 ]
 
 #: The library's cap on the header length.

@@ -34,6 +34,16 @@ ZSTD_LEVELS = range(-7, 23)
 #: Largest number of source bytes one chunk (one Parquet row) holds.
 DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024
 
+#: Hub sources read by ranges (streamconv.sources.remote): the bytes fetched ahead of what the
+#: writer has consumed, the largest single request, the gap between two kept ranges of a file
+#: that is fetched rather than asked for separately, and the retries of a transfer that makes no
+#: progress (waiting HUB_RETRY_WAIT seconds, doubled each time, at most 8x).
+HUB_READ_AHEAD_BYTES = 32 * 1024 * 1024
+HUB_SEGMENT_BYTES = 8 * 1024 * 1024
+HUB_MERGE_GAP = 256 * 1024
+HUB_RETRIES = 5
+HUB_RETRY_WAIT = 0.5
+
 #: Worker threads that read, cast and compress chunks; zstd and numpy release the GIL.
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 #: More threads than this only cost memory (each holds a chunk and its stack).

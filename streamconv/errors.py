@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "StreamconvError",
     "SourceNotFoundError",
+    "HubError",
     "NoWeightsError",
     "CorruptCheckpointError",
     "ShardIndexError",
@@ -87,10 +88,25 @@ class SourceNotFoundError(StreamconvError, FileNotFoundError):
 
     exit_code = 2
 
-    def __init__(self, source: str, hint: str = "") -> None:
+    def __init__(self, source: str, hint: str = "", problem: str = "no such checkpoint folder") -> None:
         self.source = source
         fix = hint or "check the path, or pass a Hugging Face repo id such as 'org/name'"
-        super().__init__(f"{source}: no such checkpoint folder; {fix}")
+        super().__init__(f"{source}: {problem}; {fix}")
+
+
+class HubError(StreamconvError, ConnectionError):
+    """The hub could not be read to the end: a transfer that kept failing, or a file that changed.
+
+    ``where`` is the repo or the file (as its path in the snapshot folder), ``problem`` what happened.
+    """
+
+    exit_code = 7
+
+    def __init__(self, where: Any, problem: str, fix: str = "") -> None:
+        self.where = where
+        self.problem = problem
+        fix = fix or "check the network (or the hub's status page) and run again"
+        super().__init__(f"{where}: {problem}; {fix}")
 
 
 class NoWeightsError(StreamconvError, FileNotFoundError):

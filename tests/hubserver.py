@@ -16,7 +16,7 @@ the hub redirects to. The routes are those huggingface_hub uses:
 Switches (attributes of :class:`HubServer`, changed while it runs): ``drop_after`` / ``drops``
 (cut a CDN transfer after so many bytes, so many times), ``ignore_range`` (answer 200 with the
 whole file), ``rate`` (bytes per second for all CDN transfers together), ``down`` (the CDN closes
-every connection unanswered). :meth:`HubServer.mutate` changes a file's bytes under the same commit.
+every connection unanswered), ``hook`` (called with each request as it comes, before the answer). :meth:`HubServer.mutate` changes a file's bytes under the same commit.
 Every request is logged in ``requests`` (origin, method, path, Range, whether a token came).
 """
 
@@ -28,6 +28,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -67,6 +68,7 @@ class HubServer:
     ignore_range: bool = False
     rate: float | None = None
     down: bool = False
+    hook: Callable[[Logged], None] | None = None
     requests: list[Logged] = field(default_factory=list)
     repos: dict[str, _Repo] = field(default_factory=dict)
 
@@ -164,8 +166,11 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.hub
 
     def _log(self) -> None:
-        self.hub.requests.append(Logged(self.server.origin, self.command, self.path, self.headers.get("Range"),
-                                        self.headers.get("Authorization") is not None))
+        logged = Logged(self.server.origin, self.command, self.path, self.headers.get("Range"),
+                        self.headers.get("Authorization") is not None)
+        self.hub.requests.append(logged)
+        if self.hub.hook is not None:
+            self.hub.hook(logged)
 
     def do_HEAD(self) -> None:
         self._route()
@@ -331,7 +336,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         limit = None
         with hub._lock:
-            if hub.drop_after is not None and hub.drops > 0:
+            if hub.drop_after is not None and hub.drops > 0 and end - start > hub.drop_after:
                 hub.drops -= 1
                 limit = hub.drop_after
         sent = 0

@@ -13,7 +13,6 @@ from typing import Any
 from streamconv import progress
 from streamconv._files import write_json
 from streamconv.dtypes import by_name
-from streamconv.units import format_bytes
 from streamconv.errors import CastOverflowError, MissingDependencyError
 from streamconv.format import codec
 from streamconv.format.schema import METADATA_FILENAME, WEIGHTS_FILENAME
@@ -29,6 +28,7 @@ from streamconv.sources.ref import TensorRef
 from streamconv.sources.remote import HubFile, read_ahead
 from streamconv.stages.casting import planned_dtype
 from streamconv.stages.pieces import TensorChunk, cast, chunk
+from streamconv.units import format_bytes
 
 __all__ = ["ConversionResult", "ModelConverter", "convert"]
 

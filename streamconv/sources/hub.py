@@ -123,7 +123,7 @@ def open_hub(repo_id: str, revision: str | None, *, download: bool = False) -> H
     if not weights:
         folder, commit = download_snapshot(repo_id, commit)
         return HubSource(repo_id, revision, commit, folder, "download")
-    folder = _snapshot(repo_id, commit, SMALL_ALLOW_PATTERNS)
+    folder = _snapshot(repo_id, commit, SMALL_ALLOW_PATTERNS, quiet=True)
     if all((folder / n).exists() for n in weights):
         return HubSource(repo_id, revision, commit, folder, "cache")
     source = HubSource(repo_id, revision, commit, folder, "ranges")
@@ -201,13 +201,21 @@ def _cached_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
     return folder, folder.name
 
 
-def _snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
+def _snapshot(repo_id: str, revision: str | None, patterns: list[str], quiet: bool = False) -> Path:
+    """``snapshot_download`` of ``patterns``; ``quiet``: without its bars (the small files of a
+    conversion by ranges, whose own bar counts the weights)."""
     # Imported here: huggingface_hub is only needed for hub sources and costs time to import.
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    class Silent(hf_tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "disable": True})
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+        extra: dict[str, Any] = {"tqdm_class": Silent} if quiet else {}
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, **extra))
     except LocalEntryNotFoundError as exc:
         raise SourceNotFoundError(
             repo_id,

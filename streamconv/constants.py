@@ -38,8 +38,8 @@ DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024
 #: writer has consumed, the largest single request, the gap between two kept ranges of a file
 #: that is fetched rather than asked for separately, and the retries of a transfer that makes no
 #: progress (waiting HUB_RETRY_WAIT seconds, doubled each time, at most 8x).
-HUB_READ_AHEAD_BYTES = 32 * 1024 * 1024
-HUB_SEGMENT_BYTES = 8 * 1024 * 1024
+HUB_READ_AHEAD_BYTES = 16 * 1024 * 1024
+HUB_SEGMENT_BYTES = 4 * 1024 * 1024
 HUB_MERGE_GAP = 256 * 1024
 HUB_RETRIES = 5
 HUB_RETRY_WAIT = 0.5

@@ -28,7 +28,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -42,9 +42,55 @@ LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".h5", ".msgpack")
 _BLOCK = 64 * 1024
 
 
+class Blob:
+    """A file's bytes: held in memory, or (for the benchmark's GB checkpoints) read from disk per range."""
+
+    def __init__(self, data: bytes | Path) -> None:
+        self.data = data
+        self.size = len(data) if isinstance(data, bytes) else data.stat().st_size
+        self._sha256: str | None = None
+        self._md5: str | None = None
+
+    def read(self, start: int = 0, end: int | None = None) -> bytes:
+        end = self.size if end is None else end
+        if isinstance(self.data, bytes):
+            return self.data[start:end]
+        with open(self.data, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+
+    def blocks(self, start: int, end: int) -> Iterator[bytes]:
+        if isinstance(self.data, bytes):
+            for at in range(start, end, _BLOCK):
+                yield self.data[at:min(end, at + _BLOCK)]
+            return
+        with open(self.data, "rb") as f:
+            f.seek(start)
+            for at in range(start, end, _BLOCK):
+                yield f.read(min(end, at + _BLOCK) - at)
+
+    def _hash(self, name: str) -> str:
+        h = hashlib.new(name)
+        for block in self.blocks(0, self.size):
+            h.update(block)
+        return h.hexdigest()
+
+    @property
+    def sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = self._hash("sha256")
+        return self._sha256
+
+    @property
+    def git_sha(self) -> str:  # a stand-in for the git blob id: cheap, stable per content
+        if self._md5 is None:
+            self._md5 = self._hash("md5")
+        return self._md5 + "00000000"
+
+
 @dataclass
 class _Repo:
-    commits: dict[str, dict[str, bytes]]  # commit sha -> path -> bytes
+    commits: dict[str, dict[str, Blob]]  # commit sha -> path -> bytes
     refs: dict[str, str]  # branch or tag -> commit sha
     gated: bool = False
 
@@ -100,13 +146,18 @@ class HubServer:
 
     def add_repo(self, repo_id: str, folder: Path | dict[str, bytes], *, gated: bool = False,
                  branch: str = "main") -> str:
-        """Serve ``folder`` (every file under it) as ``repo_id`` at a new commit on ``branch``; its sha."""
+        """Serve ``folder`` (every file under it) as ``repo_id`` at a new commit on ``branch``; its sha.
+
+        Files of a folder are read from disk when asked for (the folder must stay as it is)."""
         if isinstance(folder, Path):
-            files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+            files = {p.relative_to(folder).as_posix(): Blob(p if _is_lfs(p.name) else p.read_bytes())
+                     for p in sorted(folder.rglob("*")) if p.is_file()}
         else:
-            files = dict(folder)
-        commit = hashlib.sha1(repr(sorted((k, hashlib.sha256(v).hexdigest()) for k, v in files.items())).encode()
+            files = {k: Blob(v) for k, v in folder.items()}
+        commit = hashlib.sha1(repr(sorted((k, v.size, v.git_sha) for k, v in files.items())).encode()
                               + repo_id.encode() + str(len(self.repos)).encode()).hexdigest()
+        for blob in files.values():  # hashed now, not while a client waits for the listing
+            blob.sha256  # noqa: B018
         repo = self.repos.setdefault(repo_id, _Repo({}, {}, gated))
         repo.commits[commit] = files
         repo.refs[branch] = commit
@@ -116,11 +167,15 @@ class HubServer:
         """Change a file's bytes in every commit (what a broken mirror or a rewritten history does)."""
         for files in self.repos[repo_id].commits.values():
             if path in files:
-                files[path] = data
+                files[path] = Blob(data)
 
     def cdn_bytes(self) -> int:
-        """Bytes the CDN origin was asked for (by the ranges it answered, or whole files)."""
+        """Bytes of file data the CDN origin sent."""
         return self._cdn.bytes_sent
+
+    def hub_bytes(self) -> int:
+        """Bytes of answers the hub origin sent (listings, small files)."""
+        return self._hub.bytes_sent
 
     # --- throttle ---
 
@@ -129,7 +184,9 @@ class HubServer:
             return
         with self._lock:
             now = time.monotonic()
-            self._sent_at = max(self._sent_at, now) + n / self.rate
+            # A token bucket with 50 ms of burst: a sleep that overshoots is made up by the next
+            # blocks, so the rate is the one asked even when the machine is busy.
+            self._sent_at = max(self._sent_at, now - 0.05) + n / self.rate
             wait = self._sent_at - now
         if wait > 0:
             time.sleep(wait)
@@ -143,15 +200,16 @@ class _Server(ThreadingHTTPServer):
         self.hub = hub
         self.origin = origin
         self.bytes_sent = 0
+        self._count_lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
+
+    def count(self, n: int) -> None:
+        with self._count_lock:
+            self.bytes_sent += n
 
 
 def _is_lfs(path: str) -> bool:
     return path.endswith(LFS_SUFFIXES)
-
-
-def _git_sha(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -191,6 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+            self.server.count(len(body))
 
     def _json(self, data: Any) -> None:
         self._send(200, json.dumps(data).encode(), {"Content-Type": "application/json"})
@@ -221,7 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._resolve(m.group(1), m.group(2), m.group(3))
         self._error(404, "EntryNotFound", f"no route {path}")
 
-    def _commit(self, repo_id: str, revision: str) -> tuple[str, dict[str, bytes]] | None:
+    def _commit(self, repo_id: str, revision: str) -> tuple[str, dict[str, Blob]] | None:
         """The commit and files, or None after answering with the error."""
         repo = self.hub.repos.get(repo_id)
         authorized = self.headers.get("Authorization") == f"Bearer {self.hub.token}"
@@ -237,14 +296,13 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return commit, repo.commits[commit]
 
-    def _entry(self, path: str, data: bytes, tree: bool) -> dict[str, Any]:
-        sha = hashlib.sha256(data).hexdigest()
-        lfs = {"size": len(data), "pointerSize": 134}
+    def _entry(self, path: str, blob: Blob, tree: bool) -> dict[str, Any]:
+        lfs = {"size": blob.size, "pointerSize": 134}
         if tree:
-            return {"type": "file", "path": path, "size": len(data), "oid": _git_sha(data),
-                    **({"lfs": {**lfs, "oid": sha}} if _is_lfs(path) else {})}
-        return {"rfilename": path, "size": len(data), "blobId": _git_sha(data),
-                **({"lfs": {**lfs, "sha256": sha}} if _is_lfs(path) else {})}
+            return {"type": "file", "path": path, "size": blob.size, "oid": blob.git_sha,
+                    **({"lfs": {**lfs, "oid": blob.sha256}} if _is_lfs(path) else {})}
+        return {"rfilename": path, "size": blob.size, "blobId": blob.git_sha,
+                **({"lfs": {**lfs, "sha256": blob.sha256}} if _is_lfs(path) else {})}
 
     def _info(self, repo_id: str, revision: str, blobs: bool) -> None:
         found = self._commit(repo_id, revision)
@@ -294,12 +352,12 @@ class _Handler(BaseHTTPRequestHandler):
         commit, files = found
         if path not in files:
             return self._error(404, "EntryNotFound", f"{path} does not exist at {revision}")
-        data = files[path]
+        blob = files[path]
         if not _is_lfs(path):
-            return self._send(200, data, {"ETag": f'"{_git_sha(data)}"', "X-Repo-Commit": commit})
+            return self._send(200, blob.read(), {"ETag": f'"{blob.git_sha}"', "X-Repo-Commit": commit})
         location = f"{self.hub.cdn}/cdn/{repo_id}/{commit}/{path}?X-Amz-Signature=loopback"
-        self._send(302, b"", {"Location": location, "X-Repo-Commit": commit, "ETag": f'"{_git_sha(data)}"',
-                              "X-Linked-Etag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Linked-Size": str(len(data))})
+        self._send(302, b"", {"Location": location, "X-Repo-Commit": commit, "ETag": f'"{blob.git_sha}"',
+                              "X-Linked-Etag": f'"{blob.sha256}"', "X-Linked-Size": str(blob.size)})
 
     # --- the CDN ---
 
@@ -311,22 +369,23 @@ class _Handler(BaseHTTPRequestHandler):
             return
         m = re.fullmatch(r"/cdn/([^/]+/[^/]+)/([0-9a-f]+)/(.+)", path)
         repo = hub.repos.get(m.group(1)) if m else None
-        data = repo.commits.get(m.group(2), {}).get(m.group(3)) if m and repo else None
-        if data is None:
+        blob = repo.commits.get(m.group(2), {}).get(m.group(3)) if m and repo else None
+        if blob is None:
             return self._send(403, b"<Error>AccessDenied</Error>")
-        headers = {"ETag": f'"{hashlib.md5(data).hexdigest()}"', "Accept-Ranges": "bytes"}
-        start, end, status = 0, len(data), 200
+        size = blob.size
+        headers = {"ETag": f'"{blob.git_sha[:32]}"', "Accept-Ranges": "bytes"}
+        start, end, status = 0, size, 200
         asked = self.headers.get("Range")
         if asked and not hub.ignore_range:
             r = re.fullmatch(r"bytes=(\d+)-(\d*)", asked.strip())
             if r is None:
-                return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+                return self._send(416, b"", {"Content-Range": f"bytes */{size}"})
             start = int(r.group(1))
-            end = min(len(data), int(r.group(2)) + 1) if r.group(2) else len(data)
-            if start >= len(data) or start >= end:
-                return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+            end = min(size, int(r.group(2)) + 1) if r.group(2) else size
+            if start >= size or start >= end:
+                return self._send(416, b"", {"Content-Range": f"bytes */{size}"})
             status = 206
-            headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         self.send_response(status)
         for k, v in headers.items():
             self.send_header(k, v)
@@ -340,21 +399,19 @@ class _Handler(BaseHTTPRequestHandler):
                 hub.drops -= 1
                 limit = hub.drop_after
         sent = 0
-        view = memoryview(data)[start:end]
         try:
-            while sent < len(view):
-                block = view[sent:sent + _BLOCK]
+            for block in blob.blocks(start, end):
                 if limit is not None and sent + len(block) > limit:
                     block = block[:max(0, limit - sent)]
                     self.wfile.write(block)
                     self.wfile.flush()
-                    self.server.bytes_sent += len(block)
+                    self.server.count(len(block))
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 hub.throttle(len(block))
                 self.wfile.write(block)
                 sent += len(block)
-                self.server.bytes_sent += len(block)
+                self.server.count(len(block))
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True

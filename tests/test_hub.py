@@ -339,3 +339,46 @@ def test_hf_endpoint_alone_in_a_fresh_process(hub: HubServer, tiny_checkpoint: P
     assert done.returncode == 0, done.stderr
     assert streamconv.read_metadata(tmp_path / "out")["source"]["hub"]["mode"] == "ranges"
     assert not [p for p in (tmp_path / "fresh").rglob("*.safetensors")]
+
+
+def test_bin_shards_are_fetched_one_at_a_time_and_deleted(
+    hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tempfile
+
+    torch = pytest.importorskip("torch")
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "tiny-test"}))
+    generator = torch.Generator().manual_seed(0)
+    shards = [{f"layer.{i}.weight": torch.randn(32, 48, generator=generator) for i in range(j, j + 2)} for j in (0, 2, 4)]
+    weight_map = {}
+    for i, part in enumerate(shards, start=1):
+        torch.save(part, folder / f"pytorch_model-{i:05d}-of-00003.bin")
+        weight_map.update({k: f"pytorch_model-{i:05d}-of-00003.bin" for k in part})
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    hub.add_repo("org/bin", folder)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    held: list[int] = []
+    from streamconv.sources import hub as hub_source
+
+    real = hub_source.FetchedShards.local
+
+    def local(self: hub_source.FetchedShards, path: Path) -> Path:
+        copy = real(self, path)
+        held.append(len([p for p in scratch.rglob("*.bin")]))
+        return copy
+
+    monkeypatch.setattr(hub_source.FetchedShards, "local", local)
+    assert main(["convert", "org/bin", "-o", str(tmp_path / "out"), "--dtype", "keep"]) == 0
+    assert "one shard at a time into a temporary folder, converted, then deleted" in capsys.readouterr().out
+    loaded = streamconv.load(tmp_path / "out", names="source")
+    for part in shards:
+        for name, tensor in part.items():
+            np.testing.assert_array_equal(loaded[name], tensor.numpy())
+    meta = streamconv.read_metadata(tmp_path / "out")["source"]["hub"]
+    assert meta["mode"] == "shards" and meta["sha256_checked"] == sorted(set(weight_map.values()))
+    assert max(held) <= 2 and list(scratch.iterdir()) == []  # two shards at most, none left
+    assert not [p for p in (tmp_path / "hf").rglob("*.bin")]

@@ -92,6 +92,10 @@ def conversion_summary(result: Any, requested: str) -> str:
 def hub_line(hub: dict[str, Any], kept: int) -> str:
     """How a hub source was read: by ranges (bytes fetched, files checked by sha256) or from the cache."""
     at = f"  hub commit {printable(str(hub['commit']))[:12]}"
+    if hub["mode"] == "shards":
+        checked = ", ".join(printable(str(n)) for n in hub["sha256_checked"]) or "none"
+        return (f"{at}: .bin weights: {hub['shards_fetched']} shard fetches, one shard at a time into a temporary "
+                f"folder, converted, then deleted ({size(hub['bytes_fetched'])} fetched); sha256 checked: {checked}")
     if hub["mode"] != "ranges":
         how = {"cache": "weights read from the local cache", "download": "snapshot downloaded into the cache",
                "offline": "read from the local cache (offline)"}.get(hub["mode"], str(hub["mode"]))

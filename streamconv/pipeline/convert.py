@@ -81,6 +81,14 @@ def convert(
     started = time.perf_counter()
     output = output_path(output)
     checkpoint = open_checkpoint(source, revision=options.revision, download=options.download)
+    try:
+        return _convert(checkpoint, output, options, started)
+    finally:
+        if checkpoint.hub is not None:
+            checkpoint.hub.close()  # the temporary .bin shards of a hub source, if any
+
+
+def _convert(checkpoint: Checkpoint, output: Path, options: ConvertOptions, started: float) -> ConversionResult:
     model = ModelInfo.from_checkpoint(checkpoint)
     plan_cls, detected = choose_plan(model, options.model_type, options.parts)
     plan = plan_cls()

@@ -129,10 +129,17 @@ class _Weights:
             return read_safetensors_header(path)
         return _refs(path, "", *parse_header_from(path, remote.size, remote.read), remote=remote)
 
+    def bin_weights(self, root: Path) -> tuple[list[Path], list[TensorRef]] | None:
+        from streamconv.sources.torch_bin import bin_folder_weights  # here: the .bin path alone may need torch
+
+        if self.hub is None or self.hub.shards is None:
+            return bin_folder_weights(root)
+        return bin_folder_weights(root, self.hub.shards.local, self.exists)
+
     def glob(self, root: Path) -> list[Path]:
         found = set(root.glob("*.safetensors"))
         if self.hub is not None:
-            found.update(root / name for name in self.hub.files)
+            found.update(root / name for name in self.hub.files if name.endswith(".safetensors"))
         return sorted(found)
 
 
@@ -174,7 +181,12 @@ def open_checkpoint(
         path = hub.folder
     root = path.parent if path.is_file() else path
     if not path.is_file():
-        weight_files, tensors = _folder_weights(root, _Weights(hub))
+        try:
+            weight_files, tensors = _folder_weights(root, _Weights(hub))
+        except BaseException:
+            if hub is not None:
+                hub.close()  # the temporary .bin shards
+            raise
     elif path.suffix == ".safetensors":
         weight_files, tensors = [path], read_safetensors_header(path)
     elif path.suffix == ".bin":
@@ -212,9 +224,7 @@ def _folder_weights(root: Path, weights: _Weights) -> tuple[list[Path], list[Ten
             f"missing, and the folder holds {len(candidates)} safetensors files "
             f"({_short_list([c.name for c in candidates])}) with nothing saying how they combine",
         )
-    from streamconv.sources.torch_bin import bin_folder_weights  # here: the .bin path alone may need torch
-
-    found = bin_folder_weights(root)
+    found = weights.bin_weights(root)
     if found is not None:
         return found
     others = sorted(p.name for p in root.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".h5"})

@@ -10,16 +10,24 @@ By default (:func:`open_hub`):
 3. The root's ``.safetensors`` files are not downloaded: :mod:`streamconv.sources.remote` reads
    their headers and then only the byte ranges of the tensors the plan keeps.
 
+A repo with ``pytorch_model*.bin`` weights and no safetensors: a pickle cannot be read by
+ranges, so :class:`FetchedShards` fetches each shard whole into a temporary folder when it is
+first needed (its sha256 checked), keeps the last two, and deletes them all when the conversion
+ends. Listing the tensors maps every shard once, so a checkpoint of more than two shards is
+fetched about twice; never more than two shards are on disk.
+
 A snapshot whose weights are already in the local cache is read from there, as a folder is.
 ``HF_HUB_OFFLINE=1`` and ``download=True`` (``--download``) take the old way,
-:func:`download_snapshot`: the whole snapshot into the cache, then read locally. A repo with
-``pytorch_model*.bin`` weights and no safetensors is also downloaded that way (a pickle cannot be
-read by ranges).
+:func:`download_snapshot`: the whole snapshot into the cache, then read locally.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
+import shutil
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +40,7 @@ __all__ = [
     "HUB_ALLOW_PATTERNS",
     "REPO_ID",
     "SMALL_ALLOW_PATTERNS",
+    "FetchedShards",
     "HubSource",
     "download_snapshot",
     "open_hub",
@@ -48,7 +57,9 @@ SMALL_ALLOW_PATTERNS = ["*.json", "*.txt", "*.model", "*/*.safetensors"]
 BIN_ALLOW_PATTERNS = ["pytorch_model*.bin", "*/pytorch_model.bin", "*.bin.index.json"]
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
-Mode = Literal["ranges", "cache", "download", "offline"]
+Mode = Literal["ranges", "shards", "cache", "download", "offline"]
+#: Bytes written to a temporary shard per request.
+_SHARD_PIECE = 8 * 1024 * 1024
 
 
 @dataclass
@@ -61,10 +72,12 @@ class HubSource:
         commit: The commit every file comes from.
         folder: The snapshot folder of the local cache that holds the small files (and, but in
             ``ranges`` mode, the weights).
-        mode: ``ranges`` (weights read by byte ranges), ``cache`` (already in the local cache),
+        mode: ``ranges`` (weights read by byte ranges), ``shards`` (``.bin`` shards fetched one
+            at a time into a temporary folder), ``cache`` (already in the local cache),
             ``download`` (downloaded whole first) or ``offline`` (``HF_HUB_OFFLINE``: the cache only).
-        files: The weights read by ranges, by path in the repo.
-        stats: Bytes fetched by range reads.
+        files: The weights read from the hub (by ranges, or whole for ``.bin``), by path in the repo.
+        stats: Bytes fetched.
+        shards: For ``shards`` mode, the temporary copies.
     """
 
     repo_id: str
@@ -74,6 +87,12 @@ class HubSource:
     mode: Mode
     files: dict[str, HubFile] = field(default_factory=dict)
     stats: HubStats = field(default_factory=HubStats)
+    shards: FetchedShards | None = None
+
+    def close(self) -> None:
+        """Delete the temporary shards, if any."""
+        if self.shards is not None:
+            self.shards.close()
 
     def remote(self, path: Path) -> HubFile | None:
         """The file read by ranges at ``path`` (a path of :attr:`folder`), if it is one."""
@@ -92,7 +111,62 @@ class HubSource:
             "mode": self.mode,
             "bytes_fetched": self.stats.bytes_fetched,
             "sha256_checked": sorted(name for name, f in self.files.items() if f.verified),
+            **({"shards_fetched": self.shards.fetched} if self.shards is not None else {}),
         }
+
+
+class FetchedShards:
+    """The ``.bin`` shards of a hub source, each fetched whole into a temporary folder when asked for.
+
+    At most :attr:`KEEP` are kept (the one being converted, and the one before it while its last
+    chunks are written); :meth:`close` deletes the folder.
+    """
+
+    KEEP = 2
+
+    def __init__(self, source: HubSource) -> None:
+        self.source = source
+        self.folder: Path | None = None
+        self.held: list[tuple[Path, Path]] = []  # (path in the snapshot, temporary copy), oldest first
+        self.fetched = 0
+        self._lock = threading.Lock()
+
+    def local(self, path: Path) -> Path:
+        """The temporary copy of the shard at ``path`` (fetched now if not held), or ``path`` itself
+        for a file on disk (a module folder's weights)."""
+        file = self.source.remote(path)
+        if file is None:
+            return path
+        with self._lock:
+            for held, copy in self.held:
+                if held == path:
+                    return copy
+            while len(self.held) >= self.KEEP:
+                self.held.pop(0)[1].unlink(missing_ok=True)
+            if self.folder is None:
+                self.folder = Path(tempfile.mkdtemp(prefix="streamconv-bin-"))
+            copy = self.folder / Path(file.name).name
+            try:
+                with open(copy, "wb") as out:
+                    buffer = bytearray(min(_SHARD_PIECE, file.size))
+                    for offset in range(0, file.size, _SHARD_PIECE):
+                        view = memoryview(buffer)[:min(_SHARD_PIECE, file.size - offset)]
+                        file.fetch_into(offset, view)
+                        out.write(view)
+            except OSError as exc:
+                copy.unlink(missing_ok=True)
+                raise HubError(file.label, f"cannot write its temporary copy in {self.folder} ({exc.strerror or exc})",
+                               "free some space there, or point TMPDIR at a folder with room for two shards") from exc
+            self.held.append((path, copy))
+            self.fetched += 1
+            return copy
+
+    def close(self) -> None:
+        with self._lock:
+            self.held.clear()
+            if self.folder is not None:
+                shutil.rmtree(self.folder, ignore_errors=True)
+                self.folder = None
 
 
 def open_hub(repo_id: str, revision: str | None, *, download: bool = False) -> HubSource:
@@ -120,13 +194,20 @@ def open_hub(repo_id: str, revision: str | None, *, download: bool = False) -> H
     commit = info.sha
     siblings = {s.rfilename: s for s in info.siblings or []}
     weights = [n for n in siblings if n.endswith(".safetensors") and "/" not in n]
+    mode: Mode = "ranges"
+    patterns = SMALL_ALLOW_PATTERNS
     if not weights:
-        folder, commit = download_snapshot(repo_id, commit)
-        return HubSource(repo_id, revision, commit, folder, "download")
-    folder = _snapshot(repo_id, commit, SMALL_ALLOW_PATTERNS, quiet=True)
+        weights = [n for n in siblings if "/" not in n and fnmatch.fnmatch(n, "pytorch_model*.bin")]
+        if not weights:  # nothing to convert: the folder says what it holds (NoWeightsError)
+            folder, commit = download_snapshot(repo_id, commit)
+            return HubSource(repo_id, revision, commit, folder, "download")
+        mode, patterns = "shards", [*SMALL_ALLOW_PATTERNS, "*/pytorch_model.bin"]
+    folder = _snapshot(repo_id, commit, patterns, quiet=True)
     if all((folder / n).exists() for n in weights):
         return HubSource(repo_id, revision, commit, folder, "cache")
-    source = HubSource(repo_id, revision, commit, folder, "ranges")
+    source = HubSource(repo_id, revision, commit, folder, mode)
+    if mode == "shards":
+        source.shards = FetchedShards(source)
     for name in weights:
         sibling = siblings[name]
         size = sibling.lfs.size if sibling.lfs is not None else sibling.size

@@ -7,7 +7,6 @@ Nothing here reaches the internet: the server listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
-import itertools
 import json
 import subprocess
 import sys
@@ -215,8 +214,8 @@ def test_dropped_transfers_resume_from_the_byte_where_they_stopped(hub: HubServe
     for name, array in tensors.items():
         np.testing.assert_array_equal(loaded[name], array)
     starts = [int(r.range.split("=")[1].split("-")[0]) for r in _cdn(hub) if r.range]
-    # Each cut came after 300,000 bytes of an answer: the next request starts exactly there.
-    assert hub.drops == 0 and sum(b - a == 300_000 for a, b in itertools.pairwise(starts)) == 2
+    # Each cut came after 300,000 bytes of an answer: a request starts again exactly there.
+    assert hub.drops == 0 and sum(any(b - a == 300_000 for a in starts) for b in starts) == 2
     meta = streamconv.read_metadata(tmp_path / "out")["source"]["hub"]
     assert meta["sha256_checked"] == ["model.safetensors"]
     assert meta["bytes_fetched"] == (folder / "model.safetensors").stat().st_size

@@ -20,12 +20,13 @@ plan keeps all of it, or the gaps were small enough to be fetched), its sha256 i
 hub's LFS sha256 and the file is listed in ``metadata.json`` as checked.
 
 :func:`read_ahead` schedules the byte ranges of a conversion's chunks, in the order the writer will
-ask for them, merges neighbours (gaps up to :data:`~streamconv.constants.HUB_MERGE_GAP`, and at most 1/16 of what the
-request keeps) into
-requests of at most :data:`~streamconv.constants.HUB_SEGMENT_BYTES`, and fetches them from one
-background thread, at most :data:`~streamconv.constants.HUB_READ_AHEAD_BYTES` ahead of what the
-writer consumed. A range read outside the schedule (a dry run's sample, a second read of a tensor)
-is fetched on the spot.
+ask for them, merges neighbours (gaps up to :data:`~streamconv.constants.HUB_MERGE_GAP`, and at most
+1/16 of what the request keeps) into requests of at most
+:data:`~streamconv.constants.HUB_SEGMENT_BYTES`, and fetches them from background threads
+(:data:`~streamconv.constants.HUB_CONNECTIONS` requests at a time), at most
+:data:`~streamconv.constants.HUB_READ_AHEAD_BYTES` ahead of what the writer consumed; segments are
+handed to the writer, and hashed, in order. A range read outside the schedule (a dry run's sample,
+a second read of a tensor) is fetched on the spot.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from streamconv.constants import (
+    HUB_CONNECTIONS,
     HUB_MERGE_GAP,
     HUB_READ_AHEAD_BYTES,
     HUB_RETRIES,
@@ -153,13 +155,17 @@ class HubFile:
         self.fetch_into(offset, memoryview(buffer))
         return bytes(buffer)
 
-    def fetch_into(self, offset: int, view: memoryview) -> None:
-        """Fetch ``len(view)`` bytes from ``offset`` into ``view``, resuming after failures."""
+    def fetch_into(self, offset: int, view: memoryview, *, check: bool = True) -> None:
+        """Fetch ``len(view)`` bytes from ``offset`` into ``view``, resuming after failures.
+
+        ``check``: hash them now (see :meth:`feed`); the read-ahead feeds its segments itself, in order.
+        """
         filled = 0
         for block in self._stream(offset, offset + len(view)):
             view[filled:filled + len(block)] = block
             filled += len(block)
-        self._feed(offset, view)
+        if check:
+            self.feed(offset, view)
 
     def _stream(self, start: int, end: int) -> Iterator[bytes]:
         from httpx2 import NetworkError, RemoteProtocolError, TimeoutException
@@ -244,7 +250,7 @@ class HubFile:
             raise self._changed("the server says the range is past its end")
         raise HubError(self.label, f"the server answered HTTP {status} to a range request")
 
-    def _feed(self, offset: int, data: memoryview | bytes) -> None:
+    def feed(self, offset: int, data: memoryview | bytes | bytearray) -> None:
         """Hash bytes that continue the file in order; check the sha256 once the last byte is in."""
         with self._hash_lock:
             if offset > self._hashed or offset + len(data) <= self._hashed:
@@ -288,6 +294,7 @@ class _Segment:
     kept: int  # bytes of it the writer will read; it is dropped once they are read
     index: int
     data: bytearray | None = None
+    ready: bool = False  # fetched, hashed, and handed to the readers
     freed: bool = False
 
 
@@ -303,33 +310,43 @@ class _ReadAhead:
             segs.insert(at, seg)
         self.cond = threading.Condition()
         self.in_flight = 0
-        self.fetched = 0  # segments fetched so far (the next index to fetch)
+        self.next_fetch = 0  # the next segment a fetching thread takes
+        self.next_ready = 0  # the next segment to hash and hand to readers, in order
         self.wanted = -1  # the furthest segment a reader waits for
         self.error: BaseException | None = None
         self.stopped = False
-        self.thread = threading.Thread(target=self._run, name="streamconv-hub-read-ahead", daemon=True)
+        self.threads = [threading.Thread(target=self._run, name=f"streamconv-hub-read-ahead-{i}", daemon=True)
+                        for i in range(HUB_CONNECTIONS)]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
 
     def _run(self) -> None:
         try:
-            for seg in self.segments:
-                size = seg.end - seg.start
+            while True:
                 with self.cond:
-                    while not self.stopped and not (
-                        self.in_flight == 0 or self.in_flight + size <= self.budget or self.wanted >= seg.index
-                    ):
+                    while not self.stopped and self.next_fetch < len(self.segments):
+                        seg = self.segments[self.next_fetch]
+                        size = seg.end - seg.start
+                        if self.in_flight == 0 or self.in_flight + size <= self.budget or self.wanted >= seg.index:
+                            break
                         self.cond.wait()
-                    if self.stopped:
+                    if self.stopped or self.next_fetch >= len(self.segments):
                         return
-                    if seg.freed:  # read on the spot already
-                        self.fetched = seg.index + 1
-                        self.cond.notify_all()
-                        continue
+                    self.next_fetch += 1
                     self.in_flight += size
                 buffer = bytearray(size)
-                seg.file.fetch_into(seg.start, memoryview(buffer))
+                seg.file.fetch_into(seg.start, memoryview(buffer), check=False)
                 with self.cond:
                     seg.data = buffer
-                    self.fetched = seg.index + 1
+                    # Hand segments to the readers in order, hashing each file's bytes in order.
+                    while self.next_ready < len(self.segments) and self.segments[self.next_ready].data is not None:
+                        ready = self.segments[self.next_ready]
+                        assert ready.data is not None
+                        ready.file.feed(ready.start, ready.data)
+                        ready.ready = True
+                        self.next_ready += 1
                     self.cond.notify_all()
         except BaseException as exc:  # handed to the readers, raised there
             with self.cond:
@@ -356,11 +373,11 @@ class _ReadAhead:
                 if seg is not None:
                     self.wanted = max(self.wanted, seg.index)
                     self.cond.notify_all()
-                    while seg.data is None and self.error is None and not seg.freed and not self.stopped:
+                    while not seg.ready and self.error is None and not seg.freed and not self.stopped:
                         self.cond.wait()
                     if self.error is not None:
                         raise self.error
-                    if seg.data is not None:
+                    if seg.ready and seg.data is not None:
                         n = min(end, seg.end) - position
                         view[position - offset:position - offset + n] = seg.data[position - seg.start:][:n]
                         seg.kept -= n
@@ -383,10 +400,11 @@ class _ReadAhead:
     def close(self) -> None:
         with self.cond:
             self.stopped = True
-            for seg in self.segments:
-                seg.data = None
             self.cond.notify_all()
-        self.thread.join()
+        for thread in self.threads:
+            thread.join()
+        for seg in self.segments:
+            seg.data = None
 
 
 def plan_segments(ranges: Iterable[tuple[HubFile, int, int]]) -> list[_Segment]:
@@ -424,7 +442,7 @@ def read_ahead(ranges: Iterable[tuple[HubFile, int, int]], budget: int = HUB_REA
         return
     for f in files:
         f.reader = reader
-    reader.thread.start()
+    reader.start()
     try:
         yield
     finally:

@@ -230,20 +230,22 @@ def test_a_server_that_ignores_range_is_read_correctly(hub: HubServer, tmp_path:
     np.testing.assert_array_equal(streamconv.load(tmp_path / "out")["layer.1.weight"], tensors["layer.1.weight"])
 
 
+@pytest.mark.parametrize(("change", "said"), [("grows", "is now"), ("same size, other bytes", "its ETag went from")])
 def test_a_file_that_changes_during_the_run_is_refused(
-    hub: HubServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    hub: HubServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], change: str, said: str
 ) -> None:
     folder, _ = _big(tmp_path, 2)
     hub.add_repo(REPO, folder)
     weights = (folder / "model.safetensors").read_bytes()
+    changed = weights + b"\0" * 8 if change == "grows" else weights[:-1] + bytes([weights[-1] ^ 1])
 
-    def grow(request: object) -> None:
+    def push(request: object) -> None:
         if len(_cdn(hub)) == 3:  # after the header's two reads
-            hub.mutate(REPO, "model.safetensors", weights + b"\0" * 8)
+            hub.mutate(REPO, "model.safetensors", changed)
 
-    hub.hook = grow
+    hub.hook = push
     code, err = _run(["convert", REPO, "-o", str(tmp_path / "out")], capsys)
-    _one_line_error(code, err, 7, "model.safetensors", "changed on the hub during the run")
+    _one_line_error(code, err, 7, "model.safetensors", "changed on the hub during the run", said)
     assert not list(tmp_path.glob("out*"))
 
 

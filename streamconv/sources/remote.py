@@ -121,7 +121,8 @@ class HubFile:
         from huggingface_hub.utils import build_hf_headers
 
         url = hf_hub_url(self.repo_id, self.name, revision=self.commit)
-        meta = self._attempts("resolving it", lambda: get_hf_file_metadata(url, retry_on_errors=True))
+        # No retries inside huggingface_hub: _attempts retries, with this module's bounds.
+        meta = self._attempts("resolving it", lambda: get_hf_file_metadata(url, retry_on_errors=False))
         if meta.commit_hash is not None and meta.commit_hash != self.commit:
             raise self._changed(f"the hub answers for commit {meta.commit_hash}, not {self.commit}")
         if meta.size is not None and meta.size != self.size:

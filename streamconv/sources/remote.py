@@ -224,12 +224,6 @@ class HubFile:
         status = response.status_code
         if status in _RETRY_STATUS or status in (401, 403):  # 401/403: a signed URL that expired
             return None
-        etag = response.headers.get("ETag")
-        if etag is not None:
-            if self._etag is None:
-                self._etag = etag
-            elif etag != self._etag:
-                raise self._changed(f"its ETag went from {self._etag} to {etag}")
         if status == 206:
             content_range = response.headers.get("Content-Range", "")
             try:
@@ -241,15 +235,23 @@ class HubFile:
                 raise self._changed(f"it is now {total} bytes, the hub listed {self.size}")
             if first != position:
                 raise HubError(self.label, f"the server answered byte {first} when asked for byte {position}")
-            return 0
-        if status == 200:  # Range ignored: the whole file comes, skip to the position
+            skip = 0
+        elif status == 200:  # Range ignored: the whole file comes, skip to the position
             length = response.headers.get("Content-Length")
             if length is not None and int(length) != self.size:
                 raise self._changed(f"it is now {length} bytes, the hub listed {self.size}")
-            return position
-        if status == 416:
+            skip = position
+        elif status == 416:
             raise self._changed("the server says the range is past its end")
-        raise HubError(self.label, f"the server answered HTTP {status} to a range request")
+        else:
+            raise HubError(self.label, f"the server answered HTTP {status} to a range request")
+        etag = response.headers.get("ETag")  # the same size, other bytes
+        if etag is not None:
+            if self._etag is None:
+                self._etag = etag
+            elif etag != self._etag:
+                raise self._changed(f"its ETag went from {self._etag} to {etag}")
+        return skip
 
     def feed(self, offset: int, data: memoryview | bytes | bytearray) -> None:
         """Hash bytes that continue the file in order; check the sha256 once the last byte is in."""

@@ -24,8 +24,9 @@ from streamconv.pipeline.options import ConvertOptions
 from streamconv.pipeline.result import ConversionResult
 from streamconv.plans import FALLBACK, ModelInfo, Plan, Resolution, choose_plan
 from streamconv.sources.checkpoint import Checkpoint, open_checkpoint
+from streamconv.sources.read_ahead import read_ahead
 from streamconv.sources.ref import TensorRef
-from streamconv.sources.remote import HubFile, read_ahead
+from streamconv.sources.remote import HubFile
 from streamconv.stages.casting import planned_dtype
 from streamconv.stages.pieces import TensorChunk, cast, chunk
 from streamconv.units import format_bytes
@@ -262,7 +263,7 @@ def _write_once(
 @contextlib.contextmanager
 def _hub_read_ahead(refs: tuple[TensorRef, ...], chunk_size: int) -> Iterator[None]:
     """For tensors read by ranges from the hub: fetch their chunks' bytes in the background, in the
-    order the writer reads them (:func:`streamconv.sources.remote.read_ahead`); else nothing."""
+    order the writer reads them (:func:`streamconv.sources.read_ahead.read_ahead`); else nothing."""
     if not any(isinstance(r.remote, HubFile) for r in refs):
         yield
         return

@@ -83,13 +83,15 @@ def convert(
     output = output_path(output)
     checkpoint = open_checkpoint(source, revision=options.revision, download=options.download)
     try:
-        return _convert(checkpoint, output, options, started)
+        return _convert(source, checkpoint, output, options, started)
     finally:
         if checkpoint.hub is not None:
             checkpoint.hub.close()  # the temporary .bin shards of a hub source, if any
 
 
-def _convert(checkpoint: Checkpoint, output: Path, options: ConvertOptions, started: float) -> ConversionResult:
+def _convert(source: str | os.PathLike[str], checkpoint: Checkpoint, output: Path, options: ConvertOptions,
+             started: float) -> ConversionResult:
+    """The conversion of an opened checkpoint; ``source`` as the caller gave it (a path or a repo id)."""
     model = ModelInfo.from_checkpoint(checkpoint)
     plan_cls, detected = choose_plan(model, options.model_type, options.parts)
     plan = plan_cls()

@@ -95,16 +95,13 @@ class SourceNotFoundError(StreamconvError, FileNotFoundError):
 
 
 class HubError(StreamconvError, ConnectionError):
-    """The hub could not be read to the end: a transfer that kept failing, or a file that changed.
-
-    ``where`` is the repo or the file (as its path in the snapshot folder), ``problem`` what happened.
-    """
+    """The hub could not be read to the end (a transfer that kept failing, a file that changed):
+    ``where`` is the repo or the file (as its path in the snapshot folder), ``problem`` what happened."""
 
     exit_code = 7
 
     def __init__(self, where: Any, problem: str, fix: str = "") -> None:
-        self.where = where
-        self.problem = problem
+        self.where, self.problem = where, problem
         fix = fix or "check the network (or the hub's status page) and run again"
         super().__init__(f"{where}: {problem}; {fix}")
 

@@ -40,6 +40,19 @@ DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024
 #: ``metadata.json`` recording its chunk size: a declared chunk is refused before anything is allocated.
 MAX_CHUNK_BYTES = 256 * 1024 * 1024
 
+#: Hub sources read by ranges (streamconv.sources.remote): the bytes fetched ahead of what the
+#: writer has consumed, the largest single request, the gap between two kept ranges of a file
+#: that is fetched rather than asked for separately, and the retries of a transfer that makes no
+#: progress (waiting HUB_RETRY_WAIT seconds, doubled each time, at most 8x).
+HUB_READ_AHEAD_BYTES = 16 * 1024 * 1024
+HUB_SEGMENT_BYTES = 4 * 1024 * 1024
+HUB_MERGE_GAP = 256 * 1024
+#: Requests the read-ahead keeps in flight at once. Two were measured (benchmarks/hub.py, loopback): no
+#: faster on CLIP, 10% on the sharded bf16 model, and 15-20 MiB more peak RSS, over the 160 MiB target.
+HUB_CONNECTIONS = 1
+HUB_RETRIES = 5
+HUB_RETRY_WAIT = 0.5
+
 #: Worker threads that read, cast and compress chunks; zstd and numpy release the GIL.
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 #: More threads than this only cost memory (each holds a chunk and its stack).

@@ -16,6 +16,7 @@ from streamconv.messages import escape, one_line, python_label, render
 __all__ = [
     "StreamconvError",
     "SourceNotFoundError",
+    "HubError",
     "NoWeightsError",
     "CorruptCheckpointError",
     "ShardIndexError",
@@ -78,10 +79,22 @@ class SourceNotFoundError(StreamconvError, FileNotFoundError):
 
     exit_code = 2
 
-    def __init__(self, source: str, hint: str = "") -> None:
+    def __init__(self, source: str, hint: str = "", problem: str = "no such checkpoint folder") -> None:
         self.source = source
         fix = hint or "check the path, or pass a Hugging Face repo id such as 'org/name'"
-        super().__init__(f"{source}: no such checkpoint folder; {fix}")
+        super().__init__(f"{source}: {problem}; {fix}")
+
+
+class HubError(StreamconvError, ConnectionError):
+    """The hub could not be read to the end (a transfer that kept failing, a file that changed):
+    ``where`` is the repo or the file (as its path in the snapshot folder), ``problem`` what happened."""
+
+    exit_code = 7
+
+    def __init__(self, where: Any, problem: str, fix: str = "") -> None:
+        self.where, self.problem = where, problem
+        fix = fix or "check the network (or the hub's status page) and run again"
+        super().__init__(f"{where}: {problem}; {fix}")
 
 
 class NoWeightsError(StreamconvError, FileNotFoundError):
@@ -191,21 +204,17 @@ class OutputExistsError(_NamesOptions, FileExistsError):
 
 
 class OutputRefusedError(_NamesOptions, FileExistsError):
-    """The output name holds something streamconv did not write, so it is never replaced, even with
-    ``force``: a folder of other files, a file, a symlink, the current folder or one above it, or a
-    folder the run reads (the source checkpoint; for export, the output exported and its source).
-
-    ``what`` says what is there (``holds 2 items streamconv did not write ('thesis.txt', 'notes.md')``);
-    ``option`` is the argument that named the output (``output``; ``target`` for export);
-    ``removable`` is false for what the user keeps (the source, the current folder): the fix is then
-    only to choose another output.
+    """The output name holds what streamconv did not write, so it is never replaced, even with ``force``:
+    a folder of other files, a file, a symlink, the current folder or one above it, or a folder the
+    run reads (the source; for export, the output exported and its source). ``what`` says what is
+    there; ``option`` is the argument that named the output (``target`` for export); ``removable`` is
+    false for what the user keeps (the source, the current folder): the fix is then another output.
     """
 
     exit_code = 4
 
     def __init__(self, output: Path, what: str, option: str = "output", removable: bool = True) -> None:
-        self.output = output
-        self.what = what
+        self.output, self.what = output, what
         if removable:  # a folder of other files, a file, a symlink: the user's to remove
             fix = f"remove it yourself or choose another {{{option}}}"
             text = f"{escape(what)}; streamconv replaces only its own output or an empty folder, even with {{force=True}}"
@@ -225,10 +234,7 @@ class OutputNotWritableError(_NamesOptions, PermissionError):
 
     def __init__(self, output: Path, reason: str, option: str = "output") -> None:
         self.output = output
-        self._set_message(
-            f"cannot write the output here ({escape(reason)}); choose a writable {{{option}}}",
-            output, {},
-        )
+        self._set_message(f"cannot write the output here ({escape(reason)}); choose a writable {{{option}}}", output, {})
 
 
 class DiskFullError(_NamesOptions, OSError):
@@ -245,17 +251,11 @@ class DiskFullError(_NamesOptions, OSError):
         self.output = output
         self.needed = needed  # bytes the output is expected to take (an estimate; 0 if unknown)
         self.free = free  # bytes free on the output's filesystem once the partial output is gone
-        mib = 1024 * 1024
-        room = f"{free / mib:.1f} MiB free"
-        if needed:
-            room = f"it needs about {needed / mib:.1f} MiB, {room}"
-        self._set_message(
-            f"cannot write the output ({escape(reason)}); {room}; "
-            f"free some space, raise the limit (quota, `ulimit -f`) or choose another {{{option}}}",
-            output, {},
-        )
-        self.errno = errno
-        self.strerror = reason
+        room = f"{free / 2**20:.1f} MiB free"
+        room = f"it needs about {needed / 2**20:.1f} MiB, {room}" if needed else room
+        self._set_message(f"cannot write the output ({escape(reason)}); {room}; free some space, raise the limit "
+                          f"(quota, `ulimit -f`) or choose another {{{option}}}", output, {})
+        self.errno, self.strerror = errno, reason
 
 
 class FormatError(StreamconvError, ValueError):

@@ -245,7 +245,7 @@ def test_hub_source_is_opened_at_its_recorded_commit(
     opened = []
     real = validation.open_checkpoint
     monkeypatch.setattr(
-        validation, "open_checkpoint", lambda s, revision=None: opened.append((s, revision)) or real(tiny_bert[0])
+        validation, "open_checkpoint", lambda s, revision=None, download=False: opened.append((s, revision)) or real(tiny_bert[0])
     )
     assert validate(out).passed
     assert opened == [("org/tiny-bert", "0123abc")]

@@ -97,6 +97,9 @@ def build_convert(conv: argparse.ArgumentParser) -> None:
     add("--chunk-size", metavar="SIZE", help="largest chunk (one Parquet row), e.g. 4MiB (default 2MiB)")
     add("--max-file-size", metavar="SIZE", help="split the weights into files of at most SIZE, e.g. 2GiB (default: one file)")
     add("--revision", help="hub branch, tag or commit (hub sources)")
+    add("--download", action="store_true",
+        help="hub sources: download the whole snapshot into the Hugging Face cache first, instead of "
+        "reading only the kept tensors' byte ranges")
     add("--workers", type=int, help=f"compression threads (default {_default('workers')})")
     add("--force", action="store_true", help="replace OUTPUT if it is a streamconv output or empty (else refused)")
     add("--strict", action="store_true",

@@ -77,6 +77,8 @@ def conversion_summary(result: Any, requested: str) -> str:
         f"  {size(result.source_bytes)} -> {size(result.output_bytes)} {verb} "
         f"({result.ratio:.2f}x) in {result.seconds:.2f} s"
     )
+    if result.hub is not None:
+        lines.append(hub_line(result.hub, result.source_bytes))
     if result.dry_run:
         lines.extend(
             f"  asset {printable(a['path'])}"
@@ -85,6 +87,22 @@ def conversion_summary(result: Any, requested: str) -> str:
         )
     lines.extend(_warnings(result.warnings))
     return "\n".join(lines)
+
+
+def hub_line(hub: dict[str, Any], kept: int) -> str:
+    """How a hub source was read: by ranges (bytes fetched, files checked by sha256) or from the cache."""
+    at = f"  hub commit {printable(str(hub['commit']))[:12]}"
+    if hub["mode"] == "shards":
+        checked = ", ".join(printable(str(n)) for n in hub["sha256_checked"]) or "none"
+        return (f"{at}: .bin weights: {hub['shards_fetched']} shard fetches, one shard at a time into a temporary "
+                f"folder, converted, then deleted ({size(hub['bytes_fetched'])} fetched); sha256 checked: {checked}")
+    if hub["mode"] != "ranges":
+        how = {"cache": "weights read from the local cache", "download": "snapshot downloaded into the cache",
+               "offline": "read from the local cache (offline)"}.get(hub["mode"], str(hub["mode"]))
+        return f"{at}: {how}"
+    checked = ", ".join(printable(str(n)) for n in hub["sha256_checked"]) or "none (not every byte was read)"
+    return (f"{at}: {size(hub['bytes_fetched'])} fetched by range reads for {size(kept)} of kept tensors, "
+            f"nothing of the weights written to disk; sha256 checked: {checked}")
 
 
 def validation_table(report: dict[str, Any], debug: bool) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,12 @@ from streamconv.pipeline.options import ConvertOptions
 from streamconv.pipeline.result import ConversionResult
 from streamconv.plans import FALLBACK, ModelInfo, Plan, Resolution, choose_plan
 from streamconv.sources.checkpoint import Checkpoint, open_checkpoint
+from streamconv.sources.read_ahead import read_ahead
 from streamconv.sources.ref import TensorRef
+from streamconv.sources.remote import HubFile
 from streamconv.stages.casting import planned_dtype
 from streamconv.stages.pieces import TensorChunk, cast, chunk
+from streamconv.units import format_bytes
 
 __all__ = ["ConversionResult", "ModelConverter", "convert"]
 
@@ -76,7 +81,17 @@ def convert(
         _require_validation_packages()  # before anything is written: a rerun would need --force
     started = time.perf_counter()
     output = output_path(output)
-    checkpoint = open_checkpoint(source, revision=options.revision)
+    checkpoint = open_checkpoint(source, revision=options.revision, download=options.download)
+    try:
+        return _convert(source, checkpoint, output, options, started)
+    finally:
+        if checkpoint.hub is not None:
+            checkpoint.hub.close()  # the temporary .bin shards of a hub source, if any
+
+
+def _convert(source: str | os.PathLike[str], checkpoint: Checkpoint, output: Path, options: ConvertOptions,
+             started: float) -> ConversionResult:
+    """The conversion of an opened checkpoint; ``source`` as the caller gave it (a path or a repo id)."""
     model = ModelInfo.from_checkpoint(checkpoint)
     plan_cls, detected = choose_plan(model, options.model_type, options.parts)
     plan = plan_cls()
@@ -95,6 +110,7 @@ def convert(
     if options.dry_run:
         _dry_run(result, checkpoint, plan, resolution.refs, options)
         result.seconds = round(time.perf_counter() - started, 3)
+        result.hub = checkpoint.hub.record() if checkpoint.hub is not None else None
         return result
     _write_output(result, checkpoint, plan, resolution, options, started)
     if options.validate:
@@ -111,8 +127,9 @@ def _write_output(result: ConversionResult, checkpoint: Checkpoint, plan: Plan, 
     expected = sum(r.numel * _planned_dtype(r, options.dtype).itemsize for r in resolution.refs)  # for a full disk
     with staged_output(output, options.force, expected_bytes=expected) as staging:
         _write_assets(result, checkpoint, plan, staging, options.strict)
-        _write_weights(result, resolution.refs, staging, options)
+        _write_weights(result, checkpoint, resolution.refs, staging, options)
         result.seconds = round(time.perf_counter() - started, 3)
+        result.hub = checkpoint.hub.record() if checkpoint.hub is not None else None
         # The checkpoint's weight files, and any other file the plan read (sentence-transformers Dense).
         source_files = list(dict.fromkeys([*checkpoint.weight_files, *(r.path for r in resolution.refs)]))
         write_json(result.metadata(checkpoint, source_files), staging / METADATA_FILENAME)
@@ -184,20 +201,30 @@ def _write_assets(result: ConversionResult, checkpoint: Checkpoint, plan: Plan, 
     result.warnings.extend(warnings)
 
 
-def _write_weights(result: ConversionResult, refs: tuple[TensorRef, ...], folder: Path, options: ConvertOptions) -> None:
+def _write_weights(result: ConversionResult, checkpoint: Checkpoint, refs: tuple[TensorRef, ...], folder: Path,
+                   options: ConvertOptions) -> None:
     """Write the weights file(s); only this step starts again when a late chunk overflows the dtype."""
     bar = progress.bar(result.source_bytes, "bytes", "converting", enabled=options.progress,
                        tqdm_class=options.tqdm_class)
+    hub = checkpoint.hub
+    if hub is not None and hub.files:
+        def show_fetched() -> None:
+            bar.note(f"fetched {format_bytes(hub.stats.bytes_fetched)} at {format_bytes(hub.stats.rate())}/s")
+    else:
+        def show_fetched() -> None:
+            pass
     warnings = list(result.warnings)
     try:
         try:
-            summary = _write_once(result, refs, folder, options, bar, prescan=False)
+            with _hub_read_ahead(refs, options.chunk_size):
+                summary = _write_once(result, refs, folder, options, bar, show_fetched, prescan=False)
         except CastOverflowError:
             # A tensor of several chunks does not fit the target dtype and some of its chunks are
             # written already: write the file again, scanning such tensors before casting (rare).
             result.warnings = list(warnings)
             bar.reset()
-            summary = _write_once(result, refs, folder, options, bar, prescan=True)
+            with _hub_read_ahead(refs, options.chunk_size):
+                summary = _write_once(result, refs, folder, options, bar, show_fetched, prescan=True)
     finally:
         bar.close()
     result.chunk_count = summary.chunk_count
@@ -211,11 +238,12 @@ def _write_weights(result: ConversionResult, refs: tuple[TensorRef, ...], folder
 
 def _write_once(
     result: ConversionResult, refs: tuple[TensorRef, ...], folder: Path, options: ConvertOptions,
-    bar: progress.Progress, prescan: bool,
+    bar: progress.Progress, show_fetched: Any, prescan: bool,
 ) -> WriteSummary:
     def on_written(piece: TensorChunk, note: str | None) -> None:
         if note:
             result.warnings.append(note)
+        show_fetched()
         bar.update(piece.ref.dtype.itemsize * piece.element_count)
 
     writer_options: dict[str, Any] = dict(
@@ -235,6 +263,23 @@ def _write_once(
     # The writer hashed the file as it wrote it: no second pass over the output.
     result.files = [{"path": WEIGHTS_FILENAME, "bytes": writer.path.stat().st_size, "sha256": writer.sha256}]
     return summary
+
+
+@contextlib.contextmanager
+def _hub_read_ahead(refs: tuple[TensorRef, ...], chunk_size: int) -> Iterator[None]:
+    """For tensors read by ranges from the hub: fetch their chunks' bytes in the background, in the
+    order the writer reads them (:func:`streamconv.sources.read_ahead.read_ahead`); else nothing."""
+    if not any(isinstance(r.remote, HubFile) for r in refs):
+        yield
+        return
+    ranges = (
+        (piece.ref.remote, piece.ref.offset + piece.start * piece.ref.dtype.itemsize,
+         piece.ref.offset + piece.stop * piece.ref.dtype.itemsize)
+        for piece in chunk(refs, chunk_size)
+        if isinstance(piece.ref.remote, HubFile)
+    )
+    with read_ahead(ranges):
+        yield
 
 
 def _estimate(result: ConversionResult, refs: tuple[TensorRef, ...], options: ConvertOptions) -> None:

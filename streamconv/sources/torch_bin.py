@@ -14,6 +14,7 @@ torch is imported only here, and only when a folder has ``.bin`` weights and no 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,13 +104,21 @@ class ShardCache:
 
     Asking for a shard later in the checkpoint's order releases the mapped one; a late read of an
     earlier shard (a worker finishing its last chunks) maps it for that read only.
+
+    ``local`` maps a shard's path to the file to map: for a hub source, a temporary copy fetched
+    when first asked for (:class:`streamconv.sources.hub.FetchedShards`); the path itself by default.
     """
 
-    def __init__(self, files: list[Path]) -> None:
+    def __init__(self, files: list[Path], local: Callable[[Path], Path] | None = None) -> None:
         self.order = {path: i for i, path in enumerate(files)}
         self._lock = threading.Lock()
         self._path: Path | None = None
         self._tensors: dict[str, Any] = {}
+        self.local = local or (lambda path: path)
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """The state dict of ``path`` (its local copy, for a hub shard)."""
+        return load_state_dict(self.local(path))
 
     def tensor(self, path: Path, key: str) -> Any:
         """The torch tensor ``key`` of ``path``, from the mapping."""
@@ -118,10 +127,10 @@ class ShardCache:
                 return self._tensors[key]
             current = -1 if self._path is None else self.order.get(self._path, -1)
             if self.order.get(path, 0) < current:
-                return load_state_dict(path)[key]
+                return self.load(path)[key]
             self._tensors = {}  # drop the old mapping before mapping the next shard
             self._path = None
-            self._tensors = load_state_dict(path)
+            self._tensors = self.load(path)
             self._path = path
             return self._tensors[key]
 
@@ -175,7 +184,7 @@ def read_bin_file(path: Path, prefix: str = "", cache: ShardCache | None = None)
     """
     cache = cache or ShardCache([path])
     refs: list[TensorRef] = []
-    for key, tensor in load_state_dict(path).items():
+    for key, tensor in cache.load(path).items():
         name = str(tensor.dtype).removeprefix("torch.")
         row = by_name(name)
         shape = tuple(int(d) for d in tensor.shape)
@@ -218,23 +227,32 @@ def _check_storage(path: Path, name: str, tensor: Any, numel: int) -> None:
         )
 
 
-def bin_folder_weights(root: Path) -> tuple[list[Path], list[TensorRef]] | None:
+def bin_folder_weights(
+    root: Path, remote: Callable[[Path], Path] | None = None, exists: Callable[[Path], bool] | None = None
+) -> tuple[list[Path], list[TensorRef]] | None:
     """The folder's ``.bin`` weights: ``pytorch_model.bin``, or the shards its index lists; else ``None``.
+
+    Args:
+        root: The folder.
+        remote: For a hub source whose ``.bin`` files are not on disk: fetches one and returns
+            its temporary copy (see :class:`ShardCache`); ``exists`` then says which are on the hub.
 
     Raises:
         ShardIndexError: the index is not JSON, names a missing shard, or disagrees with the shards.
     """
-    if (root / BIN_FILE).exists():
-        return [root / BIN_FILE], read_bin_file(_files.within(root, root / BIN_FILE))
+    exists = exists or Path.exists
+    if exists(root / BIN_FILE):
+        path = _files.within(root, root / BIN_FILE)
+        return [path], read_bin_file(path, cache=ShardCache([path], remote))
     index_path = root / BIN_INDEX_FILE
     if not index_path.exists():
         return None
     weight_map = read_weight_map(_files.within(root, index_path))
     shards = [shard_path(index_path, s) for s in dict.fromkeys(weight_map.values())]
-    missing = [p.name for p in shards if not p.exists()]
+    missing = [p.name for p in shards if not exists(p)]
     if missing:
         raise ShardIndexError(index_path, f"shard files missing: {', '.join(missing[:8])}")
-    cache = ShardCache(shards)
+    cache = ShardCache(shards, remote)
     refs: list[TensorRef] = []
     for shard in shards:
         refs.extend(read_bin_file(shard, cache=cache))

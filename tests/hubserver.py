@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import socket
 import threading
@@ -400,6 +401,17 @@ class _Handler(BaseHTTPRequestHandler):
                 limit = hub.drop_after
         sent = 0
         try:
+            if limit is None and not hub.rate and isinstance(blob.data, Path):
+                # Large files unthrottled: the kernel copies them (os.sendfile), so the server takes
+                # little of the CPU the client it feeds competes for on a 2-core machine.
+                with open(blob.data, "rb") as f:
+                    while sent < end - start:
+                        n = os.sendfile(self.connection.fileno(), f.fileno(), start + sent, end - start - sent)
+                        if n == 0:
+                            break
+                        sent += n
+                        self.server.count(n)
+                return
             for block in blob.blocks(start, end):
                 if limit is not None and sent + len(block) > limit:
                     block = block[:max(0, limit - sent)]

@@ -76,9 +76,12 @@ def all_dtype_tensors(seed: int = 0) -> dict[str, np.ndarray]:
 
 @pytest.fixture(params=["compiled", "fallback"])
 def half_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test with the compiled float16 cast (streamconv/stages/_halfcast.c) and with its fallback."""
+    """Run the test with the compiled float16 cast (streamconv/stages/_halfcast.c), where it was
+    built, and with its fallback. The extension is optional (setup.py): without it, only the fallback."""
     from streamconv.stages import casting as stages
 
+    if request.param == "compiled" and stages._HALFCAST is None:
+        pytest.skip("the optional float16 kernel (streamconv/stages/_halfcast.c) is not built here")
     if request.param == "fallback":
         monkeypatch.setattr(stages, "_HALFCAST", None)
     return str(request.param)

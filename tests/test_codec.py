@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import platform
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from streamconv.format import codec
 from streamconv.format.planes import entropy_bound, join_planes, split_planes
 from streamconv.stages import casting as stages
 from streamconv.stages.casting import cast_array
+from tests.conftest import write_safetensors
 
 DTYPES = [np.float64, np.float32, np.float16, ml_dtypes.bfloat16, np.int64, np.int32, np.int16,
           np.int8, np.uint8, np.bool_]
@@ -345,10 +346,37 @@ def test_float32_to_float16_cast_matches_numpys_bits_on_hard_values(half_kernel:
             assert (got[nan].view(np.uint16) == quieted).all()
 
 
-def test_the_compiled_kernel_is_built_and_used_on_x86() -> None:
-    """make test builds streamconv/stages/_halfcast.c (setup.py); on these machines it must be there."""
-    if platform.machine() not in ("x86_64", "AMD64"):
-        pytest.skip("the compiled kernel is x86-only; elsewhere Arrow and ml_dtypes cast")
+def test_without_the_compiled_kernel_conversions_cast_to_the_same_bits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The extension is optional (setup.py: optional=True): where it was not built, streamconv
+    finds no kernel and casts with Arrow and ml_dtypes, to numpy's bits, through a whole conversion."""
+    import streamconv.stages as package
+
+    monkeypatch.delattr(package, "_halfcast", raising=False)  # else `from ... import` finds the attribute
+    monkeypatch.setitem(sys.modules, "streamconv.stages._halfcast", None)  # as if never built
+    assert stages._load_halfcast() is None
+    monkeypatch.setattr(stages, "_HALFCAST", None)
+    rng = np.random.default_rng(3)
+    tensors = {"f32": rng.standard_normal((33, 17), dtype=np.float32),
+               "bf16": rng.standard_normal(77, dtype=np.float32).astype(ml_dtypes.bfloat16),
+               "big": np.array([1.0, 70000.0], np.float32)}  # beyond float16: stays float32
+    write_safetensors(tmp_path / "src" / "model.safetensors", tensors)
+    result = streamconv.convert(tmp_path / "src", tmp_path / "out", dtype="float16")
+    loaded = streamconv.load(tmp_path / "out")
+    assert bits(loaded["f32"]) == bits(tensors["f32"].astype(np.float16))
+    assert bits(loaded["bf16"]) == bits(tensors["bf16"].astype(np.float32).astype(np.float16))
+    assert loaded["big"].dtype == np.float32 and any("'big'" in w for w in result.warnings)
+
+
+def test_the_compiled_kernel_is_used_where_it_was_built() -> None:
+    """Where setup.py built streamconv/stages/_halfcast.c and the CPU has the instructions, casts use it."""
+    try:
+        from streamconv.stages import _halfcast
+    except ImportError:
+        pytest.skip("the optional float16 kernel is not built here; the test above covers its fallback")
+    if not _halfcast.supported():
+        pytest.skip("this CPU lacks the conversion instructions; the fallback casts")
     assert stages._HALFCAST is not None
     out = cast_array(np.array([1.0, 70000.0], np.float32), by_name("float16"))
     assert out.flags.writeable  # the kernel's own array, not a view of Arrow's buffer

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import struct
+import sys
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
+
+# One thread for torch (and the OpenMP and BLAS pools of this process and of the processes it
+# starts), set before anything imports them. The tests run one at a time on machines of 2 shared
+# cores, where torch's default of one thread per core spins: validating the real MiniLM took 5-6 s
+# of CPU with 2 threads against 1.8 s with one, and as long on the clock. No test asserts a
+# thread count but test_cli.py's, which sets OPENBLAS_NUM_THREADS itself.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import ml_dtypes
 import numpy as np
@@ -14,6 +28,60 @@ from streamconv.dtypes import DTYPES
 
 #: numpy dtype -> safetensors code, from the package's one dtype table.
 CODES = {row.numpy: row.code for row in DTYPES}
+
+
+class CliRun(NamedTuple):
+    """What a run of the CLI gave: its exit code and what it printed."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+@contextlib.contextmanager
+def environment(changes: Mapping[str, str | None]) -> Iterator[None]:
+    """``os.environ`` with ``changes`` (None: unset) while the block runs, as it was afterwards."""
+    before = {name: os.environ.get(name) for name in changes}
+    try:
+        for name, value in changes.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_cli(args: Sequence[str], env: Mapping[str, str | None] | None = None) -> CliRun:
+    """``streamconv ARGS`` in this process: :func:`streamconv.cli.main` with stdout and stderr captured.
+
+    It gives what ``python -m streamconv ARGS`` with piped output gives (stderr is no terminal, so no
+    bars; help is 80 columns wide; an exception that escapes main, as with ``--debug``, is a
+    traceback on stderr and exit 1), in a fraction of the time. Tests about the process itself
+    (signals, start-up imports, the process state :func:`streamconv.cli.startup.program_start`
+    sets, the real entry point's exit) start ``python -m streamconv`` instead.
+    """
+    from streamconv.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with environment({"COLUMNS": "80", **(env or {})}), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: --help, --version, a usage error (its line already written)
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:
+                print(exc.code, file=sys.stderr)
+                code = 1
+        except Exception:  # what the interpreter does with an exception that leaves the program
+            traceback.print_exc()
+            code = 1
+    return CliRun(code, out.getvalue(), err.getvalue())
 
 
 def write_raw_safetensors(path: Path, header: dict, data: bytes, header_len: int | None = None) -> Path:

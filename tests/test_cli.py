@@ -1,4 +1,8 @@
-"""The CLI: options, output, exit codes, and one clear line for every bad input."""
+"""The CLI: options, output, exit codes, and one clear line for every bad input.
+
+The commands run in this process (tests.conftest.run_cli); the tests about the program itself (its
+start-up state, a traceback from the real entry point) start ``python -m streamconv``.
+"""
 
 from __future__ import annotations
 
@@ -16,21 +20,11 @@ from streamconv.cli.app import main
 from streamconv.errors import InvalidOptionError, OutputExistsError
 from streamconv.sources.torch_bin import LEGACY_MAGIC
 from streamconv.units import parse_size
-from tests.conftest import write_raw_safetensors, write_safetensors, write_sharded
+from tests.conftest import CliRun, run_cli, write_raw_safetensors, write_safetensors, write_sharded
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The CLI as a user runs it: a separate process, stderr not a terminal."""
-    return subprocess.run(
-        [sys.executable, "-m", "streamconv", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def assert_one_line_error(done: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert done.returncode != 0
+def assert_one_line_error(done: CliRun, *needles: str) -> None:
+    assert done.code != 0
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -41,20 +35,20 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], *needles: str)
 
 
 def test_convert_prints_a_summary(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    done = run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"))
-    assert done.returncode == 0, done.stderr
+    done = run_cli(["convert", str(tiny_checkpoint), "-o", str(tmp_path / "out")])
+    assert done.code == 0, done.stderr
     assert done.stderr == ""  # no progress bar when stderr is not a terminal
     assert done.stdout.startswith(f"converted {tiny_checkpoint} -> {tmp_path / 'out'}")
     assert "12 tensors" in done.stdout and "float16, zstd, tuned per plane" in done.stdout
 
 
 def test_old_spellings_and_options(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    done = run(
+    done = run_cli([
         "convert", "--model", str(tiny_checkpoint), "--output", str(tmp_path / "out"),
         "--dtype", "keep", "--compression", "none", "--include", "f*", "--exclude", "f64",
         "--chunk-size", "64", "--json",
-    )
-    assert done.returncode == 0, done.stderr
+    ])
+    assert done.code == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["dtype"] == "keep" and result["compression"] == "none"
     assert result["tensor_count"] == 2
@@ -62,30 +56,30 @@ def test_old_spellings_and_options(tiny_checkpoint: Path, tmp_path: Path) -> Non
 
 
 def test_quiet_prints_nothing(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    done = run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"), "-q")
-    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    done = run_cli(["convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"), "-q"])
+    assert (done.code, done.stdout, done.stderr) == (0, "", "")
 
 
 def test_dry_run_writes_nothing(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    done = run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"), "--dry-run", "--json")
-    assert done.returncode == 0, done.stderr
+    done = run_cli(["convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"), "--dry-run", "--json"])
+    assert done.code == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["dry_run"] is True
     assert {t["name"] for t in result["tensors"]} >= {"f32", "i64"}
     assert not (tmp_path / "out").exists()
-    text = run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"), "--dry-run")
+    text = run_cli(["convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"), "--dry-run"])
     assert "would hold" in text.stdout and "estimated" in text.stdout
 
 
 def test_inspect(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"))
-    text = run("inspect", str(tmp_path / "out"))
-    assert text.returncode == 0 and "12 tensors" in text.stdout and "bf16" in text.stdout
-    data = json.loads(run("inspect", str(tmp_path / "out"), "--json").stdout)
+    run_cli(["convert", str(tiny_checkpoint), "-o", str(tmp_path / "out")])
+    text = run_cli(["inspect", str(tmp_path / "out")])
+    assert text.code == 0 and "12 tensors" in text.stdout and "bf16" in text.stdout
+    data = json.loads(run_cli(["inspect", str(tmp_path / "out"), "--json"]).stdout)
     assert data["metadata"]["tensor_count"] == 12
     assert {t["name"]: t["dtype"] for t in data["tensors"]}["i8"] == "int8"
-    assert_one_line_error(run("inspect", str(tmp_path)), "no converted weights", "streamconv convert")
-    assert_one_line_error(run("validate", str(tmp_path / "nowhere")), "no metadata", "streamconv convert")
+    assert_one_line_error(run_cli(["inspect", str(tmp_path)]), "no converted weights", "streamconv convert")
+    assert_one_line_error(run_cli(["validate", str(tmp_path / "nowhere")]), "no metadata", "streamconv convert")
 
 
 class FakeBar:
@@ -166,8 +160,10 @@ def test_validate_shows_a_step_while_torch_imports(monkeypatch: pytest.MonkeyPat
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
-    done = run("convert", str(tmp_path / "nope"), "-o", str(tmp_path / "out"), "--debug")
-    assert done.returncode != 0 and "Traceback" in done.stderr
+    """The real entry point: the error leaves the program, the interpreter prints its traceback."""
+    done = subprocess.run([sys.executable, "-m", "streamconv", "convert", str(tmp_path / "nope"), "-o", str(tmp_path / "out"),
+                           "--debug"], capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" in done.stderr and "NotFoundError" in done.stderr
 
 
 @pytest.mark.parametrize("command", ["validate", "verify", "inspect"])
@@ -178,8 +174,8 @@ def test_debug_works_before_the_command_as_after_it(command: str, tmp_path: Path
         with pytest.raises(streamconv.StreamconvError):
             main(argv)
     assert main([command, not_converted]) != 0  # without it: one line, no traceback
-    done = run("--debug", command, not_converted)
-    assert done.returncode != 0 and "Traceback" in done.stderr
+    done = run_cli(["--debug", command, not_converted])
+    assert done.code != 0 and "Traceback" in done.stderr
 
 
 def test_parse_size_follows_transformers_max_shard_size() -> None:
@@ -206,16 +202,16 @@ def test_the_python_api_takes_the_cli_size_strings_and_dtype_spellings() -> None
 
 
 def test_cli_dtype_spellings_and_sizes(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    done = run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"), "--dtype", "bf16",
-               "--chunk-size", "64kB", "--max-file-size", "1MB", "--json")
-    assert done.returncode == 0, done.stderr
+    done = run_cli(["convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"), "--dtype", "bf16",
+               "--chunk-size", "64kB", "--max-file-size", "1MB", "--json"])
+    assert done.code == 0, done.stderr
     result = json.loads(done.stdout)
     assert (result["dtype"], result["chunk_size"]) == ("bfloat16", 64_000)
-    assert_one_line_error(run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "o2"), "--chunk-size", "5Gb"),
+    assert_one_line_error(run_cli(["convert", str(tiny_checkpoint), "-o", str(tmp_path / "o2"), "--chunk-size", "5Gb"]),
                           "--chunk-size 5Gb reads as bits", "5GB")
-    exported = run("export", str(tmp_path / "out"), "--to", str(tmp_path / "hf"), "--dtype", "fp32",
-                   "--max-shard-size", "1kB", "--json")
-    assert exported.returncode == 0, exported.stderr
+    exported = run_cli(["export", str(tmp_path / "out"), "--to", str(tmp_path / "hf"), "--dtype", "fp32",
+                   "--max-shard-size", "1kB", "--json"])
+    assert exported.code == 0, exported.stderr
     assert json.loads(exported.stdout)["dtype"] == "float32"
     assert (tmp_path / "hf" / "model.safetensors.index.json").exists()  # 1kB = 1000 bytes: sharded
 
@@ -224,8 +220,8 @@ def test_every_help_shows_an_example_the_environment_and_the_exit_codes() -> Non
     from streamconv.cli.commands import COMMANDS
 
     for argv in [[], *([c.name] for c in COMMANDS)]:
-        done = run(*argv, "--help")
-        assert done.returncode == 0, argv
+        done = run_cli([*argv, "--help"])
+        assert done.code == 0, argv
         text = done.stdout
         assert "example:\n  streamconv " in text, argv
         assert "HF_HUB_DISABLE_PROGRESS_BARS=1" in text and "STREAMCONV_DISABLE_PROGRESS_BARS=1" in text, argv
@@ -235,21 +231,21 @@ def test_every_help_shows_an_example_the_environment_and_the_exit_codes() -> Non
 
 
 def test_usage_errors_go_to_stderr_and_a_mistyped_flag_points_at_the_command(tmp_path: Path) -> None:
-    bare = run()
-    assert (bare.returncode, bare.stdout) == (2, "") and "usage: streamconv" in bare.stderr
-    done = run("convert", "x", "-o", str(tmp_path / "o"), "--forse")
+    bare = run_cli([])
+    assert (bare.code, bare.stdout) == (2, "") and "usage: streamconv" in bare.stderr
+    done = run_cli(["convert", "x", "-o", str(tmp_path / "o"), "--forse"])
     assert_one_line_error(done, "unrecognized arguments: --forse", "did you mean --force?",
                           "see `streamconv convert --help`")
     assert done.stdout == ""
-    assert_one_line_error(run("verify", str(tmp_path), "--jsn"), "see `streamconv verify --help`", "--json")
+    assert_one_line_error(run_cli(["verify", str(tmp_path), "--jsn"]), "see `streamconv verify --help`", "--json")
 
 
 def test_usage_errors_are_one_line(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    assert_one_line_error(run("convert", str(tiny_checkpoint)), "-o/--output")
-    assert_one_line_error(run("convert", "-o", str(tmp_path / "o")), "missing SOURCE")
-    assert_one_line_error(run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "o"), "--dtype", "int4"), "int4")
-    assert_one_line_error(run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "o"), "--level", "99"), "level")
-    assert_one_line_error(run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "o"), "--chunk-size", "x"), "size")
+    assert_one_line_error(run_cli(["convert", str(tiny_checkpoint)]), "-o/--output")
+    assert_one_line_error(run_cli(["convert", "-o", str(tmp_path / "o")]), "missing SOURCE")
+    assert_one_line_error(run_cli(["convert", str(tiny_checkpoint), "-o", str(tmp_path / "o"), "--dtype", "int4"]), "int4")
+    assert_one_line_error(run_cli(["convert", str(tiny_checkpoint), "-o", str(tmp_path / "o"), "--level", "99"]), "level")
+    assert_one_line_error(run_cli(["convert", str(tiny_checkpoint), "-o", str(tmp_path / "o"), "--chunk-size", "x"]), "size")
     assert main(["convert", str(tiny_checkpoint), "-o", str(tmp_path / "o"), "--type", "nosuch"]) != 0
     assert not (tmp_path / "o").exists()
 
@@ -325,7 +321,7 @@ BAD_INPUTS = {
 def test_bad_input(case: str, tmp_path: Path) -> None:
     make, needles = BAD_INPUTS[case]
     source = make(tmp_path)
-    done = run("convert", str(source), "-o", str(tmp_path / "out"))
+    done = run_cli(["convert", str(source), "-o", str(tmp_path / "out")])
     assert_one_line_error(done, *needles)
     assert not (tmp_path / "out").exists()
     assert not any(p.name.startswith(".out.") for p in tmp_path.iterdir())
@@ -341,7 +337,7 @@ def _shards(tmp_path: Path) -> Path:
 def test_index_naming_a_missing_shard(tmp_path: Path) -> None:
     folder = _shards(tmp_path)
     (folder / "model-00002-of-00002.safetensors").unlink()
-    done = run("convert", str(folder), "-o", str(tmp_path / "out"))
+    done = run_cli(["convert", str(folder), "-o", str(tmp_path / "out")])
     assert_one_line_error(done, "model.safetensors.index.json", "shard files missing: model-00002-of-00002.safetensors")
     assert not (tmp_path / "out").exists()
 
@@ -349,7 +345,7 @@ def test_index_naming_a_missing_shard(tmp_path: Path) -> None:
 def test_index_not_json(tmp_path: Path) -> None:
     folder = _shards(tmp_path)
     (folder / "model.safetensors.index.json").write_text("{oops")
-    assert_one_line_error(run("convert", str(folder), "-o", str(tmp_path / "out")), "index is not JSON")
+    assert_one_line_error(run_cli(["convert", str(folder), "-o", str(tmp_path / "out")]), "index is not JSON")
 
 
 def test_same_tensor_in_two_shards_and_every_mismatch_in_one_error(tmp_path: Path) -> None:
@@ -358,7 +354,7 @@ def test_same_tensor_in_two_shards_and_every_mismatch_in_one_error(tmp_path: Pat
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     index["weight_map"]["ghost"] = "model-00001-of-00002.safetensors"
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    done = run("convert", str(folder), "-o", str(tmp_path / "out"))
+    done = run_cli(["convert", str(folder), "-o", str(tmp_path / "out")])
     assert_one_line_error(
         done,
         "tensors in two shards: b (model-00001-of-00002.safetensors and model-00002-of-00002.safetensors)",
@@ -370,7 +366,7 @@ def test_same_tensor_in_two_shards_and_every_mismatch_in_one_error(tmp_path: Pat
 def test_output_exists_without_force(tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = streamconv.convert(tiny_checkpoint, tmp_path / "out").output_dir
     before = (out / "metadata.json").read_bytes()
-    done = run("convert", str(tiny_checkpoint), "-o", str(out))
+    done = run_cli(["convert", str(tiny_checkpoint), "-o", str(out)])
     assert_one_line_error(done, "already exists", "pass --force to replace it")
     assert (out / "metadata.json").read_bytes() == before
     # A Python caller reads the argument, not the flag.
@@ -384,17 +380,17 @@ def test_output_exists_without_force(tiny_checkpoint: Path, tmp_path: Path) -> N
 def test_output_under_a_file_or_empty_is_a_bad_option(tiny_checkpoint: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    done = run("convert", str(tiny_checkpoint), "-o", str(blocker / "deeper" / "out"))
+    done = run_cli(["convert", str(tiny_checkpoint), "-o", str(blocker / "deeper" / "out")])
     assert_one_line_error(done, f"{blocker}' is a file, not a folder", "choose another --output")
-    assert done.returncode == 2 and blocker.read_text() == "not a folder"
-    done = run("convert", str(tiny_checkpoint), "-o", "")
+    assert done.code == 2 and blocker.read_text() == "not a folder"
+    done = run_cli(["convert", str(tiny_checkpoint), "-o", ""])
     assert_one_line_error(done, "--output is empty")
-    assert done.returncode == 2
+    assert done.code == 2
     with pytest.raises(InvalidOptionError, match="^output is empty"):
         streamconv.convert(tiny_checkpoint, "")
     converted = tmp_path / "conv"
     streamconv.convert(tiny_checkpoint, converted)
-    done = run("export", str(converted), "--to", str(blocker / "hf"))
+    done = run_cli(["export", str(converted), "--to", str(blocker / "hf")])
     assert_one_line_error(done, "is a file, not a folder", "choose another --to")
     with pytest.raises(InvalidOptionError, match="choose another target$"):
         streamconv.export(converted, blocker / "hf")
@@ -407,9 +403,9 @@ def test_output_location_not_writable(tiny_checkpoint: Path, tmp_path: Path) -> 
         locked.mkdir()
         locked.chmod(0o500)
     try:
-        done = run("convert", str(tiny_checkpoint), "-o", str(locked / "streamconv-out"))
+        done = run_cli(["convert", str(tiny_checkpoint), "-o", str(locked / "streamconv-out")])
         assert_one_line_error(done, "cannot write the output here", "choose a writable --output")
-        assert done.returncode == 4
+        assert done.code == 4
         with pytest.raises(streamconv.StreamconvError, match="choose a writable output$"):
             streamconv.convert(tiny_checkpoint, locked / "streamconv-out")
     finally:
@@ -419,7 +415,7 @@ def test_output_location_not_writable(tiny_checkpoint: Path, tmp_path: Path) -> 
 
 def test_bad_options_fail_before_anything_is_written(tiny_checkpoint: Path, tmp_path: Path) -> None:
     for options in (["--level", "30", "--dry-run"], ["--workers", "0"], ["--chunk-size", "0"]):
-        done = run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"), *options)
+        done = run_cli(["convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"), *options])
         assert_one_line_error(done)
         assert not (tmp_path / "out").exists(), options
 
@@ -471,22 +467,22 @@ def test_quiet_works_on_every_command(tiny_checkpoint: Path, tmp_path: Path) -> 
     out, hf = str(tmp_path / "out"), str(tmp_path / "hf")
     for argv in (["convert", str(tiny_checkpoint), "-o", out, "-q"], ["-q", "inspect", out], ["inspect", out, "-q"],
                  ["verify", out, "--quiet"], ["export", out, "--to", hf, "-q"], ["-q", "types"]):
-        done = run(*argv)
-        assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), argv
-    assert json.loads(run("inspect", out, "-q", "--json").stdout)["tensors"]  # --json still prints
+        done = run_cli(argv)
+        assert (done.code, done.stdout, done.stderr) == (0, "", ""), argv
+    assert json.loads(run_cli(["inspect", out, "-q", "--json"]).stdout)["tensors"]  # --json still prints
     # -q keeps errors: one line on stderr.
-    assert_one_line_error(run("verify", str(tmp_path), "-q"), "no converted weights")
+    assert_one_line_error(run_cli(["verify", str(tmp_path), "-q"]), "no converted weights")
 
 
 def test_inspect_json_lists_tensors_in_the_order_of_the_text(tmp_path: Path) -> None:
     names = ["layer.10.w", "layer.2.w", "b", "layer.1.w", "a"]
     write_safetensors(tmp_path / "src" / "model.safetensors", {n: np.ones(2, np.float32) for n in names})
     streamconv.convert(tmp_path / "src", tmp_path / "out")
-    text = run("inspect", str(tmp_path / "out")).stdout
+    text = run_cli(["inspect", str(tmp_path / "out")]).stdout
     table = text.split("\n  name", 1)[1].split("\n\n")[0].splitlines()[1:]  # the rows, up to the blank line
     listed = [line.split()[0] for line in table]
     assert listed == ["a", "b", "layer.1.w", "layer.2.w", "layer.10.w"]
-    data = json.loads(run("inspect", str(tmp_path / "out"), "--json").stdout)
+    data = json.loads(run_cli(["inspect", str(tmp_path / "out"), "--json"]).stdout)
     assert [t["name"] for t in data["tensors"]] == listed
 
 
@@ -517,9 +513,9 @@ def test_options_that_cannot_work_are_exit_2(tiny_checkpoint: Path, tmp_path: Pa
          "no tensor left to convert after --include/--exclude"),
         (["convert", str(tiny_checkpoint), "-o", str(tmp_path / "o2"), "--exclude", "*"], "--include/--exclude"),
     ]:
-        done = run(*argv)
+        done = run_cli(argv)
         assert_one_line_error(done, needle)
-        assert done.returncode == 2, argv
+        assert done.code == 2, argv
     assert not (tmp_path / "o2").exists()
     with pytest.raises(InvalidOptionError, match="^min_cosine=1.5 is above 1"):
         streamconv.validate(tmp_path / "out", min_cosine=1.5)

@@ -8,18 +8,33 @@ network (``HF_HUB_OFFLINE=1``). A block after ``<!-- slow: why -->`` (validation
 models) runs in its own test, after the file's other blocks, in the same folder. `sh` blocks run in
 bash with ``-e -o pipefail``; `python` blocks run in this process, in that folder, each in a fresh
 namespace.
+
+The ``streamconv`` a `sh` block calls is a small client that hands its arguments, folder and
+environment to this process, which runs the command in process (``streamconv.cli.main``, as
+tests.conftest.run_cli does) and hands back its output and exit code: the shell sees a program,
+and the dozen commands of the docs cost no start-up (numpy, pyarrow, and torch for validation)
+each. The real entry point's start-up, signals and exit are tested in test_cli.py,
+test_output_safety.py and test_code_shape.py.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
+import select
+import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import environment, run_cli
 
 ROOT = Path(__file__).parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -62,6 +77,21 @@ def runnable(path: Path, slow: bool = False) -> list[Block]:
     return [b for b in blocks(path) if b.language in ("sh", "python") and not b.skipped and b.slow == slow]
 
 
+# The `streamconv` on a block's PATH: run by this interpreter with -I -S (no site: neither
+# coverage's .pth nor anything else starts with it), it asks the test process to run the command.
+CLIENT = """
+import json, os, socket, sys
+with socket.socket(socket.AF_UNIX) as s:
+    s.connect({address!r})
+    s.sendall(json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ)}}).encode())
+    s.shutdown(socket.SHUT_WR)
+    reply = json.loads(b"".join(iter(lambda: s.recv(1 << 16), b"")))
+sys.stdout.write(reply["stdout"])
+sys.stderr.write(reply["stderr"])
+sys.exit(reply["code"])
+"""
+
+
 class Runner:
     """One working folder per doc file, where its quick blocks run once (the slow test reuses it)."""
 
@@ -69,9 +99,15 @@ class Runner:
         self.scratch, self.minilm, self.folders = scratch, minilm, {}
         bin_dir = scratch / "bin"
         bin_dir.mkdir()
-        for name, command in (("python", ""), ("streamconv", " -m streamconv")):
+        # AF_UNIX addresses are short (108 bytes): a folder of its own under the system's temp.
+        self.address = os.path.join(tempfile.mkdtemp(prefix="streamconv-docs-"), "cli")
+        self.server = socket.socket(socket.AF_UNIX)
+        self.server.bind(self.address)
+        self.server.listen()
+        (bin_dir / "streamconv-client.py").write_text(CLIENT.format(address=self.address))
+        for name, command in (("python", '"$@"'), ("streamconv", f'-I -S "{bin_dir / "streamconv-client.py"}" "$@"')):
             shim = bin_dir / name
-            shim.write_text(f'#!/bin/sh\nexec "{sys.executable}"{command} "$@"\n')
+            shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" {command}\n')
             shim.chmod(0o755)
         self.env = {
             **os.environ,
@@ -80,6 +116,11 @@ class Runner:
             "HF_HUB_OFFLINE": "1",
             "STREAMCONV_DISABLE_PROGRESS_BARS": "1",
         }
+
+    def close(self) -> None:
+        self.server.close()
+        os.unlink(self.address)
+        os.rmdir(os.path.dirname(self.address))
 
     def folder(self, path: Path) -> Path:
         """The folder of ``path``, its quick blocks run in order (the first time only)."""
@@ -96,8 +137,14 @@ class Runner:
         where = f"{block.path.relative_to(ROOT)}:{block.line}"
         if block.language == "sh":
             command = ["bash", "-e", "-o", "pipefail", "-c", block.code]
-            done = subprocess.run(command, cwd=work, env=self.env, capture_output=True, text=True)
-            assert done.returncode == 0, f"{where} exited {done.returncode}:\n{block.code}\n{done.stdout}\n{done.stderr}"
+            with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:  # files: no pipe to fill
+                shell = subprocess.Popen(command, cwd=work, env=self.env, stdout=out, stderr=err, text=True)
+                while shell.poll() is None:
+                    if select.select([self.server], [], [], 0.02)[0]:
+                        self.serve()
+                out.seek(0)
+                err.seek(0)
+                assert shell.returncode == 0, f"{where} exited {shell.returncode}:\n{block.code}\n{out.read()}\n{err.read()}"
             return
         previous = Path.cwd()
         os.chdir(work)
@@ -106,10 +153,41 @@ class Runner:
         finally:
             os.chdir(previous)
 
+    def serve(self) -> None:
+        """Run one command a block's ``streamconv`` asked for, in its folder and environment."""
+        connection, _ = self.server.accept()
+        with connection:
+            request = json.loads(b"".join(iter(lambda: connection.recv(1 << 16), b"")))
+            env = request["env"]
+            changes = {**dict.fromkeys(set(os.environ) - set(env)), **env}
+            previous = Path.cwd()
+            os.chdir(request["cwd"])
+            try:
+                with environment(changes), hub_offline():
+                    done = run_cli(request["argv"])
+            finally:
+                os.chdir(previous)
+            connection.sendall(json.dumps(done._asdict()).encode())
+
+
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """huggingface_hub offline as HF_HUB_OFFLINE=1 makes it: it reads the variable once, when imported."""
+    import huggingface_hub.constants as constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
 
 @pytest.fixture(scope="module")
-def runner(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Runner:
-    return Runner(tmp_path_factory.mktemp("docs"), minilm_path)
+def runner(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Iterator[Runner]:
+    runner = Runner(tmp_path_factory.mktemp("docs"), minilm_path)
+    yield runner
+    runner.close()
 
 
 @pytest.mark.parametrize("path", [p for p in DOCS if runnable(p)], ids=lambda p: p.name)

@@ -118,7 +118,7 @@ def test_dry_run_warns_when_a_tokenizer_to_build_needs_transformers(
 def test_dry_run_says_which_leftovers_the_real_run_would_remove(tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     unrecognised = streamconv.convert(tiny_checkpoint, out, dry_run=True).warnings  # tiny-test: the generic plan
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = subprocess.Popen(["true"])
     dead.wait()
     left = staging_path(out, dead.pid)
     left.mkdir()

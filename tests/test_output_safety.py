@@ -1,7 +1,9 @@
 """The output name under kills, interrupts and a full disk (docs/reliability.md, "Atomicity").
 
 Each test runs ``python -m streamconv`` as a separate process, as a user or a supervisor would,
-and kills or limits it; then it reads what is under the output name.
+and kills or limits it; then it reads what is under the output name. The kills and interrupts come
+at named steps of the run (tests/stop_at.py): every step where the folders change hands, the
+same on every run, rather than after guessed sleeps.
 """
 
 from __future__ import annotations
@@ -41,9 +43,12 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def start(checkpoint: Path, out: Path, *extra: str, preexec_fn=None) -> subprocess.Popen[str]:
+def start(checkpoint: Path, out: Path, *extra: str, preexec_fn=None, stop: tuple[str, str] | None = None
+          ) -> subprocess.Popen[str]:
+    """``streamconv convert``; with ``stop=(SIGNAL, STEPS)`` it signals itself at those steps (tests/stop_at.py)."""
+    program = ["-m", "streamconv"] if stop is None else ["-m", "tests.stop_at", *stop, "--"]
     return subprocess.Popen(
-        [sys.executable, "-m", "streamconv", "convert", str(checkpoint), "-o", str(out), "-q", "--workers", "1", *extra],
+        [sys.executable, *program, "convert", str(checkpoint), "-o", str(out), "-q", "--workers", "1", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, preexec_fn=preexec_fn,
     )
 
@@ -71,15 +76,6 @@ def mapped(proc: subprocess.Popen[str], library: str):
         except OSError:
             return False
     return ready
-
-
-def writing_time(checkpoint: Path, out: Path, *extra: str) -> float:
-    """Seconds from the staging folder's appearance to the end of a successful run."""
-    proc = start(checkpoint, out, *extra)
-    assert wait_until(proc, staging_path(out, proc.pid).exists)
-    seen = time.perf_counter()
-    assert finish(proc) == (0, "")
-    return time.perf_counter() - seen
 
 
 def stored_dtype(out: Path, full: bool = True) -> str:
@@ -115,35 +111,39 @@ def one_line(err: str) -> str:
     return lines[0]
 
 
-def test_force_killed_at_any_moment_leaves_the_old_or_the_new_output(checkpoint: Path, tmp_path: Path) -> None:
-    """SIGKILL at 15 moments of `convert --force`; the name always holds a complete output."""
+# The steps of `convert --force` over an old output where the folders change hands, and what the
+# output name holds when the run is killed there.
+REMOVE, FLUSH = "streamconv.format.staging._remove", "streamconv.format.writer.WeightsWriter._flush"
+METADATA, EXCHANGE = "streamconv.pipeline.convert.write_json", "streamconv.format.staging._exchange"
+KILLS = [
+    (f"before:{REMOVE}", "old"),  # starting: no staging folder yet
+    (f"before:{FLUSH}", "old"),  # the staging folder made, the weights file open, no row group in it
+    (f"after:{FLUSH}", "old"),  # one row group written
+    (f"before:{METADATA}", "old"),  # the weights complete, metadata.json not yet
+    (f"before:{EXCHANGE}", "old"),  # the new output complete under the staging name
+    (f"after:{EXCHANGE}", "new"),  # swapped: the old output now under the staging name
+    (f"after:{EXCHANGE},after:os.unlink", "new"),  # the old output half removed
+]
+
+
+def test_force_killed_at_every_step_leaves_the_old_or_the_new_output(checkpoint: Path, tmp_path: Path) -> None:
+    """SIGKILL at each step of `convert --force`; the name always holds a complete output."""
     if not exchange_supported(tmp_path):
         pytest.skip("no atomic exchange on this filesystem: the fallback has a documented window")
     out = tmp_path / "out"
     assert finish(start(checkpoint, out, "--dtype", "float32")) == (0, "")
     after = stored_dtype(out)
-    writing = writing_time(checkpoint, out, "--force", "--dtype", "float32")
-    print(f"writing and exchange: {writing:.2f} s")
-    # Two kills while starting, then 13 from the staging folder's appearance to past the end.
-    moments = [("start", 0.05), ("start", 0.15), *(("staging", f) for f in np.linspace(0, 1.3, 13))]
-    outcomes = []
-    for i, (phase, when) in enumerate(moments):
+    for steps, expected in KILLS:
         before = after
         target = "float16" if before == "float32" else "float32"
-        proc = start(checkpoint, out, "--force", "--dtype", target)
-        if phase == "start":
-            time.sleep(when)
-        elif wait_until(proc, staging_path(out, proc.pid).exists):
-            time.sleep(writing * when)
-        proc.kill()
-        proc.wait()
+        proc = start(checkpoint, out, "--force", "--dtype", target, stop=("KILL", steps))
+        assert finish(proc)[0] == -signal.SIGKILL, steps
         after = stored_dtype(out)  # never missing, never partial
-        assert after in (before, target), (i, before, after)
-        outcomes.append(("new" if after == target else "old", leftovers(tmp_path)))
-    assert {"old", "new"} <= {o for o, _ in outcomes}, outcomes
+        assert after == {"old": before, "new": target}[expected], steps
 
     # The next run removes what the killed ones left, and says so.
     left = leftovers(tmp_path)
+    assert left == [staging_path(out, proc.pid).name]  # the last kill's (each run removed those before it)
     proc = start(checkpoint, out, "--force", "--json")
     done = json.loads(proc.communicate(timeout=60)[0])
     assert leftovers(tmp_path) == []
@@ -154,9 +154,9 @@ def test_force_killed_at_any_moment_leaves_the_old_or_the_new_output(checkpoint:
 
 def test_only_dead_runs_leftovers_are_removed(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = subprocess.Popen(["true"])
     dead.wait()
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    live = subprocess.Popen(["sleep", "30"])
     try:
         for path in (staging_path(out, dead.pid), staging_path(out, dead.pid, tag="streamconv-old"),
                      staging_path(out, live.pid), staging_path(out, 1), tmp_path / ".other.streamconv-incomplete-1"):
@@ -191,29 +191,16 @@ def test_interrupt_is_one_true_line(checkpoint: Path, tmp_path: Path, sig: signa
     assert list(tmp_path.iterdir()) == []
 
     assert finish(start(checkpoint, out, "--dtype", "float32")) == (0, "")
-    writing = writing_time(checkpoint, out, "--force", "--dtype", "float32")
-    claims = set()
-    for fraction in (0.0, 0.6, 0.95, 1.1):
+    for steps, expected in [(f"before:{FLUSH}", "old"), (f"before:{EXCHANGE}", "old"), (f"after:{EXCHANGE}", "new")]:
         before = stored_dtype(out, full=False)
         target = "float16" if before == "float32" else "float32"
-        proc = start(checkpoint, out, "--force", "--dtype", target)
-        if wait_until(proc, staging_path(out, proc.pid).exists):
-            time.sleep(writing * fraction)
-        proc.send_signal(sig)
-        returncode, err = finish(proc)
+        returncode, err = finish(start(checkpoint, out, "--force", "--dtype", target, stop=(sig.name[3:], steps)))
         after = stored_dtype(out, full=False)
         assert leftovers(tmp_path) == []  # the interrupted run removed its own folder
-        if returncode == 0 or (returncode == -sig and err == ""):  # finished before the signal, or just after main
-            assert after == target, err
-            continue
-        assert returncode == code
-        line = one_line(err)
-        claim = {f"error: {word}; {out} still holds the old output, unchanged": before,
-                 f"error: {word}; {out} holds the new output, complete": target}
-        assert line in claim, line
-        assert claim[line] == after
-        claims.add(line)
-    assert claims, "every run finished before the signal"
+        assert returncode == code, (steps, err)
+        state = {"old": "still holds the old output, unchanged", "new": "holds the new output, complete"}[expected]
+        assert one_line(err) == f"error: {word}; {out} {state}", steps
+        assert after == {"old": before, "new": target}[expected], steps
 
 
 def test_startup_interrupt_is_one_line(checkpoint: Path, tmp_path: Path) -> None:

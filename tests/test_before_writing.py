@@ -16,50 +16,27 @@ import streamconv
 from streamconv.errors import AssetError, MissingDependencyError, OutputExistsError
 from streamconv.format.staging import staging_path
 from tests import models
+from tests.conftest import run_cli
 
 INSTALL = "pip install torch 'streamconv[validate]'"
 
-# Put on PYTHONPATH as sitecustomize.py: the listed packages cannot be found, as if not installed.
-BLOCKER = '''
-import importlib.abc, os, sys
-
-class _NotInstalled(importlib.abc.MetaPathFinder):
-    blocked = set(os.environ["BLOCK_PACKAGES"].split(","))
-
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in self.blocked:
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-sys.meta_path.insert(0, _NotInstalled())
-'''
-
-
-def run_without(packages: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`python -m streamconv ARGS` in a process where ``packages`` (comma-separated) are not installed."""
-    site = tmp_path / "site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(BLOCKER)
-    root = Path(__file__).parents[1]
-    env = {"PYTHONPATH": f"{site}:{root}", "BLOCK_PACKAGES": packages, "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "streamconv", *args], capture_output=True, text=True, env=env)
-
-
 @pytest.mark.parametrize("missing", ["torch", "transformers"])
 def test_convert_validate_without_torch_is_refused_before_writing(
-    tiny_checkpoint: Path, tmp_path: Path, missing: str
+    tiny_checkpoint: Path, tmp_path: Path, missing: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out"
-    done = run_without(missing, tmp_path, "convert", str(tiny_checkpoint), "-o", str(out), "--validate")
-    assert done.returncode == 5, done.stderr
+    with monkeypatch.context() as blocked:
+        blocked.setitem(sys.modules, missing, None)  # `import` fails, find_spec finds nothing: not installed
+        done = run_cli(["convert", str(tiny_checkpoint), "-o", str(out), "--validate"])
+    assert done.code == 5, done.stderr
     assert done.stderr == (
         f"error: {missing} is needed to validate against the original model but is not installed; "
         f"install it with `{INSTALL}`\n"
     )
     assert done.stdout == ""
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["site", "tiny"]  # no output, no hidden staging folder
-    # So the run after installing needs no --force (here: the same run, torch not blocked, no validation).
-    assert subprocess.run([sys.executable, "-m", "streamconv", "convert", str(tiny_checkpoint), "-o", str(out), "-q"]).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # no output, no hidden staging folder
+    # So the run after installing needs no --force (here: the same run, nothing blocked, no validation).
+    assert run_cli(["convert", str(tiny_checkpoint), "-o", str(out), "-q"]).code == 0
 
 
 def test_library_validate_true_without_torch_is_refused_before_reading(
@@ -80,9 +57,8 @@ def test_dry_run_refuses_an_existing_output_as_the_real_run_does(tiny_checkpoint
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     with pytest.raises(OutputExistsError):
         streamconv.convert(tiny_checkpoint, out, dry_run=True)
-    done = subprocess.run([sys.executable, "-m", "streamconv", "convert", str(tiny_checkpoint), "-o", str(out), "--dry-run"],
-                          capture_output=True, text=True)
-    assert (done.returncode, done.stderr) == (4, f"error: {out}: output already exists; pass --force to replace it\n")
+    done = run_cli(["convert", str(tiny_checkpoint), "-o", str(out), "--dry-run"])
+    assert (done.code, done.stderr) == (4, f"error: {out}: output already exists; pass --force to replace it\n")
     assert streamconv.convert(tiny_checkpoint, out, dry_run=True, force=True).dry_run
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # a dry run never writes
 

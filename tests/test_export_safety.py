@@ -9,11 +9,9 @@ under the target name, nothing outside it) and from Python (the error class).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,6 +26,7 @@ from streamconv.format.records import TensorInfo
 from streamconv.format.staging import staging_path
 from streamconv.tools import export_checks
 from tests import models
+from tests.conftest import run_cli
 
 REMOVE = "streamconv replaces only its own output or an empty folder, even with --force: remove it yourself or choose another --to"
 KEEP = "which streamconv never replaces, even with --force: choose another --to"
@@ -255,9 +254,8 @@ def test_export_removes_what_killed_exports_left(converted: tuple[Path, Path], t
     left = staging_path(hf, dead.pid)
     left.mkdir()
     (left / "model.safetensors").write_bytes(b"partial")
-    done = subprocess.run([sys.executable, "-m", "streamconv", "export", str(converted[1]), "--to", str(hf)],
-                          capture_output=True, text=True, env={**os.environ, "STREAMCONV_DISABLE_PROGRESS_BARS": "1"})
-    assert done.returncode == 0, done.stderr
+    done = run_cli(["export", str(converted[1]), "--to", str(hf)])
+    assert done.code == 0, done.stderr
     assert f"removed {left.name}, left by an interrupted run" in done.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
     left.mkdir()

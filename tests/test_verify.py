@@ -7,10 +7,7 @@ metadata.json; the readers raise FormatError for damaged data, never garbage or 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +17,11 @@ import pytest
 
 import streamconv
 from streamconv.errors import FormatError, NotConvertedError
-from tests.conftest import all_dtype_tensors, write_safetensors
-
-ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "STREAMCONV_DISABLE_PROGRESS_BARS": "1"}
+from tests.conftest import CliRun, all_dtype_tensors, run_cli, write_safetensors
 
 
-def run_verify(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamconv", "verify", str(out), *extra],
-                          capture_output=True, text=True, env=ENV, timeout=60)
+def run_verify(out: Path, *extra: str) -> CliRun:
+    return run_cli(["verify", str(out), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +64,10 @@ def test_a_sound_output_passes(small: Path, tmp_path: Path) -> None:
     assert report.chunk_count == json.loads((out / "metadata.json").read_text())["chunk_count"] > 15
     assert {f["kind"] for f in report.files} == {"weights", "asset"} and all(f["ok"] for f in report.files)
     done = run_verify(out)
-    assert done.returncode == 0, done.stderr
+    assert done.code == 0, done.stderr
     assert ": ok: 15 tensors" in done.stdout
     done = run_verify(out, "--json")
-    assert done.returncode == 0 and json.loads(done.stdout)["passed"] is True
+    assert done.code == 0 and json.loads(done.stdout)["passed"] is True
 
 
 def test_every_damaged_tensor_is_named(small: Path, tmp_path: Path) -> None:
@@ -88,7 +82,7 @@ def test_every_damaged_tensor_is_named(small: Path, tmp_path: Path) -> None:
     assert "chunk 1 is damaged (checksum mismatch)" in report.damaged["layer0.weight"][0]
     assert report.problems == ["weights.parquet: sha256 differs from metadata.json"]
     done = run_verify(out)
-    assert done.returncode == 3
+    assert done.code == 3
     assert "DAMAGED" in done.stdout and "layer0.weight" in done.stdout and "layer2.weight" in done.stdout
     assert json.loads(run_verify(out, "--json").stdout)["damaged"].keys() == {"layer0.weight", "layer2.weight"}
     with pytest.raises(FormatError, match="layer0.weight.*chunk 1 is damaged"):
@@ -110,7 +104,7 @@ def test_metadata_and_files_disagreeing_are_reported(small: Path, tmp_path: Path
     assert "parameter_count" in problems
     assert "bytes, metadata.json says" in problems
     assert "config.json: listed in metadata.json but missing" in problems
-    assert run_verify(out).returncode == 3
+    assert run_verify(out).code == 3
 
 
 def test_a_damaged_table_of_contents_or_missing_pieces_are_reported(small: Path, tmp_path: Path) -> None:
@@ -124,7 +118,7 @@ def test_a_damaged_table_of_contents_or_missing_pieces_are_reported(small: Path,
     out.mkdir()
     with pytest.raises(NotConvertedError):
         streamconv.verify(out)
-    assert run_verify(out).returncode == 2
+    assert run_verify(out).code == 2
 
 
 def test_split_outputs_are_checked_file_by_file(small: Path, tmp_path: Path) -> None:
@@ -163,7 +157,7 @@ def test_format_1_is_read_and_says_what_it_could_not_check(small: Path, tmp_path
     assert "format 1: chunks have no checksums; decoded sizes only" in report.unchecked
     assert any("lists no weights files" in u for u in report.unchecked)
     done = run_verify(out)
-    assert done.returncode == 0 and "not checked: format 1" in done.stdout
+    assert done.code == 0 and "not checked: format 1" in done.stdout
     # Format 1 cannot see a flipped bit, but it sees a chunk of the wrong size.
     table = pq.read_table(out / "weights.parquet")
     data = table["data"].to_pylist()

@@ -64,11 +64,13 @@ def test_no_module_outside_plans_names_a_model_family() -> None:
     assert offenders == []
 
 
-HEAVY = ("ml_dtypes", "torch", "transformers", "pandas")
-#: Each runs in a fresh process; {src}, {bf16} and {out} are filled in. "program:" runs the CLI as the
-#: program (``python -m streamconv``, its start-up included); the others are Python.
+HEAVY = ("ml_dtypes", "torch", "transformers", "tokenizers", "pandas")
+#: Each runs in a fresh process; {src}, {bf16}, {minilm} and {out} are filled in. "program:" runs the
+#: CLI as the program (``python -m streamconv``, its start-up included); the others are Python.
 COMMANDS = {
     "convert float32 -> float16": "program: convert {src} -o {new} -q",
+    # The real MiniLM: its tokenizer.json is copied, so transformers and tokenizers stay out.
+    "convert a sentence-transformers model": "program: convert {minilm} -o {new} -q",
     "inspect": "program: inspect {out}",
     "verify": "program: verify {out}",
     "library: convert, load, iter_tensors, verify": (
@@ -96,7 +98,8 @@ def float16_output(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
-def test_a_command_imports_only_what_it_uses(command: str, float16_output: tuple[Path, Path, Path], tmp_path: Path) -> None:
+def test_a_command_imports_only_what_it_uses(command: str, float16_output: tuple[Path, Path, Path], minilm_path: Path,
+                                            tmp_path: Path) -> None:
     """No ml_dtypes without a bfloat16 (0.4-0.8 s to import: docs/benchmarks.md, "Start-up"), and
     never torch, transformers or pandas. pyarrow imports pandas, when it is installed, from calls
     such as pa.array(list): a stand-in pandas on the path records that it was asked for."""
@@ -105,7 +108,7 @@ def test_a_command_imports_only_what_it_uses(command: str, float16_output: tuple
     fake.mkdir(parents=True)
     marker = tmp_path / "pandas-imported"
     (fake / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError('stand-in')\n")
-    text = COMMANDS[command].format(src=str(src), bf16=str(bf16), out=str(out), new=str(tmp_path / "new"))
+    text = COMMANDS[command].format(src=str(src), bf16=str(bf16), minilm=str(minilm_path), out=str(out), new=str(tmp_path / "new"))
     if text.startswith("program: "):
         argv = ["streamconv", *text.removeprefix("program: ").split()]
         text = f"import runpy, sys; sys.argv = {argv!r}; runpy.run_module('streamconv', run_name='__main__')"
@@ -117,3 +120,5 @@ def test_a_command_imports_only_what_it_uses(command: str, float16_output: tuple
     assert not marker.exists()
     if "convert" in command:
         assert (tmp_path / "new" / "weights.parquet").is_file()
+    if "sentence-transformers" in command:
+        assert (tmp_path / "new" / "tokenizer.json").is_file()  # copied, not built

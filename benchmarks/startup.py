@@ -10,11 +10,12 @@ tiny BERT):
 - *imports*: a process that imports what the CLI's ``convert`` imports, as the CLI does (under
   ``program_start``), wall time: the interpreter and the imports, nothing parsed or converted.
 
-CLI minus in process is what start-up and exit cost (target: at most 0.35 s); CLI minus in process
-minus imports is what parsing the command line and the exit cost. Then each heavy dependency's
+CLI minus in process is what start-up and exit cost (target: at most 0.35 s), CLI ÷ in process the
+same as a ratio; CLI minus in process minus imports is what parsing the command line and the exit cost.
+The load average before and after is printed beside the figures. Then each heavy dependency's
 ``import`` in a fresh process, timed around the import alone, after ``import numpy`` (numpy's own
-row: alone), so a row is that module's cost; and whether the in-process float32 -> float16
-conversion had imported it by its end.
+row: alone), so a row is that module's cost, also as a multiple of the in-process conversion; and
+whether the in-process float32 -> float16 conversion had imported it by its end.
 
 Called by benchmarks/run.py (section ``startup``); alone: python benchmarks/startup.py [--runs N] [--quick]
 """
@@ -107,7 +108,10 @@ def measure(workdir: Path, runs: int, quick: bool) -> list[str]:
     source = ensure(checkpoint, workdir)
     work = workdir / "startup"
     work.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
     times, loaded = _side_by_side(source, work, runs)
+    imported = {name: _import_seconds(name, runs) for name in HEAVY}
+    load_after = os.getloadavg()[0]
 
     def cell(rows: list[tuple[float, ...]], bold: bool = False) -> str:
         wall, cpu = (statistics.median(r[n] for r in rows) for n in (0, 1))
@@ -117,6 +121,8 @@ def measure(workdir: Path, runs: int, quick: bool) -> list[str]:
     extra = [(c[0] - i[0], c[1] - i[1]) for c, i, _ in pairs]
     rest = [(c[0] - i[0] - m[0], c[1] - i[1] - m[1]) for c, i, m in pairs]
     walls = [c[0] for c in times["cli"]]
+    conversion = statistics.median(r[0] for r in times["in"])
+    ratio = statistics.median(c[0] / i[0] for c, i, _ in pairs)
     lines = [
         "## Start-up",
         "",
@@ -125,6 +131,7 @@ def measure(workdir: Path, runs: int, quick: bool) -> list[str]:
         "*in process* is `streamconv.convert(...)` alone, timed inside a fresh process; *imports* is a process that",
         "only imports what `convert` imports, as the CLI does. Start-up and exit = CLI minus in process, run by run.",
         "CPU is user + system seconds, of all threads.",
+        f"Load average (1 min): {load_before:.2f} before, {load_after:.2f} after, on {os.cpu_count()} cores.",
         "",
         "| what | wall (s) | CPU (s) |",
         "|---|---|---|",
@@ -134,16 +141,18 @@ def measure(workdir: Path, runs: int, quick: bool) -> list[str]:
         f"| of which: interpreter and imports (the imports-only process) | {cell(times['imports'])} |",
         f"| of which: the rest (parsing, exit) | {cell(rest)} |",
         "",
-        "`import X` in a fresh process, timed around the import alone, after `import numpy` (numpy's row: alone),",
-        f"median of {runs}; *convert imports it*: loaded by the end of the in-process float32 -> float16 conversion.",
+        f"CLI ÷ in process, wall, median of the runs' ratios: {ratio:.2f}.",
         "",
-        "| module | import (s) | convert imports it |",
-        "|---|---|---|",
+        "`import X` in a fresh process, timed around the import alone, after `import numpy` (numpy's row: alone),",
+        f"median of {runs}; *÷ conversion*: that time over the in-process conversion's wall time above ({conversion:.3f} s);",
+        "*convert imports it*: loaded by the end of the in-process float32 -> float16 conversion.",
+        "",
+        "| module | import (s) | ÷ conversion | convert imports it |",
+        "|---|---|---|---|",
     ]
-    for name in HEAVY:
-        seconds = _import_seconds(name, runs)
-        figure = f"{seconds:.3f}" if isinstance(seconds, float) else seconds
-        lines.append(f"| {name} | {figure} | {'yes' if name in loaded else 'no'} |")
+    for name, seconds in imported.items():
+        figures = f"{seconds:.3f} | {seconds / conversion:.2f}" if isinstance(seconds, float) else f"{seconds} | "
+        lines.append(f"| {name} | {figures} | {'yes' if name in loaded else 'no'} |")
     return [*lines, ""]
 
 

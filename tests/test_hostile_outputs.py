@@ -33,20 +33,27 @@ from streamconv.errors import (
 )
 from streamconv.format import reader
 from streamconv.format.schema import SCHEMA
-from tests.conftest import write_safetensors
+from tests.conftest import CliRun, run_cli, write_safetensors
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "STREAMCONV_DISABLE_PROGRESS_BARS": "1"}
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamconv", *args], capture_output=True, text=True, env=ENV,
+def cli(*args: str) -> CliRun:
+    """The command in this process (tests.conftest.run_cli)."""
+    return run_cli(args)
+
+
+def cli_process(*args: str, timeout: float) -> CliRun:
+    """The command as a process, for a test that a command ends (a hang then fails at ``timeout``)."""
+    done = subprocess.run([sys.executable, "-m", "streamconv", *args], capture_output=True, text=True, env=ENV,
                           timeout=timeout)
+    return CliRun(done.returncode, done.stdout, done.stderr)
 
 
-def one_error_line(done: subprocess.CompletedProcess[str], code: int) -> str:
-    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
+def one_error_line(done: CliRun, code: int) -> str:
+    assert done.code == code, (done.code, done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     return lines[0]
@@ -105,7 +112,7 @@ def test_weights_linked_outside_are_refused_by_every_reader(made: dict[str, Path
     assert not report.passed and all("leads through a symlink" in p for p in report.problems)
     assert [f["sha256"] for f in report.files if f["path"] == victim.name] == [None]
     done = cli("verify", str(out))
-    assert done.returncode == 3 and "leads through a symlink" in done.stdout
+    assert done.code == 3 and "leads through a symlink" in done.stdout
 
 
 def test_an_asset_linked_outside_is_neither_hashed_nor_copied(made: dict[str, Path], tmp_path: Path) -> None:
@@ -131,9 +138,9 @@ def test_a_fifo_or_folder_where_a_file_belongs_is_refused_at_once(made: dict[str
     os.mkfifo(path) if kind == "fifo" else path.mkdir()
     words = f"is {'a FIFO' if kind == 'fifo' else 'a folder'}, where a file belongs"
     # A FIFO opened for reading would block forever: each command ends at once.
-    assert words in one_error_line(cli("inspect", str(out), timeout=30), 3)
-    done = cli("verify", str(out), timeout=30)  # verify reports it among everything else it checks
-    assert done.returncode == 3 and words in done.stdout, done.stdout + done.stderr
+    assert words in one_error_line(cli_process("inspect", str(out), timeout=30), 3)
+    done = cli_process("verify", str(out), timeout=30)  # verify reports it among everything else it checks
+    assert done.code == 3 and words in done.stdout, done.stdout + done.stderr
 
 
 # --- item 4: memory follows the real data ---
@@ -155,7 +162,7 @@ def test_a_chunk_larger_than_the_recorded_chunk_size_is_refused_before_allocatio
     with pytest.raises(FormatError, match="more than a chunk of this output holds"):
         streamconv.load(out)
     done = cli("verify", str(out))
-    assert done.returncode == 3 and "more than a chunk of this output holds (16,384 bytes)" in done.stdout
+    assert done.code == 3 and "more than a chunk of this output holds (16,384 bytes)" in done.stdout
     bare = tmp_path / "bare.parquet"  # no metadata.json: the cap of constants.MAX_CHUNK_BYTES
     _one_chunk_file(bare, 1 << 27)
     with pytest.raises(FormatError, match="268,435,456 bytes"):
@@ -317,7 +324,7 @@ def test_a_null_in_the_data_column_is_damage_not_a_crash(made: dict[str, Path], 
     with pytest.raises(FormatError, match="column 'data' holds a null"):
         streamconv.load(out)
     done = cli("verify", str(out))
-    assert done.returncode == 3 and "column 'data' holds a null" in done.stdout
+    assert done.code == 3 and "column 'data' holds a null" in done.stdout
 
 
 # --- item 9: the corpus, fuzzed ---

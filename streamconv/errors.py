@@ -32,6 +32,7 @@ __all__ = [
     "MissingDependencyError",
     "InvalidOptionError",
     "CastOverflowError",
+    "QuantizationBudgetError",
     "escape",
 ]
 
@@ -357,4 +358,22 @@ class CastOverflowError(StreamconvError, ArithmeticError):
         super().__init__(
             f"tensor {tensor!r} has values up to {peak:.6g}, beyond {dtype}'s range, found after "
             "casting had begun; cast with prescan=True so such tensors are scanned first"
+        )
+
+
+class QuantizationBudgetError(StreamconvError, ArithmeticError):
+    """A chunk of a tensor quantized to int8 has a quantization error beyond the budget.
+
+    Raised while writing (streamconv.stages.quantize); :func:`streamconv.convert` then writes again
+    with that tensor kept in float16, and lists it.
+    """
+
+    exit_code = 3
+
+    def __init__(self, tensor: str, error: float, budget: float) -> None:
+        self.tensor = tensor
+        self.error = error
+        super().__init__(
+            f"tensor {tensor!r} has an int8 quantization error of {error:.3g}, beyond the budget of {budget}; "
+            "keep it in float16 (convert does so by itself)"
         )

@@ -8,12 +8,17 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-__all__ = ["FORMAT_VERSION", "INDEX_FILENAME", "METADATA_FILENAME", "META_COLUMNS", "SCHEMA", "WEIGHTS_FILENAME",
-           "checksum", "split_name"]
+__all__ = ["FORMAT_VERSION", "INDEX_FILENAME", "INT8_VERSION", "METADATA_FILENAME", "META_COLUMNS",
+           "QUANT_COLUMNS", "QUANT_SCHEMA", "SCHEMA", "WEIGHTS_FILENAME", "checksum", "schema_for", "split_name",
+           "version_for"]
 
-#: Version of the output layout written by this package (see docs/format.md). Readers accept
-#: every version up to this one.
-FORMAT_VERSION = 3
+#: Newest version of the output layout (see docs/format.md). Readers accept every version up to
+#: this one.
+FORMAT_VERSION = 4
+#: The version of outputs holding int8 tensors (``--dtype int8``). Every other output is written as
+#: version 3, which it is exactly, so older readers still read it.
+INT8_VERSION = 4
+PLAIN_VERSION = 3
 WEIGHTS_FILENAME = "weights.parquet"
 METADATA_FILENAME = "metadata.json"
 #: A split output's index, beside its ``weights-0000k-of-0000N.parquet`` files.
@@ -36,6 +41,18 @@ SCHEMA = pa.schema(
         pa.field("data_xxh3", pa.uint64(), nullable=False),
     ]
 )
+#: Version 4, int8 outputs only: a chunk's quantization block (0: not quantized; else the block
+#: length along the last axis), its float16 scales coded as ``data`` is, and their checksum.
+QUANT_COLUMNS = ["block", "scales", "scales_bytes", "scales_xxh3"]
+QUANT_SCHEMA = pa.schema(
+    [
+        *SCHEMA,
+        pa.field("block", pa.int32(), nullable=False),
+        pa.field("scales", pa.large_binary(), nullable=False),
+        pa.field("scales_bytes", pa.int64(), nullable=False),
+        pa.field("scales_xxh3", pa.uint64(), nullable=False),
+    ]
+)
 #: Every column but the data and its checksum: what describes a chunk.
 META_COLUMNS = ["name", "source_name", "dtype", "source_dtype", "shape", "chunk_index", "chunk_count",
                 "element_offset", "element_count"]
@@ -49,3 +66,13 @@ def split_name(index: int, count: int) -> str:
 def checksum(payload: bytes | memoryview | np.ndarray) -> int:
     """The ``data_xxh3`` of a stored ``data`` value: xxHash's XXH3-64 of its bytes, seed 0."""
     return xxhash.xxh3_64_intdigest(payload.data if isinstance(payload, np.ndarray) else payload)
+
+
+def version_for(quantized: bool) -> int:
+    """The format version an output is written in: :data:`INT8_VERSION` if it holds int8 tensors."""
+    return INT8_VERSION if quantized else PLAIN_VERSION
+
+
+def schema_for(quantized: bool) -> pa.Schema:
+    """The Parquet schema of an output with or without int8 tensors."""
+    return QUANT_SCHEMA if quantized else SCHEMA

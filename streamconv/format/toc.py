@@ -19,13 +19,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from streamconv.buffers import thread_buffer
 from streamconv.dtypes import DType, by_name
 from streamconv.errors import FormatError
 from streamconv.format import codec
+from streamconv.format.quantized import block_count, check_scales, dequantize_into
 from streamconv.format.records import TensorInfo
 from streamconv.format.schema import FORMAT_VERSION, META_COLUMNS, checksum
 
-__all__ = ["Chunk", "Entry", "Expected", "META_COLUMNS", "WeightsPart", "Recycler", "numel", "payloads"]
+__all__ = ["Chunk", "Entry", "Expected", "META_COLUMNS", "SCALES", "WeightsPart", "Recycler", "numel", "payloads"]
 
 #: (tensor name, next chunk index, next element offset) while reading rows; None between tensors.
 Expected = tuple[str, int, int] | None
@@ -33,6 +35,8 @@ Expected = tuple[str, int, int] | None
 RECYCLE_BYTES = 1 << 20
 #: How many tensors ahead :class:`Recycler` looks for one that could reuse a dropped array.
 RECYCLE_AHEAD = 16
+#: Key prefix, in a reader's pending arrays, of a quantized tensor's scales.
+SCALES = "\0scales:"
 class Chunk(NamedTuple):
     """One row of a row group, from the table of contents: all a reader needs besides ``data``."""
 
@@ -41,6 +45,9 @@ class Chunk(NamedTuple):
     element_offset: int
     element_count: int
     checksum: int | None
+    block: int = 0  # version 4: the int8 quantization block, 0 when not quantized
+    scales_checksum: int | None = None
+    scales_bytes: int = 0
 
 
 @dataclass
@@ -53,12 +60,22 @@ class Entry:
     file: Path
     stored_bytes: int = 0
     groups: list[tuple[int, int]] = field(default_factory=list)  # (file index, row group)
+    block: int = 0  # int8 quantization block of every chunk; 0 when not quantized
 
     @property
     def info(self) -> TensorInfo:
         row = self.row
         return TensorInfo(row["name"], row["source_name"], self.dtype.name, row["source_dtype"], self.shape,
-                          row["chunk_count"], self.stored_bytes, self.file)
+                          row["chunk_count"], self.stored_bytes, self.file, self.block)
+
+    def array_dtype(self, dequantize: str | None) -> np.dtype:
+        """The dtype a reader decodes into: the stored one, or for int8 codes ``dequantize``'s."""
+        return self.dtype.numpy if not self.block or dequantize is None else np.dtype(dequantize)
+
+    @property
+    def scale_count(self) -> int:
+        """Scales of a quantized tensor (0 otherwise)."""
+        return self.shape[0] * block_count(self.shape[1], self.block) if self.block else 0
 
 
 class WeightsPart:
@@ -88,6 +105,11 @@ class WeightsPart:
         if self.compression not in ("zstd", "none"):
             raise FormatError(self.path, f"unknown compression {self.compression!r}")
         self.has_checksums = self.version >= 2
+        names = self.parquet.schema_arrow.names
+        # Version 4: int8 chunks carry a block and scales (only int8 outputs have these columns).
+        self.quantized = self.version >= 4 and "block" in names
+        if self.quantized and not {"scales", "scales_bytes", "scales_xxh3"} <= set(names):
+            raise FormatError(self.path, "has a block column but its scales columns are missing; convert it again")
         self.expected = self._table_of_contents(expected)
 
     def read_columns(self, group: int, columns: Sequence[str]) -> pa.Table:
@@ -103,10 +125,11 @@ class WeightsPart:
         One read of the metadata columns of every row group; the data column is never touched.
         """
         sizes = ["data_bytes", "data_xxh3"] if self.has_checksums else ["data"]
+        quant = ["block", "scales_xxh3", "scales_bytes"] if self.quantized else []
         try:
             # One thread: the rows are small, and Arrow's thread pool would stay resident (BERT-large:
             # load's peak RSS 739 -> 733 MiB).
-            table = self.parquet.read(columns=[*META_COLUMNS, *sizes], use_threads=False)
+            table = self.parquet.read(columns=[*META_COLUMNS, *sizes, *quant], use_threads=False)
         except (pa.ArrowException, OSError) as exc:
             raise FormatError(self.path, f"the metadata columns are damaged ({exc})") from exc
         stored = table.column(sizes[0])
@@ -115,17 +138,44 @@ class WeightsPart:
 
             stored = pc.binary_length(stored)
         sums = table.column("data_xxh3").to_pylist() if self.has_checksums else [None] * table.num_rows
-        rows = table.drop_columns(sizes).to_pylist()
+        blocks, scale_sums, scale_sizes = ([table.column(c).to_pylist() for c in quant] if quant
+                                           else [[0] * table.num_rows, [None] * table.num_rows, [0] * table.num_rows])
+        rows = table.drop_columns(sizes + quant).to_pylist()
         metadata = self.parquet.metadata
         group_of_row = [g for g in range(metadata.num_row_groups) for _ in range(metadata.row_group(g).num_rows)]
         if len(group_of_row) != len(rows):
             raise FormatError(self.path, "the row groups do not add up to the rows")
         self.chunks: list[list[Chunk]] = [[] for _ in range(metadata.num_row_groups)]
-        for row, nbytes, group, expected_sum in zip(rows, stored.to_pylist(), group_of_row, sums, strict=True):
-            expected = self._check_row(self.entries, row, nbytes, group, expected)
-            self.chunks[group].append(Chunk(row["name"], row["chunk_index"], row["element_offset"],
-                                            row["element_count"], expected_sum))
+        for row, nbytes, group, expected_sum, block, scale_sum, scale_size in zip(
+                rows, stored.to_pylist(), group_of_row, sums, blocks, scale_sums, scale_sizes, strict=True):
+            expected = self._check_row(self.entries, row, nbytes + scale_size, group, expected)
+            chunk = Chunk(row["name"], row["chunk_index"], row["element_offset"], row["element_count"], expected_sum,
+                          block, scale_sum, scale_size)
+            if self.quantized:
+                self._check_quantized(self.entries[row["name"]], chunk)
+            self.chunks[group].append(chunk)
         return expected
+
+    def _check_quantized(self, entry: Entry, chunk: Chunk) -> None:
+        """A version-4 row's block agrees with its tensor's, and an int8 chunk holds whole rows with scales."""
+        name = entry.row["name"]
+        if chunk.chunk_index == 0:
+            entry.block = chunk.block
+            if chunk.block < 0 or (chunk.block and (entry.dtype.name != "int8" or len(entry.shape) != 2
+                                                    or entry.shape[1] < 1)):
+                raise FormatError(self.path, f"tensor {name!r}: block {chunk.block} for a {entry.dtype.name} tensor "
+                                             f"of shape {list(entry.shape)}; only 2-D int8 tensors are quantized")
+        if chunk.block != entry.block:
+            raise FormatError(self.path, f"tensor {name!r}: chunk {chunk.chunk_index} has block {chunk.block}, "
+                                         f"chunk 0 {entry.block}")
+        if not chunk.block:
+            return
+        cols = entry.shape[1]
+        if chunk.element_offset % cols or chunk.element_count % cols:
+            raise FormatError(self.path, f"tensor {name!r}: int8 chunk {chunk.chunk_index} does not hold whole rows")
+        if chunk.element_count and not chunk.scales_bytes:
+            raise FormatError(self.path, f"tensor {name!r}: int8 chunk {chunk.chunk_index} has no scales "
+                                         "(damaged); convert it again")
 
     def _check_row(
         self, entries: dict[str, Entry], row: dict[str, Any], nbytes: int, group: int,
@@ -173,25 +223,55 @@ class WeightsPart:
 
     def decode_group(
         self, group: int, table: pa.Table, wanted: set[str], pending: dict[str, np.ndarray], pool: ThreadPoolExecutor,
-        arrays: Recycler,
+        arrays: Recycler, dequantize: str | None = "float16",
     ) -> tuple[list[Future[None]], list[str]]:
         """Start decoding a row group's chunks into their tensors' arrays, without waiting.
 
         Returns the jobs and the tensors complete once they are done.
         """
         jobs, finished = [], []
-        for payload, (name, index, offset, count, expected_sum) in zip(payloads(table), self.chunks[group],
-                                                                       strict=True):
+        scales = payloads(table, "scales") if self.quantized else [None] * table.num_rows
+        for payload, scale_payload, chunk in zip(payloads(table), scales, self.chunks[group], strict=True):
+            name, index, offset, count = chunk.name, chunk.chunk_index, chunk.element_offset, chunk.element_count
             if name not in wanted:
                 continue
             entry = self.entries[name]
             if index == 0:
-                pending[name] = arrays.take(numel(entry.shape), entry.dtype.numpy)
+                pending[name] = arrays.take(numel(entry.shape), entry.array_dtype(dequantize))
+                if entry.block:
+                    pending[SCALES + name] = np.empty(entry.scale_count, np.float16)
             out = pending[name][offset:offset + count]
-            jobs.append(pool.submit(self.decode_chunk, name, index, payload, expected_sum, out))
+            if entry.block:
+                first = offset // entry.shape[1] * block_count(entry.shape[1], entry.block)
+                scales_out = pending[SCALES + name][first:first + count // entry.shape[1]
+                                                    * block_count(entry.shape[1], entry.block)]
+                jobs.append(pool.submit(self.decode_quantized, entry, chunk, payload, scale_payload, out, scales_out))
+            else:
+                jobs.append(pool.submit(self.decode_chunk, name, index, payload, chunk.checksum, out))
             if index == entry.row["chunk_count"] - 1:
                 finished.append(name)
         return jobs, finished
+
+    def decode_quantized(self, entry: Entry, chunk: Chunk, payload: pa.Buffer, scales_payload: pa.Buffer | None,
+                         out: np.ndarray, scales_out: np.ndarray) -> None:
+        """Decode an int8 chunk's codes and scales, check them against each other, and write ``out``:
+        the codes themselves (an int8 ``out``) or their values (float16 or float32)."""
+        name, index, cols = entry.row["name"], chunk.chunk_index, entry.shape[1]
+        codes = out if out.dtype == np.int8 else \
+            thread_buffer("codes", chunk.element_count)[: chunk.element_count].view(np.int8)
+        self.decode_chunk(name, index, payload, chunk.checksum, codes)
+        if scales_payload is None or (chunk.scales_checksum is not None
+                                      and checksum(memoryview(scales_payload)) != chunk.scales_checksum):
+            raise FormatError(self.path, f"tensor {name!r}: chunk {index}'s scales are damaged (checksum mismatch)")
+        try:
+            codec.decode_into(scales_payload, scales_out, self.compression, self.version)
+        except Exception as exc:  # zstd errors, size mismatches: damaged scales
+            raise FormatError(self.path, f"tensor {name!r}: chunk {index}'s scales are damaged ({exc})") from exc
+        problem = check_scales(codes, scales_out, cols, entry.block)
+        if problem:
+            raise FormatError(self.path, f"tensor {name!r}: chunk {index}'s scales do not fit its codes ({problem})")
+        if out.dtype != np.int8:
+            dequantize_into(codes, scales_out, cols, entry.block, out)
 
     def decode_chunk(self, name: str, chunk: int, payload: pa.Buffer, expected_sum: int | None, out: np.ndarray) -> None:
         if expected_sum is not None and checksum(memoryview(payload)) != expected_sum:
@@ -241,13 +321,14 @@ def _unshared() -> int:
 _UNSHARED = _unshared()
 
 
-def payloads(table: pa.Table) -> list[pa.Buffer]:
-    """Every row's ``data`` value, as a slice of the column's own Arrow buffer (nothing copied).
+def payloads(table: pa.Table, column: str = "data") -> list[pa.Buffer]:
+    """Every row's ``data`` (or ``scales``) value, as a slice of the column's own Arrow buffer
+    (nothing copied).
 
     ``combine_chunks`` would copy the column, and ``array[row].as_buffer()`` copies each value.
     """
     sliced: list[pa.Buffer] = []
-    for chunk in (c for c in table.column("data").chunks if len(c)):
+    for chunk in (c for c in table.column(column).chunks if len(c)):
         _, offsets, values = chunk.buffers()
         width = "<i8" if pa.types.is_large_binary(chunk.type) else "<i4"
         ends = np.frombuffer(offsets, width)[chunk.offset:chunk.offset + len(chunk) + 1].tolist()

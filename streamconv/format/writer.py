@@ -32,7 +32,7 @@ from streamconv.constants import (
 from streamconv.dtypes import by_numpy
 from streamconv.format import codec
 from streamconv.format.hashing import FileHasher
-from streamconv.format.schema import FORMAT_VERSION, SCHEMA, checksum
+from streamconv.format.schema import checksum, schema_for, version_for
 
 __all__ = ["Piece", "WeightsWriter", "WriteSummary", "row_group_bytes_for"]
 
@@ -103,8 +103,11 @@ class Piece(Protocol):
     def element_count(self) -> int: ...
     @property
     def store_as(self) -> Any: ...
-    def load(self, *, scratch: bool = False) -> np.ndarray: ...
+    def load(self, *, scratch: bool = False) -> Any: ...
     def note_for(self, stored: np.ndarray) -> str | None: ...
+
+# ``Piece.load`` gives the stored elements as an array, or for an int8-quantized piece (version 4,
+# ``quantized=True`` writers only) a tuple ``(codes int8, scales float16, block)``.
 
 
 #: The piece type a caller writes, handed back to its ``on_written``.
@@ -117,6 +120,9 @@ class _Encoded(NamedTuple):
     payload: np.ndarray  # uint8
     checksum: int
     note: str | None
+    block: int = 0  # version 4: the quantization block, 0 when not quantized
+    scales: np.ndarray = np.zeros(0, np.uint8)  # their payload, coded as data is
+    scales_checksum: int = checksum(b"")
 
 
 @dataclass
@@ -154,6 +160,7 @@ class WeightsWriter:
         level: ``None`` for the coder tuned per byte plane, or a zstd level -7 to 22 for every plane.
         workers: Threads that encode chunks.
         row_group_bytes: Pending encoded bytes that close a row group.
+        quantized: Write format version 4, whose rows may hold int8 codes with their scales.
 
     Example:
         >>> with WeightsWriter(out / "weights.parquet") as writer:
@@ -168,6 +175,7 @@ class WeightsWriter:
         level: int | None = None,
         workers: int = DEFAULT_WORKERS,
         row_group_bytes: int = ROW_GROUP_BYTES,
+        quantized: bool = False,
     ) -> None:
         check_codec(compression, level)
         check_workers(workers)
@@ -176,6 +184,8 @@ class WeightsWriter:
         self.level = level
         self.workers = workers
         self.row_group_bytes = row_group_bytes
+        self.quantized = quantized
+        self.schema = schema_for(quantized)
         self.summary = WriteSummary()
         self._partial = self.path.with_name(self.path.name + ".incomplete")
         self.sha256: str | None = None  # hex digest of the file, once closed without an error
@@ -186,9 +196,9 @@ class WeightsWriter:
         self._pending_bytes = 0
 
     def __enter__(self) -> WeightsWriter:
-        schema = SCHEMA.with_metadata(
+        schema = self.schema.with_metadata(
             {
-                "streamconv.format_version": str(FORMAT_VERSION),
+                "streamconv.format_version": str(version_for(self.quantized)),
                 "streamconv.version": __version__,
                 "streamconv.compression": self.compression,
                 "streamconv.byte_planes": "true",
@@ -271,6 +281,14 @@ class WeightsWriter:
         # Runs in a worker thread: the piece is read, cast and compressed here, and its array is
         # dropped on return, so the queue holds descriptions and payloads, never arrays.
         data = piece.load(scratch=True)  # encoded at once, before this thread loads again
+        if isinstance(data, tuple):
+            if not self.quantized:
+                raise ValueError(f"{piece!r} is quantized; write it with WeightsWriter(..., quantized=True)")
+            codes, scales, block = data
+            payload, coded_scales = codec.encode(codes, self.compression, self.level), \
+                codec.encode(scales, self.compression, self.level)
+            return _Encoded("int8", codes.nbytes + scales.nbytes, payload, checksum(payload), None, block,
+                            coded_scales, checksum(coded_scales))
         payload = codec.encode(data, self.compression, self.level)
         return _Encoded(by_numpy(data.dtype).name, data.nbytes, payload, checksum(payload), piece.note_for(data))
 
@@ -298,16 +316,16 @@ class WeightsWriter:
             summary.stored_dtypes[piece.name] = encoded.dtype
         summary.chunk_count += 1
         summary.raw_bytes += encoded.nbytes
-        summary.data_bytes += len(encoded.payload)
+        summary.data_bytes += len(encoded.payload) + len(encoded.scales)
         self._rows.append((piece, encoded))
-        self._pending_bytes += len(encoded.payload)
+        self._pending_bytes += len(encoded.payload) + len(encoded.scales)
         if self._pending_bytes >= self.row_group_bytes or len(self._rows) >= MAX_ROWS_PER_GROUP:
             self._flush()
 
     def _flush(self) -> None:
         if not self._rows:
             return
-        table = pa.table(_columns(self._rows), schema=SCHEMA)
+        table = pa.table(_columns(self._rows, self.quantized), schema=self.schema)
         assert self._writer is not None
         self._writer.write_table(table, row_group_size=len(self._rows))
         assert self._hasher is not None
@@ -316,7 +334,7 @@ class WeightsWriter:
         self._pending_bytes = 0
 
 
-def _columns(rows: list[tuple[Piece, _Encoded]]) -> list[pa.Array | pa.ChunkedArray]:
+def _columns(rows: list[tuple[Piece, _Encoded]], quantized: bool) -> list[pa.Array | pa.ChunkedArray]:
     """The columns of one row group, in SCHEMA order, built without a copy of the large payloads."""
     pieces = [piece for piece, _ in rows]
     encoded = [enc for _, enc in rows]
@@ -325,7 +343,7 @@ def _columns(rows: list[tuple[Piece, _Encoded]]) -> list[pa.Array | pa.ChunkedAr
     shape_offsets = np.zeros(len(rows) + 1, np.int32)
     np.cumsum([len(shape) for shape in shapes], out=shape_offsets[1:])
     dims = np.fromiter((d for shape in shapes for d in shape), np.int64, int(shape_offsets[-1]))
-    return [
+    columns = [
         _strings([p.name for p in pieces]),
         _strings([p.ref.source_name for p in pieces]),
         _strings([e.dtype for e in encoded]),
@@ -339,6 +357,14 @@ def _columns(rows: list[tuple[Piece, _Encoded]]) -> list[pa.Array | pa.ChunkedAr
         _numeric(sizes),
         _numeric(np.fromiter((e.checksum for e in encoded), np.uint64, len(rows))),
     ]
+    if quantized:
+        columns += [
+            _numeric(np.fromiter((e.block for e in encoded), np.int32, len(rows))),
+            _data_column([e.scales for e in encoded]),
+            _numeric(np.fromiter((len(e.scales) for e in encoded), np.int64, len(rows))),
+            _numeric(np.fromiter((e.scales_checksum for e in encoded), np.uint64, len(rows))),
+        ]
+    return columns
 
 
 def _strings(values: list[str]) -> pa.Array:

@@ -11,7 +11,7 @@ from typing import Any
 from streamconv import progress
 from streamconv._files import write_json
 from streamconv.dtypes import by_name
-from streamconv.errors import CastOverflowError, MissingDependencyError
+from streamconv.errors import CastOverflowError, MissingDependencyError, QuantizationBudgetError
 from streamconv.format import codec
 from streamconv.format.schema import METADATA_FILENAME, WEIGHTS_FILENAME
 from streamconv.format.split_writer import SplitWeightsWriter
@@ -24,6 +24,7 @@ from streamconv.plans import FALLBACK, ModelInfo, Plan, Resolution, choose_plan
 from streamconv.sources.checkpoint import Checkpoint, open_checkpoint
 from streamconv.sources.ref import TensorRef
 from streamconv.stages.casting import planned_dtype
+from streamconv.stages import quantize as int8
 from streamconv.stages.pieces import TensorChunk, cast, chunk
 
 __all__ = ["ConversionResult", "ModelConverter", "convert"]
@@ -105,7 +106,8 @@ def _write_output(result: ConversionResult, checkpoint: Checkpoint, plan: Plan, 
     output = result.output_dir
     # Folders that killed runs on this output left behind; a live run's are never touched.
     result.warnings.extend(f"removed {p.name}, left by an interrupted run" for p in clean_leftovers(output))
-    expected = sum(r.numel * _planned_dtype(r, options.dtype).itemsize for r in resolution.refs)  # for a full disk
+    expected = sum(r.numel * _planned_dtype(r, options.dtype, options.keep_float).itemsize
+                   for r in resolution.refs)  # for a full disk
     with staged_output(output, options.force, expected_bytes=expected) as staging:
         _write_assets(result, checkpoint, plan, staging, options.strict)
         _write_weights(result, resolution.refs, staging, options)
@@ -131,6 +133,7 @@ def _dry_run(
 ) -> None:
     """What the real run would write and warn about, writing nothing (an error it would meet is raised)."""
     _estimate(result, refs, options)
+    result.warnings.extend(_keep_float_warnings(refs, options))
     result.assets, warnings = planned_assets(
         checkpoint.root, plan.asset_files(checkpoint), strict=options.strict, expected=plan.expected_assets
     )
@@ -186,17 +189,25 @@ def _write_weights(result: ConversionResult, refs: tuple[TensorRef, ...], folder
     bar = progress.bar(result.source_bytes, "bytes", "converting", enabled=options.progress,
                        tqdm_class=options.tqdm_class)
     warnings = list(result.warnings)
+    prescan, fallback = False, dict[str, str]()
     try:
-        try:
-            summary = _write_once(result, refs, folder, options, bar, prescan=False)
-        except CastOverflowError:
-            # A tensor of several chunks does not fit the target dtype and some of its chunks are
-            # written already: write the file again, scanning such tensors before casting (rare).
+        while True:
+            try:
+                summary = _write_once(result, refs, folder, options, bar, prescan, fallback)
+                break
+            except CastOverflowError:
+                # A tensor of several chunks does not fit the target dtype and some of its chunks are
+                # written already: write the file again, scanning such tensors before casting (rare).
+                prescan = True
+            except QuantizationBudgetError as exc:
+                # A chunk's int8 error is beyond the budget: write again with its tensor in float16 (rare).
+                fallback[exc.tensor] = f"int8 error {exc.error:.3g} beyond the budget of {int8.ERROR_BUDGET}"
             result.warnings = list(warnings)
             bar.reset()
-            summary = _write_once(result, refs, folder, options, bar, prescan=True)
     finally:
         bar.close()
+    if options.dtype == "int8":
+        _record_quantization(result, refs, summary.stored_dtypes, options, fallback)
     result.chunk_count = summary.chunk_count
     result.output_bytes = sum(f["bytes"] for f in result.files)
     result.ratio = round(result.source_bytes / result.output_bytes, 4) if result.output_bytes else 0.0
@@ -206,11 +217,39 @@ def _write_weights(result: ConversionResult, refs: tuple[TensorRef, ...], folder
     result.stored_dtypes = stored
 
 
+def _record_quantization(result: ConversionResult, refs: tuple[TensorRef, ...], stored: dict[str, str],
+                         options: ConvertOptions, fallback: dict[str, str]) -> None:
+    """metadata.json's ``quantization``: the rule, and the weight matrices kept in float16 with why."""
+    kept = []
+    for ref in refs:
+        if not int8.quantizable(ref.shape, ref.stored_type) or stored.get(ref.name) == "int8":
+            continue
+        pattern = int8.kept_by(ref.source_name, options.keep_float)
+        reason = fallback.get(ref.source_name) or (f"--keep-float {pattern}" if pattern else "kept")
+        kept.append({"name": ref.source_name, "reason": reason})
+        if ref.source_name in fallback:
+            result.warnings.append(f"tensor {ref.source_name!r} kept in float16: its {reason}")
+    result.warnings.extend(_keep_float_warnings(refs, options))
+    result.quantization = {
+        "codes": "int8", "scales": "float16", "block": int8.BLOCK, "rounding": "nearest, ties to even",
+        "scale": "max|block| / 127", "error_budget": int8.ERROR_BUDGET, "min_elements": int8.MIN_ELEMENTS,
+        "quantized": sum(1 for d in stored.values() if d == "int8"), "kept_float16": kept,
+    }
+
+
+def _keep_float_warnings(refs: tuple[TensorRef, ...], options: ConvertOptions) -> list[str]:
+    """One warning per ``--keep-float`` pattern that matches no weight matrix of the conversion."""
+    matrices = [r.source_name for r in refs if int8.quantizable(r.shape, r.stored_type)]
+    return [f"--keep-float {p!r} matches no weight matrix (2-D, at least {int8.MIN_ELEMENTS} elements); "
+            "check the source names with `streamconv inspect --source-names`"
+            for p in options.keep_float if not any(int8.kept_by(n, [p]) for n in matrices)]
+
+
 def _write_once(
     result: ConversionResult, refs: tuple[TensorRef, ...], folder: Path, options: ConvertOptions,
-    bar: progress.Progress, prescan: bool,
+    bar: progress.Progress, prescan: bool, fallback: dict[str, str],
 ) -> WriteSummary:
-    def on_written(piece: TensorChunk, note: str | None) -> None:
+    def on_written(piece: TensorChunk | int8.QuantizedChunk, note: str | None) -> None:
         if note:
             result.warnings.append(note)
         bar.update(piece.ref.dtype.itemsize * piece.element_count)
@@ -220,8 +259,11 @@ def _write_once(
         level=options.level,
         workers=options.workers,
         row_group_bytes=row_group_bytes_for(result.source_bytes),
+        quantized=options.dtype == "int8",
     )
-    chunks = cast(chunk(refs, options.chunk_size), options.dtype, prescan=prescan)
+    chunks: Any = cast(chunk(refs, options.chunk_size), options.dtype, prescan=prescan)
+    if options.dtype == "int8":
+        chunks = int8.quantize(chunks, keep_float=options.keep_float, fallback=fallback)
     if options.max_file_size is not None:
         split = SplitWeightsWriter(folder, options.max_file_size, **writer_options)
         summary = split.write(chunks, on_written)
@@ -238,8 +280,9 @@ def _estimate(result: ConversionResult, refs: tuple[TensorRef, ...], options: Co
     """Fill a dry run's result: the planned tensors and an output size from a compressed sample."""
     raw_total = 0
     for ref in refs:
-        stored = _planned_dtype(ref, options.dtype)
-        nbytes = ref.numel * stored.itemsize
+        stored = _planned_dtype(ref, options.dtype, options.keep_float)
+        nbytes = ref.numel * stored.itemsize + (ref.numel // int8.BLOCK * 2 if stored.name == "int8" and
+                                                 ref.stored_type.is_float else 0)
         raw_total += nbytes
         result.tensors.append(
             {
@@ -258,17 +301,27 @@ def _estimate(result: ConversionResult, refs: tuple[TensorRef, ...], options: Co
         count = min(ref.numel, max(1, per_tensor // ref.dtype.itemsize))
         if count == 0:
             continue
-        data = next(cast([TensorChunk(ref, 0, 1, 0, count)], options.dtype)).load()
-        sample_raw += data.nbytes
-        sample_encoded += len(codec.encode(data, options.compression, options.level))
+        piece: Any = next(cast([TensorChunk(ref, 0, 1, 0, count)], options.dtype))
+        if options.dtype == "int8":  # whole rows, quantized as the writer would (codes and scales)
+            piece = next(int8.quantize([piece], keep_float=options.keep_float))
+        loaded = piece.load()
+        if isinstance(loaded, tuple):
+            for part in loaded[:2]:
+                sample_raw += part.nbytes
+                sample_encoded += len(codec.encode(part, options.compression, options.level))
+            continue
+        sample_raw += loaded.nbytes
+        sample_encoded += len(codec.encode(loaded, options.compression, options.level))
     ratio = sample_encoded / sample_raw if sample_raw else 1.0
     result.output_bytes = int(raw_total * ratio)
     result.ratio = round(result.source_bytes / result.output_bytes, 4) if result.output_bytes else 0.0
 
 
-def _planned_dtype(ref: TensorRef, dtype: str) -> Any:
+def _planned_dtype(ref: TensorRef, dtype: str, keep_float: tuple[str, ...] = ()) -> Any:
     source = by_name(ref.dtype_name)
     assert source is not None
+    if dtype == "int8" and int8.quantizable(ref.shape, source) and not int8.kept_by(ref.source_name, keep_float):
+        return by_name("int8")
     return planned_dtype(source, dtype)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from streamconv._version import __version__
-from streamconv.format.schema import FORMAT_VERSION, METADATA_FILENAME, WEIGHTS_FILENAME
+from streamconv.format.schema import METADATA_FILENAME, WEIGHTS_FILENAME, version_for
 from streamconv.sources.checkpoint import Checkpoint
 
 __all__ = ["ConversionResult", "provenance"]
@@ -54,6 +54,9 @@ class ConversionResult:
         exclude: The ``--exclude`` patterns.
         validation: With ``--validate``, the validation report (``passed``, checks with figures
             and limits); ``None`` (and absent from metadata.json) otherwise.
+        quantization: With ``dtype="int8"``, the rule (block, scale dtype, rounding, error
+            budget, smallest tensor), the number of tensors quantized and ``kept_float16``, the
+            weight matrices kept in float16 with the reason; ``None`` (absent) otherwise.
     """
 
     source: str
@@ -83,6 +86,7 @@ class ConversionResult:
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     validation: dict[str, Any] | None = None
+    quantization: dict[str, Any] | None = None
 
     @property
     def weights_path(self) -> Path:
@@ -104,6 +108,8 @@ class ConversionResult:
             del data["tensors"], data["dry_run"]
         if self.validation is None:
             del data["validation"]
+        if self.quantization is None:
+            del data["quantization"]
         return data
 
     def metadata(self, checkpoint: Checkpoint, source_files: list[Path]) -> dict[str, Any]:
@@ -112,7 +118,7 @@ class ConversionResult:
         del body["source"], body["output_dir"]
         return {
             "format": "streamconv",
-            "format_version": FORMAT_VERSION,
+            "format_version": version_for(self.dtype == "int8"),
             "streamconv_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": provenance(checkpoint, source_files),

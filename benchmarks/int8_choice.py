@@ -119,7 +119,7 @@ def main() -> None:
                 sd[k].copy_(v)
         cos = float((ref * got).sum(axis=1).min())
         top = np.argsort(-(got @ got.T), axis=1)[:, 1:11]
-        kept = float(np.mean([len(set(a) & set(b)) for a, b in zip(ref_top, top)]))
+        kept = float(np.mean([len(set(a) & set(b)) for a, b in zip(ref_top, top, strict=True)]))
         label = "whole row" if block == 0 else str(block)
         print(f"| {label} | {rounding} | {source_bytes / stored:.2f}x | {cos:.5f} | {kept:.2f} / 10 |")
         sys.stdout.flush()

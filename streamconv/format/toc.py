@@ -138,8 +138,9 @@ class WeightsPart:
 
             stored = pc.binary_length(stored)
         sums = table.column("data_xxh3").to_pylist() if self.has_checksums else [None] * table.num_rows
+        none: list[Any] = [None] * table.num_rows
         blocks, scale_sums, scale_sizes = ([table.column(c).to_pylist() for c in quant] if quant
-                                           else [[0] * table.num_rows, [None] * table.num_rows, [0] * table.num_rows])
+                                           else [[0] * table.num_rows, none, [0] * table.num_rows])
         rows = table.drop_columns(sizes + quant).to_pylist()
         metadata = self.parquet.metadata
         group_of_row = [g for g in range(metadata.num_row_groups) for _ in range(metadata.row_group(g).num_rows)]

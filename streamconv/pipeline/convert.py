@@ -23,8 +23,8 @@ from streamconv.pipeline.result import ConversionResult
 from streamconv.plans import FALLBACK, ModelInfo, Plan, Resolution, choose_plan
 from streamconv.sources.checkpoint import Checkpoint, open_checkpoint
 from streamconv.sources.ref import TensorRef
-from streamconv.stages.casting import planned_dtype
 from streamconv.stages import quantize as int8
+from streamconv.stages.casting import planned_dtype
 from streamconv.stages.pieces import TensorChunk, cast, chunk
 
 __all__ = ["ConversionResult", "ModelConverter", "convert"]

@@ -74,7 +74,8 @@ def quantize_rows(values: np.ndarray, cols: int) -> tuple[np.ndarray, np.ndarray
         x[:, :cols] = values.reshape(rows, cols)
         x[:, cols:] = 0
     grid = x.reshape(rows, blocks, BLOCK)
-    absmax = np.maximum(grid.max(axis=2), -grid.min(axis=2))
+    q = thread_buffer("quantize-q", 4 * rows * padded)[: 4 * rows * padded].view(np.float32).reshape(rows, blocks, BLOCK)
+    absmax = np.abs(grid, out=q).max(axis=2)  # |x|, never max(x, -x): that gives -0.0 for a block of zeros
     with np.errstate(over="ignore", invalid="ignore"):
         scales = (absmax / np.float32(127)).astype(np.float16)
     wide = scales.astype(np.float32)
@@ -82,7 +83,6 @@ def quantize_rows(values: np.ndarray, cols: int) -> tuple[np.ndarray, np.ndarray
         return np.zeros(0, np.int8), scales, math.inf
     # A zero scale divides by 1 instead: its block's values are below 127 * 2**-25, so their codes are 0.
     safe = np.where(wide == 0, np.float32(1), wide)[:, :, None]
-    q = thread_buffer("quantize-q", 4 * rows * padded)[: 4 * rows * padded].view(np.float32).reshape(rows, blocks, BLOCK)
     np.divide(grid, safe, out=q)
     np.rint(q, out=q)
     np.clip(q, -127, 127, out=q)

@@ -133,7 +133,8 @@ def export(
     source, target = Path(output).expanduser(), output_path(target, "target")
     check_output(target, source, force, "target")
     metadata = read_metadata(source)
-    weights = WeightsFile(source)
+    # int8 codes are written as their values: float32 if asked for, float16 otherwise.
+    weights = WeightsFile(source, dequantize="float32" if dtype == "float32" else "float16")
     result = ExportResult(source, target, dtype, tensor_count=len(weights.entries), warnings=_part_warnings(metadata))
     total = sum(f.size for group in _layout(weights, metadata, dtype, shard_size).values() for f in group)
     bar = progress_bars.bar(total, "bytes", "exporting", enabled=progress)
@@ -188,7 +189,7 @@ def _part_warnings(metadata: dict[str, Any]) -> list[str]:
 
 
 def _target_dtype(info: TensorInfo, dtype: str) -> DType:
-    stored = by_name(info.dtype)
+    stored = by_name("float16" if info.quantized else info.dtype)  # int8 codes: their float16 values
     assert stored is not None
     return planned_dtype(stored, dtype)
 

@@ -29,6 +29,7 @@ from streamconv.errors import FormatError, NotConvertedError, UnsafeInputError
 from streamconv.format import codec
 from streamconv.format.reader import WeightsFile, read_metadata, weights_path
 from streamconv.format.schema import METADATA_FILENAME, checksum
+from streamconv.format.toc import payloads
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -208,7 +209,7 @@ def _check_group(weights: WeightsFile, file: int, group: int, local: threading.l
     part = weights.parts[file]
     readers: dict[int, pq.ParquetFile] = local.__dict__.setdefault("readers", {})
     damaged: dict[str, list[str]] = {}
-    columns = [*_COLUMNS, *(["data_xxh3"] if part.has_checksums else [])]
+    columns = [*_COLUMNS, *(["data_xxh3"] if part.has_checksums else []), *(["scales"] if part.quantized else [])]
     try:
         reader = readers.get(file) or readers.setdefault(file, pq.ParquetFile(part.path))
         table = reader.read_row_group(group, columns=columns)
@@ -220,11 +221,17 @@ def _check_group(weights: WeightsFile, file: int, group: int, local: threading.l
     names, index, counts = (table.column(c).to_pylist() for c in _COLUMNS[:3])
     sums = table.column("data_xxh3").to_pylist() if part.has_checksums else [None] * len(names)
     data = table.column("data").combine_chunks()
+    scales = payloads(table, "scales") if part.quantized else [None] * len(names)
     nbytes = 0
     for row, name in enumerate(names):
         payload = data[row].as_buffer()
         nbytes += payload.size
-        problem = _check_chunk(weights, part, name, counts[row], payload, sums[row])
+        entry = weights.entries.get(name)
+        if entry is not None and entry.block:  # int8 codes: their scales are checked against them too
+            nbytes += part.chunks[group][row].scales_bytes
+            problem = _check_quantized(part, entry, part.chunks[group][row], payload, scales[row])
+        else:
+            problem = _check_chunk(weights, part, name, counts[row], payload, sums[row])
         if problem:
             damaged.setdefault(name, []).append(f"{part.path.name}: chunk {index[row]} {problem}")
     return len(names), nbytes, damaged
@@ -241,6 +248,17 @@ def _check_chunk(weights: WeightsFile, part: Any, name: str, count: int, payload
         codec.decode_into(payload, np.empty(count, entry.dtype.numpy), part.compression, part.version)
     except Exception as exc:  # any decoding failure means a damaged chunk
         return f"is damaged ({exc})"
+    return None
+
+
+def _check_quantized(part: Any, entry: Any, chunk: Any, payload: pa.Buffer, scales: pa.Buffer | None) -> str | None:
+    """An int8 chunk decoded as a reader does: codes, scales, and the scales checked against the codes."""
+    try:
+        part.decode_quantized(entry, chunk, payload, scales, np.empty(chunk.element_count, np.int8),
+                              np.empty(chunk.element_count // entry.shape[1] * -(-entry.shape[1] // entry.block),
+                                       np.float16))
+    except FormatError as exc:
+        return f"is damaged ({exc.problem.split(': ', 1)[-1]})"
     return None
 
 

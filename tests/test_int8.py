@@ -210,3 +210,37 @@ def test_convert_validate_passes_and_a_1_percent_change_is_named(bert_int8: tupl
     save_file(tensors, changed / "model.safetensors", metadata={"format": "pt"})
     failed = {c.name: c.detail for c in validate(out, changed).checks if not c.passed}
     assert set(failed) >= {"weights"} and QUERY in failed["weights"], failed
+
+
+def test_compiled_rule_and_fast_float16_give_the_numpy_bits() -> None:
+    from streamconv.format.quantized import dequantize_into
+    from streamconv.stages import quantize
+
+    if quantize._KERNEL is None:
+        pytest.skip("the compiled kernel is not built for this CPU")
+    rng = np.random.default_rng(3)
+    values = (rng.standard_normal(64 * 512) * 0.02).astype(np.float32)
+    values[:64] = 0
+    values[64:128] = -0.0
+    values[128:192] = np.arange(64) * 0.5  # ties: x / scale lands on halves
+    values[192:256] = rng.standard_normal(64).astype(np.float32) * 1e-6  # scales below float16's normal range
+    values[256:320] = 3e-6  # scale rounds to 0
+    compiled = [np.array(part, copy=True) for part in quantize.quantize_rows(values, 1024)[:2]]
+    kernel, quantize._KERNEL = quantize._KERNEL, None
+    try:
+        numpy_codes, numpy_scales, _ = quantize.quantize_rows(values, 1024)
+    finally:
+        quantize._KERNEL = kernel
+    assert np.array_equal(compiled[0], numpy_codes) and compiled[1].tobytes() == numpy_scales.tobytes()
+    assert not np.signbit(numpy_scales).any()
+    out = np.empty(values.size, np.float16)
+    dequantize_into(numpy_codes, numpy_scales, 1024, 64, out)
+    exact = numpy_codes.astype(np.float32) * np.repeat(numpy_scales.astype(np.float32), 64)
+    assert out.tobytes() == exact.astype(np.float16).tobytes()
+    normal = numpy_scales.copy()
+    normal[normal < np.float16(2**-14)] = 0  # the fast bit path: every scale a normal float16
+    codes = numpy_codes.copy()
+    codes.reshape(-1, 64)[normal == 0] = 0
+    dequantize_into(codes, normal, 1024, 64, out)
+    exact = codes.astype(np.float32) * np.repeat(normal.astype(np.float32), 64)
+    assert out.tobytes() == exact.astype(np.float16).tobytes()

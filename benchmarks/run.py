@@ -51,6 +51,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import int8
 import numpy as np
 import other_paths
 import pyarrow.parquet as pq
@@ -97,7 +98,7 @@ QUICK_SCALE_BYTES = 40_000_000
 QUICK_SCALE_SHARD_BYTES = 15_000_000
 DISK_MARGIN_BYTES = 4_000_000_000
 OUTPUT_ESTIMATE = 0.9  # fp16 output ÷ bf16 source, for the disk check (measured ~0.85)
-SECTIONS = "peers,floors,scale,profile,sizes,other,startup"
+SECTIONS = "peers,floors,scale,profile,sizes,int8,other,startup"
 
 
 class ToolFailed(RuntimeError):
@@ -1207,6 +1208,9 @@ def main() -> None:
     if "sizes" in sections:
         size_report = step("sizes", lambda: sizes.measure(
             args.workdir, args.quick, lambda argv: timed([sys.executable, "-m", "streamconv", *argv])))
+    int8_report = step("int8", lambda: int8.measure(args.workdir, args.quick, runs)) if "int8" in sections else None
+    if int8_report is not None:
+        size_report = ((size_report or ([], []))[0] + int8_report[0], (size_report or ([], []))[1] + int8_report[1])
     other = None
     if "other" in sections:
         other = step("other", lambda: other_paths.measure(args.workdir, runs, timed, args.quick))

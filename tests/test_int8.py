@@ -244,3 +244,13 @@ def test_compiled_rule_and_fast_float16_give_the_numpy_bits() -> None:
     dequantize_into(codes, normal, 1024, 64, out)
     exact = codes.astype(np.float32) * np.repeat(normal.astype(np.float32), 64)
     assert out.tobytes() == exact.astype(np.float16).tobytes()
+
+
+def test_format_doc_reader_decodes_int8(bert_int8: tuple[Path, Path]) -> None:
+    doc = (Path(__file__).parents[1] / "docs" / "format.md").read_text()
+    snippet = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(snippet, "docs/format.md", "exec"), namespace)
+    got = namespace["read_tensor"](bert_int8[1] / "weights.parquet", QUERY)
+    assert got.dtype == np.float32
+    assert np.array_equal(got, streamconv.load_tensor(bert_int8[1], QUERY, dequantize="float32"))

@@ -103,19 +103,15 @@ class Piece(Protocol):
     def element_count(self) -> int: ...
     @property
     def store_as(self) -> Any: ...
-    def load(self, *, scratch: bool = False) -> Any: ...
+    def load(self, *, scratch: bool = False) -> Any: ...  # an array; int8: (codes, scales, block)
     def note_for(self, stored: np.ndarray) -> str | None: ...
-
-# ``Piece.load`` gives the stored elements as an array, or for an int8-quantized piece (version 4,
-# ``quantized=True`` writers only) a tuple ``(codes int8, scales float16, block)``.
 
 
 #: The piece type a caller writes, handed back to its ``on_written``.
 P = TypeVar("P", bound=Piece)
 
 
-_NO_SCALES = np.zeros(0, np.uint8)
-_NO_SCALES_CHECKSUM = checksum(b"")
+_NO_SCALES, _NO_SCALES_CHECKSUM = np.zeros(0, np.uint8), checksum(b"")  # a row without scales
 
 
 class _Encoded(NamedTuple):
@@ -188,8 +184,7 @@ class WeightsWriter:
         self.level = level
         self.workers = workers
         self.row_group_bytes = row_group_bytes
-        self.quantized = quantized
-        self.schema = schema_for(quantized)
+        self.quantized, self.schema = quantized, schema_for(quantized)
         self.summary = WriteSummary()
         self._partial = self.path.with_name(self.path.name + ".incomplete")
         self.sha256: str | None = None  # hex digest of the file, once closed without an error
@@ -289,10 +284,9 @@ class WeightsWriter:
             if not self.quantized:
                 raise ValueError(f"{piece!r} is quantized; write it with WeightsWriter(..., quantized=True)")
             codes, scales, block = data
-            payload, coded_scales = codec.encode(codes, self.compression, self.level), \
-                codec.encode(scales, self.compression, self.level)
-            return _Encoded("int8", codes.nbytes + scales.nbytes, payload, checksum(payload), None, block,
-                            coded_scales, checksum(coded_scales))
+            payload, coded = (codec.encode(part, self.compression, self.level) for part in (codes, scales))
+            return _Encoded("int8", codes.nbytes + scales.nbytes, payload, checksum(payload), None, block, coded,
+                            checksum(coded))
         payload = codec.encode(data, self.compression, self.level)
         return _Encoded(by_numpy(data.dtype).name, data.nbytes, payload, checksum(payload), piece.note_for(data))
 
@@ -361,13 +355,11 @@ def _columns(rows: list[tuple[Piece, _Encoded]], quantized: bool) -> list[pa.Arr
         _numeric(sizes),
         _numeric(np.fromiter((e.checksum for e in encoded), np.uint64, len(rows))),
     ]
-    if quantized:
-        columns += [
-            _numeric(np.fromiter((e.block for e in encoded), np.int32, len(rows))),
-            _data_column([e.scales for e in encoded]),
-            _numeric(np.fromiter((len(e.scales) for e in encoded), np.int64, len(rows))),
-            _numeric(np.fromiter((e.scales_checksum for e in encoded), np.uint64, len(rows))),
-        ]
+    if quantized:  # version 4: block, scales, scales_bytes, scales_xxh3
+        columns += [_numeric(np.fromiter((e.block for e in encoded), np.int32, len(rows))),
+                    _data_column([e.scales for e in encoded]),
+                    _numeric(np.fromiter((len(e.scales) for e in encoded), np.int64, len(rows))),
+                    _numeric(np.fromiter((e.scales_checksum for e in encoded), np.uint64, len(rows)))]
     return columns
 
 

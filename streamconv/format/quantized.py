@@ -57,48 +57,56 @@ def check_scales(codes: np.ndarray, scales: np.ndarray, cols: int, block: int) -
 
 
 def dequantize_into(codes: np.ndarray, scales: np.ndarray, cols: int, block: int, out: np.ndarray) -> None:
-    """``out[i] = code[i] * scale`` of its block, for whole rows; ``out`` float16 or float32, 1-D."""
+    """``out[i] = code[i] * scale`` of its block, for whole rows; ``out`` float16 or float32, 1-D.
+
+    The product is exact in float32, rounded once for float16. numpy's float32 -> float16 cast is
+    done one element at a time in software; when every nonzero scale is a normal float16 up to 512
+    (every nonzero value then a normal float16) the rounding is done on the bits instead
+    (:func:`_round_to_float16`), to the same bits.
+    """
     rows = codes.size // cols
     wide = scales.astype(np.float32).reshape(rows, -1)
     target = out if out.dtype == np.float32 else \
         thread_buffer("dequantize", 4 * out.size)[: 4 * out.size].view(np.float32)
+    if target is not out and cols % block == 0:
+        nonzero = wide[wide != 0]
+        if not nonzero.size or (nonzero.min() >= _NORMAL_MIN and nonzero.max() <= _SAFE_MAX):
+            _round_to_float16(codes, wide, block, target, out)
+            return
     if cols % block == 0:
         np.multiply(codes.reshape(rows, -1, block), wide[:, :, None], out=target.reshape(rows, -1, block))
     else:
         grid, values = codes.reshape(rows, cols), target.reshape(rows, cols)
         for j, start in enumerate(range(0, cols, block)):
             np.multiply(grid[:, start:start + block], wide[:, j:j + 1], out=values[:, start:start + block])
-    if target is out:
-        return
-    # Exact in float32; rounded once to float16 here. numpy's float32 -> float16 cast is done one
-    # element at a time in software; when every nonzero product is a normal float16 (scales from
-    # 2**-14 to 512) the rounding is done on the bits instead, 1.7x faster, to the same bits.
-    nonzero = wide[wide != 0]
-    if nonzero.size and (nonzero.min() < _NORMAL_MIN or nonzero.max() > _SAFE_MAX):
+    if target is not out:
         out[...] = target
-        return
-    _round_to_float16(target, codes, out)
 
 
 _NORMAL_MIN, _SAFE_MAX = np.float32(2.0**-14), np.float32(512.0)
+#: 2**-112 takes a float32 exponent bias (127) to float16's (15): exact for every normal float16 value.
+_REBIAS = np.float32(2.0**-112)
 
 
-def _round_to_float16(values: np.ndarray, codes: np.ndarray, out: np.ndarray) -> None:
-    """float16 bits of float32 ``values`` that are 0 (where ``codes`` is) or normal float16 after
-    rounding: the float32 bits rounded to nearest even at bit 13, rebiased from 127 to 15."""
-    n = values.size
-    bits = values.view(np.uint32)
-    scratch = thread_buffer("float16-bits", 8 * n)[: 8 * n].view(np.uint32)
-    magnitude, carry = scratch[:n], scratch[n:]
-    np.bitwise_and(bits, 0x7FFFFFFF, out=magnitude)
-    np.right_shift(magnitude, 13, out=carry)
+def _round_to_float16(codes: np.ndarray, wide: np.ndarray, block: int, scratch: np.ndarray, out: np.ndarray) -> None:
+    """float16 bits of ``code * scale`` (``cols`` a multiple of ``block``; the scales' range checked).
+
+    The products times 2**-112 are exact float32 values whose exponent field is float16's; their
+    bits rounded to nearest even at bit 13 (add 0xFFF, plus 1 when bit 13 is set), shifted right
+    by 13, are the float16 magnitude; the sign is the code's. A code of 0 gives +0.0.
+    """
+    n = codes.size
+    rows = wide.shape[0]
+    np.multiply(codes.reshape(rows, -1, block), (wide * _REBIAS)[:, :, None], out=scratch.reshape(rows, -1, block))
+    bits = scratch.view(np.uint32)
+    carry = thread_buffer("float16-bits", 4 * n)[: 4 * n].view(np.uint32)
+    np.right_shift(bits, 13, out=carry)
     np.bitwise_and(carry, 1, out=carry)
-    np.add(carry, 0xFFF, out=carry)  # half a unit in the last place, less one where that is even
-    np.add(magnitude, carry, out=magnitude)
-    np.right_shift(magnitude, 13, out=magnitude)
-    np.subtract(magnitude, (127 - 15) << 10, out=magnitude)
-    np.multiply(magnitude, codes != 0, out=magnitude)  # a code of 0 is +0.0
-    np.right_shift(bits, 16, out=carry)
-    np.bitwise_and(carry, 0x8000, out=carry)
-    np.bitwise_or(magnitude, carry, out=magnitude)
-    np.copyto(out.view(np.uint16), magnitude, casting="unsafe")
+    np.add(carry, 0xFFF, out=carry)
+    np.add(carry, bits, out=carry)
+    np.right_shift(carry, 13, out=carry)
+    half = out.view(np.uint16)
+    np.copyto(half, carry, casting="unsafe")  # the low 16 bits: the magnitude, bit 15 clear
+    sign = thread_buffer("float16-sign", n)[:n]
+    np.bitwise_and(codes.view(np.uint8), 0x80, out=sign)
+    np.bitwise_or(half, np.left_shift(sign, 8, dtype=np.uint16), out=half)

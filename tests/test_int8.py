@@ -254,3 +254,17 @@ def test_format_doc_reader_decodes_int8(bert_int8: tuple[Path, Path]) -> None:
     got = namespace["read_tensor"](bert_int8[1] / "weights.parquet", QUERY)
     assert got.dtype == np.float32
     assert np.array_equal(got, streamconv.load_tensor(bert_int8[1], QUERY, dequantize="float32"))
+
+
+def test_real_minilm_int8_is_4x_smaller_and_sentence_transformers_loads_its_export(
+        minilm_path: Path, minilm_converted, tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    out = minilm_converted("int8")
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["source_bytes"] / metadata["output_bytes"] >= 4.0
+    streamconv.export(out, tmp_path / "hf")
+    texts = ["The quick brown fox jumps over the lazy dog.", "A quick brown fox jumped over a lazy dog!"]
+    want = SentenceTransformer(str(minilm_path), device="cpu").encode(texts, normalize_embeddings=True)
+    got = SentenceTransformer(str(tmp_path / "hf"), device="cpu").encode(texts, normalize_embeddings=True)
+    assert float((want * got).sum(axis=1).min()) >= 0.9995

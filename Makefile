@@ -1,6 +1,6 @@
 # make demo: set up .venv, install, convert the real all-MiniLM-L6-v2, validate it against the original.
 # make test: set up .venv, install, run the whole test suite.
-# make bench: run every benchmark (~15-20 min, needs ~20 GB free disk for the scale run; writes docs/benchmarks.md and docs/img/bench-*.png).
+# make bench: run every benchmark (~15-20 min, needs ~20 GB free disk for the scale run; writes docs/benchmarks.md, docs/benchmarks-hub.md and docs/img/bench-*.png).
 #
 # requirements-dev.txt pins torch; the CPU wheel of that version these machines keep is built for
 # Python 3.11 only, and under any other Python pip would download a CUDA build of several GB. So

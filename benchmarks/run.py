@@ -20,6 +20,9 @@ One run regenerates every number, table and figure of docs/benchmarks.md:
 5. *Plots* (matplotlib, Agg): peak RSS and wall time vs checkpoint size per tool, read throughput.
 6. *Start-up* (benchmarks/startup.py): the CLI's wall time beside the same conversion in process on
    BERT-base, and the import time of each heavy dependency, each in fresh processes.
+7. *Hub* (benchmarks/hub.py): range reads from a loopback hub beside download-then-convert and the
+   local folder, and the 50 MB/s check; its table goes to benchmarks-hub.md beside the report,
+   which links it.
 
 ``--quick`` smoke-tests all of it in under a minute on tiny checkpoints, one run, no warm-up,
 writing to benchmarks/.work/quick/ (never docs/); the exit status is non-zero if any step fails.
@@ -51,6 +54,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import hub as hub_bench
 import int8
 import numpy as np
 import other_paths
@@ -98,7 +102,7 @@ QUICK_SCALE_BYTES = 40_000_000
 QUICK_SCALE_SHARD_BYTES = 15_000_000
 DISK_MARGIN_BYTES = 4_000_000_000
 OUTPUT_ESTIMATE = 0.9  # fp16 output ÷ bf16 source, for the disk check (measured ~0.85)
-SECTIONS = "peers,floors,scale,profile,sizes,int8,other,startup"
+SECTIONS = "peers,floors,scale,profile,sizes,int8,other,startup,hub"
 
 
 class ToolFailed(RuntimeError):
@@ -1031,7 +1035,8 @@ def render(run: dict[str, Any], results: list[Result], floors: list[Floors], sca
            profile: Profile | None, paths: dict[str, Path], report: Path,
            other: list[str] | None = None,
            size_report: tuple[list[str], list[list[str]]] | None = None,
-           cast: dict[str, float] | None = None, start_up: list[str] | None = None) -> str:  # fmt: skip
+           cast: dict[str, float] | None = None, start_up: list[str] | None = None,
+           hub: list[str] | None = None) -> str:  # fmt: skip
     """The whole of docs/benchmarks.md."""
     runs = run["runs"]
     names = ", ".join(r.checkpoint.name for r in results)
@@ -1088,6 +1093,7 @@ def render(run: dict[str, Any], results: list[Result], floors: list[Floors], sca
         "",
         *(["CTranslate2 failed on: " + ", ".join(ct2_failed) + " (errors under Failures).", ""] if ct2_failed else []),
         *(start_up or []),
+        *(hub or []),
         "## Scale",
         "",
         *scale_lines(scale),
@@ -1215,6 +1221,9 @@ def main() -> None:
     if "other" in sections:
         other = step("other", lambda: other_paths.measure(args.workdir, runs, timed, args.quick))
     start_up = step("startup", lambda: startup.measure(args.workdir, runs, args.quick)) if "startup" in sections else None
+    hub_link = None
+    if "hub" in sections:
+        hub_link = step("hub", lambda: hub_bench.report(args.workdir, args.quick, output.parent / "benchmarks-hub.md"))
     paths = step("plots", lambda: plots(results, floors, scale, figures)) or {}
     run = {
         "command": " ".join(["python", os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
@@ -1225,7 +1234,8 @@ def main() -> None:
         "sections": args.sections,
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render(run, results, floors, scale, profile, paths, output, other, size_report, cast, start_up))
+    output.write_text(render(run, results, floors, scale, profile, paths, output, other, size_report, cast, start_up,
+                             hub_link))
     log(f"wrote {output} in {run['minutes']:.1f} min")
     if broken:
         log(f"FAILED steps: {', '.join(broken)}")

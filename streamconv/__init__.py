@@ -36,6 +36,9 @@ from streamconv._version import __version__
 if "pyarrow" not in sys.modules:
     _JEMALLOC = sys.platform == "linux" and os.uname().machine == "x86_64"
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc" if _JEMALLOC else "system")
+    # jemalloc's background purging threads: under a memory limit one it cannot start prints a line
+    # of its own ("<jemalloc>: background thread creation failed") beside streamconv's one-line error.
+    os.environ.setdefault("JE_ARROW_MALLOC_CONF", "background_thread:false")
 
 # The names below are imported on first use, not with the package, so `streamconv` on the command
 # line starts without numpy and pyarrow and a Ctrl-C during their import is caught by the CLI

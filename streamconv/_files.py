@@ -11,9 +11,8 @@ The rules, one place each:
   files are symlinks into that repository's ``blobs`` folder.
 * **Only regular files are opened.** A FIFO, a device or a folder where a file belongs is refused at
   once: the open never blocks (``O_NONBLOCK``, checked with ``fstat`` before any read).
-* **Small files are read under a cap and JSON is read strictly**: no duplicate key, no ``NaN``, no
-  number beyond a float's range, at most :data:`MAX_JSON_DEPTH` levels (docs/reliability.md lists
-  the caps).
+* **Small files are read under a cap and JSON is read strictly** (:mod:`streamconv.strict_json`;
+  docs/reliability.md lists the caps).
 * **sha256 of a file** and **atomic JSON writing** (a temporary name, then ``os.replace``).
 """
 
@@ -22,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -32,24 +30,25 @@ from pathlib import Path
 from typing import IO, Any
 
 from streamconv.errors import StreamconvError, UnsafeInputError
+from streamconv.messages import quote
+from streamconv.strict_json import JSONRefused, strict_json_loads
 
 __all__ = [
     "MAX_JSON_BYTES",
-    "MAX_JSON_DEPTH",
     "MAX_TOKENIZER_BYTES",
-    "JSONRefused",
     "contained",
     "copy_file",
     "file_record",
     "homes",
     "is_regular",
+    "open_file",
     "open_regular",
-    "quote",
     "read_bytes",
     "read_json",
     "regular",
+    "same_file",
     "sha256_file",
-    "strict_json_loads",
+    "utf8_text",
     "within",
     "write_json",
 ]
@@ -60,22 +59,29 @@ MAX_JSON_BYTES = 64 * 1024 * 1024
 #: Cap on ``tokenizer.json``: real ones run to tens of MB (Gemma 3's is 33 MB); parsing one costs
 #: about 6x its size in memory, so the cap is 4x the largest seen, not more.
 MAX_TOKENIZER_BYTES = 128 * 1024 * 1024
-#: serde_json's recursion limit is 128 and the level that reaches it fails; safetensors headers are
-#: parsed by it, so every JSON file is held to the same limit.
-MAX_JSON_DEPTH = 127
 _HASH_BLOCK = 1 << 20
 
 
-class JSONRefused(ValueError):
-    """JSON that serde_json would refuse, or that holds a duplicate key; the message says why."""
+def utf8_text(text: str) -> str:
+    """``text`` as UTF-8 can hold it: the lone surrogates of a name that is not UTF-8 as escapes.
+
+    A file name that is not UTF-8 reaches Python with its bytes as lone surrogates (``b'\\xff'``
+    as ``'\\udcff'``), which no UTF-8 writer accepts; they become the text ``\\xff``.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def quote(text: str, limit: int = 80) -> str:
-    """``repr`` of a name from a file, cut short: one line, whatever the name holds."""
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
-
-
-# --- paths from data ---
+def _utf8_tree(value: Any) -> Any:
+    if isinstance(value, str):
+        return utf8_text(value)
+    if isinstance(value, dict):
+        return {_utf8_tree(k): _utf8_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_utf8_tree(v) for v in value]
+    return value
 
 
 def homes(root: Path) -> list[Path]:
@@ -166,12 +172,13 @@ def regular(path: Path, *, root: Path | None = None) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def open_regular(path: Path, *, root: Path | None = None) -> Iterator[IO[bytes]]:
-    """Open ``path`` for reading, refusing anything but a regular file before a byte is read.
+def open_file(path: Path, *, root: Path | None = None, buffering: int = -1) -> IO[bytes]:
+    """Open ``path`` for reading, refusing anything but a regular file before a byte is read; the
+    caller closes the handle (:func:`open_regular` is the ``with`` form).
 
     ``O_NONBLOCK`` makes the open of a FIFO return at once instead of waiting for a writer; the flag is
     cleared again for the regular file that passed. With ``root``, the path must resolve inside it.
+    ``buffering`` is :func:`open`'s (0: a raw file, for reads straight into the caller's buffer).
 
     Raises:
         UnsafeInputError: not a regular file, or outside ``root``.
@@ -186,12 +193,24 @@ def open_regular(path: Path, *, root: Path | None = None) -> Iterator[IO[bytes]]
             raise UnsafeInputError(path, f"is {_kind(mode)}, where a file belongs", "replace it with a regular file")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
-        handle = os.fdopen(fd, "rb")
+        return os.fdopen(fd, "rb", buffering=buffering)
     except BaseException:
         os.close(fd)
         raise
-    with handle:
+
+
+@contextlib.contextmanager
+def open_regular(path: Path, *, root: Path | None = None, buffering: int = -1) -> Iterator[IO[bytes]]:
+    """:func:`open_file` as a context manager: the file is closed at the end of the ``with``."""
+    with open_file(path, root=root, buffering=buffering) as handle:
         yield handle
+
+
+def same_file(handle: IO[bytes]) -> str | None:
+    """A name another library can open to read the very file ``handle`` has open (Linux's
+    ``/proc/self/fd/N``), whatever is renamed over its path since; None where there is no such name."""
+    name = f"/proc/self/fd/{handle.fileno()}"
+    return name if os.path.exists(name) else None
 
 
 def read_bytes(path: Path, *, cap: int = MAX_JSON_BYTES, root: Path | None = None) -> bytes:
@@ -203,7 +222,11 @@ def read_bytes(path: Path, *, cap: int = MAX_JSON_BYTES, root: Path | None = Non
     """
     with open_regular(path, root=root) as f:
         size = os.fstat(f.fileno()).st_size
-        data = f.read(cap + 1) if size <= cap else b""
+        # read(n) allocates n bytes first: ask for the size the file has (one more byte tells that it
+        # grew), never for the whole cap.
+        data = f.read(size + 1) if size <= cap else b""
+        if len(data) > size and size <= cap:  # it grew while being read: the rest, still under the cap
+            data += f.read(cap + 1 - len(data))
         if size > cap or len(data) > cap:  # a file that grows while it is read is held to the cap too
             raise UnsafeInputError(
                 path, f"is {max(size, len(data)):,} bytes, over streamconv's cap of {cap:,} for this file",
@@ -237,84 +260,6 @@ def read_json(path: Path, *, cap: int = MAX_JSON_BYTES, root: Path | None = None
         raise UnsafeInputError(path, f"is {reason}", "replace it with the original file") from None
 
 
-# --- strict JSON, as serde_json reads it ---
-
-_U64 = 2**64
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _refuse(what: str) -> Any:
-    raise JSONRefused(what)
-
-
-def _parse_int(text: str) -> int | float:
-    # serde_json reads "-0" as the float -0.0 and an integer beyond 64 bits as a float.
-    if text == "-0":
-        return -0.0
-    if len(text) <= 21:
-        value = int(text)
-        if -(2**63) <= value < _U64:
-            return value
-    approx = float(text)  # float(), unlike int(), takes any number of digits
-    return _refuse(f"number {text[:30]}... is out of range") if math.isinf(approx) else approx
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    return _refuse(f"number {text[:30]} is out of range") if math.isinf(value) else value
-
-
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                _refuse(f"duplicate key {quote(key)} (a key may appear once per object)")
-            seen.add(key)
-    return result
-
-
-def strict_json_loads(text: str) -> Any:
-    """Parse JSON as serde_json does, and refuse duplicate keys.
-
-    Raises:
-        JSONRefused: for anything serde_json refuses (NaN, ``1e400``, lone surrogates, nesting
-            deeper than :data:`MAX_JSON_DEPTH`, ...), malformed JSON, and a key given twice in one object.
-    """
-    try:
-        value = json.loads(
-            text,
-            object_pairs_hook=_pairs,
-            parse_int=_parse_int,
-            parse_float=_parse_float,
-            parse_constant=lambda name: _refuse(f"{name} is not a JSON number"),
-        )
-    except json.JSONDecodeError as exc:
-        raise JSONRefused(str(exc)) from None
-    except RecursionError:
-        raise JSONRefused(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
-    _check_tree(value)
-    return value
-
-
-def _check_tree(value: Any) -> None:
-    """Refuse nesting deeper than serde_json's limit and strings holding a lone surrogate."""
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, str):
-            if _SURROGATE.search(node):
-                raise JSONRefused(f"string {quote(node)} holds a lone UTF-16 surrogate escape")
-            continue
-        if not isinstance(node, (dict, list)):
-            continue
-        if depth > MAX_JSON_DEPTH:
-            raise JSONRefused(f"nested more than {MAX_JSON_DEPTH} levels deep")
-        items = list(node.keys()) + list(node.values()) if isinstance(node, dict) else node
-        stack.extend((item, depth + 1) for item in items)
-
-
 # --- hashing and writing ---
 
 
@@ -346,11 +291,19 @@ def copy_file(source: Path, target: Path, *, root: Path, cap: int | None = None)
 
 def write_json(data: Any, path: Path) -> None:
     """Write ``data`` as indented UTF-8 JSON with a final newline, atomically: to a temporary name
-    beside ``path``, then renamed over it, so a reader never sees half a file."""
+    beside ``path``, then renamed over it, so a reader never sees half a file.
+
+    A string that UTF-8 cannot hold (a path that is not UTF-8, in provenance or a warning) is
+    written as :func:`utf8_text` gives it."""
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    try:
+        encoded = text.encode("utf-8")
+    except UnicodeEncodeError:
+        encoded = (json.dumps(_utf8_tree(data), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        with open(temporary, "wb") as f:
+            f.write(encoded)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -8,8 +8,11 @@ The dtype facts live in :mod:`streamconv.dtypes`; the on-disk names and version 
 from __future__ import annotations
 
 import os
+import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Generic, TypeVar, cast
 
 from streamconv.errors import InvalidOptionError
 
@@ -34,6 +37,22 @@ ZSTD_LEVELS = range(-7, 23)
 
 #: Largest number of source bytes one chunk (one Parquet row) holds.
 DEFAULT_CHUNK_SIZE = 2 * 1024 * 1024
+#: Largest chunk size accepted, and the largest chunk a reader accepts from a weights file without a
+#: ``metadata.json`` recording its chunk size: a declared chunk is refused before anything is allocated.
+MAX_CHUNK_BYTES = 256 * 1024 * 1024
+
+#: Hub sources read by ranges (streamconv.sources.remote): the bytes fetched ahead of what the
+#: writer has consumed, the largest single request, the gap between two kept ranges of a file
+#: that is fetched rather than asked for separately, and the retries of a transfer that makes no
+#: progress (waiting HUB_RETRY_WAIT seconds, doubled each time, at most 8x).
+HUB_READ_AHEAD_BYTES = 16 * 1024 * 1024
+HUB_SEGMENT_BYTES = 4 * 1024 * 1024
+HUB_MERGE_GAP = 256 * 1024
+#: Requests the read-ahead keeps in flight at once. Two were measured (benchmarks/hub.py, loopback): no
+#: faster on CLIP, 10% on the sharded bf16 model, and 15-20 MiB more peak RSS, over the 160 MiB target.
+HUB_CONNECTIONS = 1
+HUB_RETRIES = 5
+HUB_RETRY_WAIT = 0.5
 
 #: Worker threads that read, cast and compress chunks; zstd and numpy release the GIL.
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
@@ -65,9 +84,13 @@ def check_codec(compression: str, level: int | None) -> None:
 
 
 def check_chunk_size(chunk_size: int) -> None:
-    """Refuse a chunk smaller than one byte."""
+    """Refuse a chunk smaller than one byte or larger than :data:`MAX_CHUNK_BYTES`."""
     if chunk_size < 1:
         raise InvalidOptionError("{chunk_size=} must be at least 1 byte", "chunk_size", chunk_size=chunk_size)
+    if chunk_size > MAX_CHUNK_BYTES:
+        raise InvalidOptionError(f"{{chunk_size=}} is over the largest chunk, {MAX_CHUNK_BYTES // 2**20} MiB; "
+                                 "choose a smaller one (row groups are about 1 MiB: larger chunks gain nothing)",
+                                 "chunk_size", chunk_size=chunk_size)
 
 
 def check_workers(workers: int) -> None:
@@ -80,6 +103,7 @@ def check_workers(workers: int) -> None:
 #: zstd and xxhash, which need little stack (docs/reliability.md, "Memory").
 THREAD_STACK_SIZE = 1 << 20
 _STACK_LOCK = threading.Lock()
+T = TypeVar("T")
 
 
 class WorkerPool(ThreadPoolExecutor):
@@ -96,3 +120,77 @@ class WorkerPool(ThreadPoolExecutor):
                 super()._adjust_thread_count()
             finally:
                 threading.stack_size(previous)
+
+
+class Answer(Generic[T]):
+    """The result of one :class:`DaemonWorkers` job, to be waited for with :meth:`get`."""
+
+    __slots__ = ("_box",)
+
+    def __init__(self) -> None:
+        self._box: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+
+    def get(self) -> T:
+        """Wait for the job and return its result, or raise what it raised."""
+        ok, value = self._box.get()
+        if not ok:
+            raise value
+        return cast(T, value)
+
+
+class DaemonWorkers:
+    """Daemon threads that run jobs, told and answered through :class:`queue.SimpleQueue` alone.
+
+    For a thread that may be interrupted (the main thread under Ctrl-C or SIGTERM) while it waits on
+    them: ``SimpleQueue.put`` and ``get`` are single C calls, which a signal cannot cut in half.
+    ``ThreadPoolExecutor`` waits on Python ``threading.Condition`` objects (a ``Future``'s, its
+    semaphore's), and an interrupt in one of their methods can leave the lock taken: the future's
+    ``result()`` then ended in "cannot release un-acquired lock", or a worker waited forever (issue
+    16). The threads are daemons (never joined at exit) with :data:`THREAD_STACK_SIZE` of stack;
+    after :meth:`close` they skip the jobs still queued.
+
+    Args:
+        count: Threads.
+        name: Their name prefix.
+    """
+
+    def __init__(self, count: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[Any], Any], Any, Answer[Any]] | None] = queue.SimpleQueue()
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True) for i in range(count)]
+        with _STACK_LOCK:
+            previous = threading.stack_size(THREAD_STACK_SIZE)
+            try:
+                for thread in self._threads:
+                    thread.start()
+            finally:
+                threading.stack_size(previous)
+
+    def submit(self, fn: Callable[[Any], T], arg: Any) -> Answer[T]:
+        """Queue ``fn(arg)``; its :class:`Answer`."""
+        answer: Answer[T] = Answer()
+        self._jobs.put((fn, arg, answer))
+        return answer
+
+    def close(self, wait: bool) -> None:
+        """Stop the threads: at once (jobs still queued are skipped), or with ``wait`` once every
+        queued job has run."""
+        if not wait:
+            self._closed = True
+        for _ in self._threads:
+            self._jobs.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, arg, answer = job
+            if self._closed:
+                continue
+            try:
+                result = (True, fn(arg))
+            except BaseException as error:  # raised again by Answer.get, in the waiting thread
+                result = (False, error)
+            answer._box.put(result)
+            del job, arg, result  # the piece and its payload are not kept alive by an idle thread

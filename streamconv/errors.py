@@ -7,14 +7,16 @@ The CLI prints ``error: <message>`` for these and exits non-zero without a trace
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from streamconv.messages import escape, one_line, python_label, render
+
 __all__ = [
     "StreamconvError",
     "SourceNotFoundError",
+    "HubError",
     "NoWeightsError",
     "CorruptCheckpointError",
     "ShardIndexError",
@@ -22,18 +24,17 @@ __all__ = [
     "UnsafeInputError",
     "UnsupportedDtypeError",
     "OutputExistsError",
+    "OutputRefusedError",
     "OutputNotWritableError",
     "DiskFullError",
-    "FormatError",
-    "NotConvertedError",
+    "FormatError", "OutOfMemoryError", "OutputChangedError",
+    "NotConvertedError", "PartOfSplitError",
     "TensorNotFoundError",
     "PlanError",
     "AssetError",
     "MissingDependencyError",
     "InvalidOptionError",
-    "CastOverflowError",
-    "QuantizationBudgetError",
-    "escape",
+    "CastOverflowError", "QuantizationBudgetError",
 ]
 
 
@@ -66,17 +67,7 @@ class _NamesOptions(StreamconvError):
         self.args = (self.render(python_label),)
 
     def render(self, label: Callable[[str, Any], str]) -> str:
-        def replace(match: re.Match[str]) -> str:
-            name, has_value, literal = match.group(1), match.group(2), match.group(3)
-            if name is None:  # {{ or }}: a brace of the text
-                return match.group(0)[0]
-            if not has_value:
-                return label(name, NOVALUE)
-            if literal:
-                return label(name, _LITERALS.get(literal, literal))
-            return label(name, self.values.get(name))
-
-        text = _PLACEHOLDER.sub(replace, self.template)
+        text = render(self.template, self.values, label)
         return f"{self.where}: {text}" if self.where else text
 
     def __str__(self) -> str:
@@ -88,10 +79,22 @@ class SourceNotFoundError(StreamconvError, FileNotFoundError):
 
     exit_code = 2
 
-    def __init__(self, source: str, hint: str = "") -> None:
+    def __init__(self, source: str, hint: str = "", problem: str = "no such checkpoint folder") -> None:
         self.source = source
         fix = hint or "check the path, or pass a Hugging Face repo id such as 'org/name'"
-        super().__init__(f"{source}: no such checkpoint folder; {fix}")
+        super().__init__(f"{source}: {problem}; {fix}")
+
+
+class HubError(StreamconvError, ConnectionError):
+    """The hub could not be read to the end (a transfer that kept failing, a file that changed):
+    ``where`` is the repo or the file (as its path in the snapshot folder), ``problem`` what happened."""
+
+    exit_code = 7
+
+    def __init__(self, where: Any, problem: str, fix: str = "") -> None:
+        self.where, self.problem = where, problem
+        fix = fix or "check the network (or the hub's status page) and run again"
+        super().__init__(f"{where}: {problem}; {fix}")
 
 
 class NoWeightsError(StreamconvError, FileNotFoundError):
@@ -125,8 +128,7 @@ class CorruptCheckpointError(StreamconvError, ValueError):
     exit_code = 3
 
     def __init__(self, path: Path, problem: str, fix: str = "") -> None:
-        self.path = path
-        self.problem = problem
+        self.path, self.problem = path, problem
         fix = fix or "the file is damaged or not safetensors: re-download or re-save it"
         super().__init__(f"{path}: {problem}; {fix}")
 
@@ -137,8 +139,7 @@ class UnsafeCheckpointError(StreamconvError, ValueError):
     exit_code = 3
 
     def __init__(self, path: Path, problem: str) -> None:
-        self.path = path
-        self.problem = problem
+        self.path, self.problem = path, problem
         super().__init__(
             f"{path}: refused: the pickle would run code or build objects that are not tensors ({problem}); "
             "it was not executed: convert only checkpoints you trust, saved as safetensors if possible"
@@ -152,8 +153,7 @@ class UnsafeInputError(StreamconvError, ValueError):
     exit_code = 3
 
     def __init__(self, path: Path, problem: str, fix: str) -> None:
-        self.path = path
-        self.problem = problem
+        self.path, self.problem = path, problem
         super().__init__(f"{path}: {problem}; {fix}")
 
 
@@ -163,11 +163,8 @@ class ShardIndexError(StreamconvError, ValueError):
     exit_code = 3
 
     def __init__(self, path: Path, problem: str) -> None:
-        self.path = path
-        self.problem = problem
-        super().__init__(
-            f"{path}: {problem}; re-download the checkpoint so the index and its shards match"
-        )
+        self.path, self.problem = path, problem
+        super().__init__(f"{path}: {problem}; re-download the checkpoint so the index and its shards match")
 
 
 class UnsupportedDtypeError(StreamconvError, TypeError):
@@ -200,6 +197,27 @@ class OutputExistsError(_NamesOptions, FileExistsError):
         self._set_message("output already exists; pass {force=True} to replace it", output, {})
 
 
+class OutputRefusedError(_NamesOptions, FileExistsError):
+    """The output name holds what streamconv did not write, so it is never replaced, even with ``force``:
+    a folder of other files, a file, a symlink, the current folder or one above it, or a folder the
+    run reads (the source; for export, the output exported and its source). ``what`` says what is
+    there; ``option`` is the argument that named the output (``target`` for export); ``removable`` is
+    false for what the user keeps (the source, the current folder): the fix is then another output.
+    """
+
+    exit_code = 4
+
+    def __init__(self, output: Path, what: str, option: str = "output", removable: bool = True) -> None:
+        self.output, self.what = output, what
+        if removable:  # a folder of other files, a file, a symlink: the user's to remove
+            fix = f"remove it yourself or choose another {{{option}}}"
+            text = f"{escape(what)}; streamconv replaces only its own output or an empty folder, even with {{force=True}}"
+        else:  # the source, the current folder: to keep
+            fix = f"choose another {{{option}}}"
+            text = f"{escape(what)}, which streamconv never replaces, even with {{force=True}}"
+        self._set_message(f"{text}: {fix}", output, {})
+
+
 class OutputNotWritableError(_NamesOptions, PermissionError):
     """The output folder cannot be created where it was asked for.
 
@@ -210,10 +228,7 @@ class OutputNotWritableError(_NamesOptions, PermissionError):
 
     def __init__(self, output: Path, reason: str, option: str = "output") -> None:
         self.output = output
-        self._set_message(
-            f"cannot write the output here ({escape(reason)}); choose a writable {{{option}}}",
-            output, {},
-        )
+        self._set_message(f"cannot write the output here ({escape(reason)}); choose a writable {{{option}}}", output, {})
 
 
 class DiskFullError(_NamesOptions, OSError):
@@ -230,17 +245,11 @@ class DiskFullError(_NamesOptions, OSError):
         self.output = output
         self.needed = needed  # bytes the output is expected to take (an estimate; 0 if unknown)
         self.free = free  # bytes free on the output's filesystem once the partial output is gone
-        mib = 1024 * 1024
-        room = f"{free / mib:.1f} MiB free"
-        if needed:
-            room = f"it needs about {needed / mib:.1f} MiB, {room}"
-        self._set_message(
-            f"cannot write the output ({escape(reason)}); {room}; "
-            f"free some space, raise the limit (quota, `ulimit -f`) or choose another {{{option}}}",
-            output, {},
-        )
-        self.errno = errno
-        self.strerror = reason
+        room = f"{free / 2**20:.1f} MiB free"
+        room = f"it needs about {needed / 2**20:.1f} MiB, {room}" if needed else room
+        self._set_message(f"cannot write the output ({escape(reason)}); {room}; free some space, raise the limit "
+                          f"(quota, `ulimit -f`) or choose another {{{option}}}", output, {})
+        self.errno, self.strerror = errno, reason
 
 
 class FormatError(StreamconvError, ValueError):
@@ -250,8 +259,31 @@ class FormatError(StreamconvError, ValueError):
 
     def __init__(self, path: Path, problem: str) -> None:
         self.path = path
-        self.problem = problem
-        super().__init__(f"{path}: {problem}; re-run `streamconv convert` to rebuild the output")
+        self.problem = one_line(problem)
+        super().__init__(f"{path}: {self.problem}; re-run `streamconv convert` to rebuild the output")
+
+
+class OutOfMemoryError(StreamconvError, MemoryError):
+    """Memory ran out reading an output: the process's limit is at fault, not the file (``needed``: bytes, or 0)."""
+
+    exit_code = 8
+
+    def __init__(self, path: Path | None, doing: str, needed: int = 0) -> None:
+        self.path, self.needed = path, needed
+        amount = f" (an allocation of {needed / 2**20:.1f} MiB failed)" if needed else ""
+        super().__init__(f"{'' if path is None else f'{path}: '}memory ran out while {one_line(doing)}{amount}; the file is not "
+                         "known to be damaged: raise the memory limit (`ulimit -v`, the container's), stop other programs, "
+                         "or convert again with a smaller --chunk-size")
+
+
+class OutputChangedError(StreamconvError, ValueError):
+    """A split output's files kept changing while read (replaced with ``--force``): they were not one output's."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path, self.problem = path, one_line(problem)
+        super().__init__(f"{path}: the output changed while it was being read ({self.problem}); read it again")
 
 
 class NotConvertedError(StreamconvError, FileNotFoundError):
@@ -264,14 +296,24 @@ class NotConvertedError(StreamconvError, FileNotFoundError):
         super().__init__(f"{path}: no {missing} here; pass a folder written by `streamconv convert`")
 
 
+class PartOfSplitError(StreamconvError, ValueError):
+    """One file of a split output given for the output; ``folder`` holds its index (None: not beside it)."""
+
+    exit_code = 2
+
+    def __init__(self, path: Path, part: int, count: int, folder: Path | None) -> None:
+        self.path, self.part, self.count, self.folder = path, part, count, folder
+        where = f"the split output in {folder}; pass the folder" if folder else "a split output; pass the folder of all its files"
+        super().__init__(f"{path}: part {part} of {count} of {where}")
+
+
 class TensorNotFoundError(StreamconvError, KeyError):
     """A tensor asked for by name is not in the converted output."""
 
     exit_code = 2
 
     def __init__(self, path: Path, name: str) -> None:
-        self.path = path
-        self.name = name
+        self.path, self.name = path, name
         super().__init__(f"{path}: no tensor named {name!r}; list them with `streamconv inspect`")
 
     def __str__(self) -> str:  # KeyError would otherwise quote the whole message
@@ -290,8 +332,7 @@ class AssetError(StreamconvError, ValueError):
     exit_code = 3
 
     def __init__(self, path: Path, problem: str, fix: str) -> None:
-        self.path = path
-        self.problem = problem
+        self.path, self.problem = path, problem
         super().__init__(f"{path}: {problem}; {fix}")
 
 
@@ -327,22 +368,6 @@ class InvalidOptionError(_NamesOptions, ValueError):
         self._set_message(template, where, values)
 
 
-#: Marks an option mentioned without a value in an :class:`InvalidOptionError` message.
-NOVALUE: Any = object()
-_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{(\w+)(=([^}]*))?\}")
-_LITERALS: dict[str, Any] = {"True": True, "False": False, "None": None}
-
-
-def python_label(name: str, value: Any) -> str:
-    """How a Python caller reads an option in a message: ``level`` or ``level=5``."""
-    return name if value is NOVALUE else f"{name}={value!r}"
-
-
-def escape(text: str) -> str:
-    """``text`` put into a template as it is: its braces are doubled, so none reads as a placeholder."""
-    return text.replace("{", "{{").replace("}", "}}")
-
-
 class CastOverflowError(StreamconvError, ArithmeticError):
     """A tensor of several chunks does not fit the target dtype, found while casting without a scan.
 
@@ -362,18 +387,12 @@ class CastOverflowError(StreamconvError, ArithmeticError):
 
 
 class QuantizationBudgetError(StreamconvError, ArithmeticError):
-    """A chunk of a tensor quantized to int8 has a quantization error beyond the budget.
-
-    Raised while writing (streamconv.stages.quantize); :func:`streamconv.convert` then writes again
-    with that tensor kept in float16, and lists it.
-    """
+    """A chunk of a tensor quantized to int8 has an error beyond the budget (streamconv.stages.quantize);
+    :func:`streamconv.convert` then writes again with that tensor kept in float16, and lists it."""
 
     exit_code = 3
 
     def __init__(self, tensor: str, error: float, budget: float) -> None:
-        self.tensor = tensor
-        self.error = error
-        super().__init__(
-            f"tensor {tensor!r} has an int8 quantization error of {error:.3g}, beyond the budget of {budget}; "
-            "keep it in float16 (convert does so by itself)"
-        )
+        self.tensor, self.error = tensor, error
+        super().__init__(f"tensor {tensor!r} has an int8 quantization error of {error:.3g}, beyond the budget of "
+                         f"{budget}; keep it in float16 (convert does so by itself)")

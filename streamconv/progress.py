@@ -62,6 +62,11 @@ class Progress:
         if self.bar is not None:
             self.bar.set_description(text)
 
+    def note(self, text: str) -> None:
+        """Show ``text`` after the counts (what else is moving: the bytes fetched from the hub)."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+
     def reset(self) -> None:
         if self.bar is not None:
             self.bar.reset()
@@ -97,7 +102,7 @@ def bar(total: float, counts: Counts, desc: str, *, enabled: bool, tqdm_class: A
 
         tqdm_class = tqdm
     if counts == "bytes":
-        fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:,.1f}/{total:,.1f} MiB [{elapsed}<{remaining}, {rate_fmt}]"
+        fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:,.1f}/{total:,.1f} MiB [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
         made = tqdm_class(total=total / _MIB, unit="MiB", desc=desc, bar_format=fmt, file=sys.stderr, leave=leave)
         return Progress(made, _MIB)
     unit = {"tensors": "tensor", "steps": "step"}[counts]

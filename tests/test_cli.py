@@ -368,16 +368,17 @@ def test_same_tensor_in_two_shards_and_every_mismatch_in_one_error(tmp_path: Pat
 
 
 def test_output_exists_without_force(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "keep.txt").write_text("mine")
-    done = run("convert", str(tiny_checkpoint), "-o", str(tmp_path / "out"))
+    out = streamconv.convert(tiny_checkpoint, tmp_path / "out").output_dir
+    before = (out / "metadata.json").read_bytes()
+    done = run("convert", str(tiny_checkpoint), "-o", str(out))
     assert_one_line_error(done, "already exists", "pass --force to replace it")
-    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    assert (out / "metadata.json").read_bytes() == before
     # A Python caller reads the argument, not the flag.
     with pytest.raises(OutputExistsError, match="already exists; pass force=True to replace it$"):
-        streamconv.convert(tiny_checkpoint, tmp_path / "out")
+        streamconv.convert(tiny_checkpoint, out)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(OutputExistsError, match="pass force=True"):
-        streamconv.export(tmp_path / "x", tmp_path / "out")
+        streamconv.export(out, tmp_path / "empty")
 
 
 def test_output_under_a_file_or_empty_is_a_bad_option(tiny_checkpoint: Path, tmp_path: Path) -> None:

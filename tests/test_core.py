@@ -281,25 +281,23 @@ def test_interrupt_while_writing_leaves_nothing(tiny_checkpoint: Path, tmp_path:
 
 
 def test_force_replaces_only_after_success(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("previous conversion")
+    out = streamconv.convert(tiny_checkpoint, tmp_path / "out", dtype="float32").output_dir
     with pytest.raises(OutputExistsError):
         streamconv.convert(tiny_checkpoint, out)
 
     monkeypatch.setattr(codec, "encode", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError):
         streamconv.convert(tiny_checkpoint, out, force=True)
-    assert (out / "old.txt").read_text() == "previous conversion"
+    assert streamconv.read_metadata(out)["dtype"] == "float32"
 
     monkeypatch.undo()
-    streamconv.convert(tiny_checkpoint, out, force=True)
-    assert not (out / "old.txt").exists() and (out / "weights.parquet").is_file()
+    streamconv.convert(tiny_checkpoint, out, force=True, dtype="float16")
+    assert streamconv.read_metadata(out)["dtype"] == "float16" and (out / "weights.parquet").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny"]
 
 
 def test_output_may_not_replace_the_source(tiny_checkpoint: Path) -> None:
-    with pytest.raises(streamconv.StreamconvError, match="would replace the folder it is made from"):
+    with pytest.raises(streamconv.StreamconvError, match="is the source checkpoint, which streamconv never replaces"):
         streamconv.convert(tiny_checkpoint, tiny_checkpoint, force=True)
     assert (tiny_checkpoint / "model.safetensors").is_file()
 

@@ -236,8 +236,7 @@ def _file_size_limit() -> None:  # in the child, before exec: writes beyond 4 Mi
 def test_full_disk_is_exit_4_and_leaves_nothing(checkpoint: Path, tmp_path: Path, force: bool) -> None:
     out = tmp_path / "out"
     if force:
-        out.mkdir()
-        (out / "old.txt").write_text("the previous output")
+        _make(out, "the previous output")
     proc = start(checkpoint, out, *(["--force"] if force else []), preexec_fn=_file_size_limit)
     returncode, err = finish(proc)
     assert returncode == 4
@@ -250,7 +249,8 @@ def test_full_disk_is_exit_4_and_leaves_nothing(checkpoint: Path, tmp_path: Path
     ), line
     assert sorted(p.name for p in tmp_path.iterdir()) == (["out"] if force else [])
     if force:
-        assert [p.name for p in out.iterdir()] == ["old.txt"]
+        assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "weights.parquet"]
+        assert (out / "weights.parquet").read_text() == "the previous output"
 
 
 def test_disk_full_error_in_process(tmp_path: Path) -> None:
@@ -265,8 +265,11 @@ def test_disk_full_error_in_process(tmp_path: Path) -> None:
 
 
 def _make(out: Path, text: str) -> None:
+    """A folder --force may replace: a metadata.json of the format that lists its one weights file."""
     out.mkdir()
     (out / "weights.parquet").write_text(text)
+    (out / "metadata.json").write_text(json.dumps({"format": "streamconv", "format_version": 3,
+                                                   "files": [{"path": "weights.parquet"}]}))
 
 
 def test_exchange_swaps_and_its_fallbacks_replace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import streamconv
-from streamconv.format.toc import RECYCLE_AHEAD, RECYCLE_BYTES, Recycler
+from streamconv.format.recycler import RECYCLE_AHEAD, RECYCLE_BYTES, Recycler
 from tests.conftest import write_safetensors
 
 F16 = np.dtype(np.float16)

@@ -245,7 +245,7 @@ def test_hub_source_is_opened_at_its_recorded_commit(
     opened = []
     real = validation.open_checkpoint
     monkeypatch.setattr(
-        validation, "open_checkpoint", lambda s, revision=None: opened.append((s, revision)) or real(tiny_bert[0])
+        validation, "open_checkpoint", lambda s, revision=None, download=False: opened.append((s, revision)) or real(tiny_bert[0])
     )
     assert validate(out).passed
     assert opened == [("org/tiny-bert", "0123abc")]
@@ -271,7 +271,7 @@ def test_damage_to_renamed_and_fused_tensors_reaches_the_outputs(
     from tests import models
 
     source = getattr(models, builder)(tmp_path / "src")
-    # keep: exact limits, and MoE routing cannot flip on a float16 rounding.
+    # keep: exact limits (float16 with pinned routing: tests/test_routing.py).
     out = streamconv.convert(source, tmp_path / "out", dtype="keep").output_dir
     clean = validate(out)
     assert clean.passed, clean.table()

@@ -25,10 +25,13 @@ from streamconv.cli.interrupts import (
     interrupt_line,
     interrupts_held,
     output_identity,
+    redeliver_swallowed,
+    settle,
     sigterm_raises,
 )
 from streamconv.cli.startup import program_start
-from streamconv.errors import NOVALUE, StreamconvError
+from streamconv.errors import OutOfMemoryError, StreamconvError
+from streamconv.messages import NOVALUE, one_line
 
 __all__ = ["EPILOG", "build_parser", "main"]
 
@@ -46,7 +49,8 @@ environment:
 exit codes:
   0 success            1 unexpected error (rerun with --debug)   2 not found, or a bad option
   3 damaged input      4 output problem (exists, not writable, disk full)
-  5 missing optional dependency      6 validation failed      130 interrupted     143 terminated
+  5 missing optional dependency      6 validation failed      8 out of memory
+  130 interrupted      143 terminated
 """
 
 
@@ -99,10 +103,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: argparse.Namespace | None = None
     cmd: Command | None = None
     before = None
-    parser = build_parser()
+    parser: argparse.ArgumentParser | None = None
     try:
         with sigterm_raises():
+            if argv is None:
+                redeliver_swallowed()
+                _safe_streams()
             with interrupts_held():  # start-up: parse, and import numpy, pyarrow... (see there)
+                parser = build_parser()
                 args = _parse(parser, argv)
                 cmd = command(args.command)
                 before = output_identity(_target(cmd, args))  # with args, so an interrupt line can compare
@@ -113,18 +121,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             if cmd is None:
                 parser.print_help(sys.stderr)  # a usage error: stderr, exit 2
                 return 2
-            return cmd.run(args)
+            code = cmd.run(args)
+            if argv is None:
+                settle()
+            return code
     except BrokenPipeError:  # `streamconv inspect OUT | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see sigterm_raises)
-        print(_interrupt_line(exc, cmd, args, before), file=sys.stderr)
+        if argv is None:
+            settle()  # a second Ctrl-C while the line is printed: no traceback
+        print(_folded(_interrupt_line(exc, cmd, args, before)), file=sys.stderr)
         return SIGTERM_EXIT if isinstance(exc, Terminated) else SIGINT_EXIT
     except Exception as exc:  # every error becomes one line; --debug shows the traceback
         if args is not None and args.debug:
             raise
-        print(f"error: {_one_line(exc, parser)}", file=sys.stderr)
+        if argv is None:
+            settle()
+        no_room = ((isinstance(exc, ImportError) and "failed to map segment" in str(exc))  # a library under `ulimit -v`
+                   or (isinstance(exc, RuntimeError) and "can't start new thread" in str(exc)))
+        if (isinstance(exc, MemoryError) or no_room) and not isinstance(exc, StreamconvError):
+            doing = f"running `streamconv {args.command}`" if args is not None and args.command else "starting"
+            exc = OutOfMemoryError(None, doing)
+        print(_folded(f"error: {_one_line(exc, parser or build_parser())}"), file=sys.stderr)
         return exc.exit_code if isinstance(exc, StreamconvError) else 1
+
+
+def _folded(line: str) -> str:
+    """``line`` kept on one line: a line break in a path it names (a folder called ``a\\nb``) as an escape."""
+    return line.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _safe_streams() -> None:
+    """Print what UTF-8 cannot hold as escapes, not as an error: a path that is not UTF-8 reaches
+    Python as lone surrogates, and a summary naming it would end in UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):  # replaced by a caller, or closed
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
 
 
 def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -159,7 +192,7 @@ def _one_line(exc: BaseException, parser: argparse.ArgumentParser) -> str:
         return exc.render(_flag_labeller(parser))
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}; check the path and its permissions"
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = one_line(str(exc)) or type(exc).__name__
     return f"unexpected {type(exc).__name__}: {text}; rerun with --debug and report it"
 
 

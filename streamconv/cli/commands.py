@@ -99,8 +99,11 @@ def build_convert(conv: argparse.ArgumentParser) -> None:
     add("--chunk-size", metavar="SIZE", help="largest chunk (one Parquet row), e.g. 4MiB (default 2MiB)")
     add("--max-file-size", metavar="SIZE", help="split the weights into files of at most SIZE, e.g. 2GiB (default: one file)")
     add("--revision", help="hub branch, tag or commit (hub sources)")
+    add("--download", action="store_true",
+        help="hub sources: download the whole snapshot into the Hugging Face cache first, instead of "
+        "reading only the kept tensors' byte ranges")
     add("--workers", type=int, help=f"compression threads (default {_default('workers')})")
-    add("--force", action="store_true", help="replace OUTPUT if it exists")
+    add("--force", action="store_true", help="replace OUTPUT if it is a streamconv output or empty (else refused)")
     add("--strict", action="store_true",
         help="fail instead of warning when an asset is missing or cannot be copied or built")
     add("--dry-run", action="store_true", help="show what would be written and its estimated size")
@@ -148,17 +151,27 @@ def build_inspect(parser: argparse.ArgumentParser) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from streamconv.format.reader import describe, read_metadata, weights_path
+    from pathlib import Path
+
+    from streamconv.errors import NotConvertedError
+    from streamconv.format.reader import WeightsFile, read_metadata
     from streamconv.plans import FALLBACK, get_plan
 
-    weights = weights_path(args.output)
-    metadata = read_metadata(args.output)
-    tensors = display.inspect_order(describe(weights), args.source_names)
+    weights = WeightsFile(args.output)
+    try:
+        metadata: dict[str, Any] | None = read_metadata(args.output)
+    except NotConvertedError:
+        if Path(args.output).is_dir():
+            raise
+        metadata = None  # a weights file of its own (WeightsWriter's): no metadata.json to show
+    tensors = display.inspect_order([e.info for e in weights.entries.values()], args.source_names)
     if args.json:
         print(json.dumps({"metadata": metadata, "tensors": [t.to_dict() for t in tensors]}, indent=2))
     elif not args.quiet:
-        plan_lines = get_plan(str(metadata.get("model_type", FALLBACK)))().describe(metadata)
-        print(display.inspect_text(weights, metadata, tensors, args.source_names, plan_lines))
+        part = weights.parts[0]
+        plan_lines = get_plan(str(metadata.get("model_type", FALLBACK)))().describe(metadata) if metadata else []
+        print(display.inspect_text(weights.path, metadata, tensors, args.source_names, plan_lines,
+                                   (part.version, part.compression)))
     return 0
 
 
@@ -169,7 +182,7 @@ def build_export(parser: argparse.ArgumentParser) -> None:
                         help="dtype of float tensors: keep (default: the stored dtypes), float16 or float32 "
                         "(or fp16, f16, fp32, f32)")
     parser.add_argument("--max-shard-size", metavar="SIZE", help="shard model.safetensors beyond SIZE (default 5GiB)")
-    parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    parser.add_argument("--force", action="store_true", help="replace DIR if export wrote it or it is empty (else refused)")
     _json_argument(parser, "the result")
 
 

@@ -77,6 +77,8 @@ def conversion_summary(result: Any, requested: str) -> str:
         f"  {size(result.source_bytes)} -> {size(result.output_bytes)} {verb} "
         f"({result.ratio:.2f}x) in {result.seconds:.2f} s"
     )
+    if result.hub is not None:
+        lines.append(hub_line(result.hub, result.source_bytes))
     if result.dry_run:
         lines.extend(
             f"  asset {printable(a['path'])}"
@@ -98,6 +100,22 @@ def _quantization(section: Any) -> list[str]:
     lines.extend(f"    kept in float16: {printable(str(k.get('name')))} ({printable(str(k.get('reason')))})"
                  for k in kept)
     return lines
+
+
+def hub_line(hub: dict[str, Any], kept: int) -> str:
+    """How a hub source was read: by ranges (bytes fetched, files checked by sha256) or from the cache."""
+    at = f"  hub commit {printable(str(hub['commit']))[:12]}"
+    if hub["mode"] == "shards":
+        checked = ", ".join(printable(str(n)) for n in hub["sha256_checked"]) or "none"
+        return (f"{at}: .bin weights: {hub['shards_fetched']} shard fetches, one shard at a time into a temporary "
+                f"folder, converted, then deleted ({size(hub['bytes_fetched'])} fetched); sha256 checked: {checked}")
+    if hub["mode"] != "ranges":
+        how = {"cache": "weights read from the local cache", "download": "snapshot downloaded into the cache",
+               "offline": "read from the local cache (offline)"}.get(hub["mode"], str(hub["mode"]))
+        return f"{at}: {how}"
+    checked = ", ".join(printable(str(n)) for n in hub["sha256_checked"]) or "none (not every byte was read)"
+    return (f"{at}: {size(hub['bytes_fetched'])} fetched by range reads for {size(kept)} of kept tensors, "
+            f"nothing of the weights written to disk; sha256 checked: {checked}")
 
 
 def validation_table(report: dict[str, Any], debug: bool) -> str:
@@ -156,9 +174,19 @@ def inspect_order(tensors: Sequence[Any], source_names: bool) -> list[Any]:
     return sorted(tensors, key=lambda t: natural_key(t.source_name if source_names else t.name))
 
 
-def inspect_text(weights: Any, metadata: dict[str, Any], tensors: Sequence[Any], source_names: bool,
-                 plan_lines: Iterable[str]) -> str:
-    """``inspect``'s report: the header, assets and warnings, then one line per tensor (in ``tensors``' order)."""
+def inspect_text(weights: Any, metadata: dict[str, Any] | None, tensors: Sequence[Any], source_names: bool,
+                 plan_lines: Iterable[str], stored: tuple[int, str]) -> str:
+    """``inspect``'s report: the header, assets and warnings, then one line per tensor (in ``tensors``' order).
+
+    ``metadata`` is None for a weights file without ``metadata.json``; ``stored`` is the weights'
+    format version and codec, as the file says.
+    """
+    if metadata is None:
+        lines = [f"{weights}",
+                 f"  format {stored[0]}, compression {stored[1]}; no metadata.json beside it (a weights file "
+                 "written without `streamconv convert`): its source, model type and assets are not known",
+                 f"  {len(tensors)} tensors, {sum(t.numel for t in tensors):,} parameters"]
+        return "\n".join(lines + _tensor_table(tensors, source_names))
     source: dict[str, Any] = metadata["source"] if isinstance(metadata.get("source"), dict) else {}
     lines = [f"{weights}",
              f"  source {printable(str(source.get('id', '?')))}"
@@ -178,16 +206,20 @@ def inspect_text(weights: Any, metadata: dict[str, Any], tensors: Sequence[Any],
     for asset in metadata.get("assets", []):
         lines.append(f"  asset {printable(str(asset.get('path')))} ({size(asset.get('bytes', 0))}, "
                      f"sha256 {str(asset.get('sha256'))[:12]}...)")
+    return "\n".join(lines + _tensor_table(tensors, source_names))
+
+
+def _tensor_table(tensors: Sequence[Any], source_names: bool) -> list[str]:
     label = "source name" if source_names else "name"
     rows = [(printable(t.source_name if source_names else t.name), t) for t in tensors]
     width = max((len(n) for n, _ in rows), default=len(label))
-    lines.append(f"\n  {label:<{width}}  {'shape':>16}  {'dtype':<8}  {'chunks':>6}  {'stored':>10}")
+    lines = [f"\n  {label:<{width}}  {'shape':>16}  {'dtype':<8}  {'chunks':>6}  {'stored':>10}"]
     for name, t in rows:
         shape = "x".join(map(str, t.shape)) or "scalar"
         dtype = f"int8/{t.block}" if t.block else t.dtype  # int8 codes, a scale per block of t.block
         lines.append(f"  {name:<{width}}  {shape:>16}  {dtype:<8}  {t.chunk_count:>6}  {size(t.stored_bytes):>10}")
     lines.append(f"\n  data column: {size(sum(t.stored_bytes for t in tensors))}")
-    return "\n".join(lines)
+    return lines
 
 
 def types_text(plans: Iterable[Any]) -> str:

@@ -7,25 +7,31 @@ supervisors (systemd, Kubernetes, `timeout`) see what ended it.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
-__all__ = ["SIGINT_EXIT", "SIGTERM_EXIT", "Terminated", "interrupt_line", "interrupts_held", "output_identity",
-           "sigterm_raises"]
+__all__ = ["REDELIVERY_DELAY", "SIGINT_EXIT", "SIGTERM_EXIT", "Terminated", "interrupt_line", "interrupts_held",
+           "output_identity", "raise_terminated", "redeliver_swallowed", "settle", "sigterm_raises"]
 
 SIGINT_EXIT = 130
 SIGTERM_EXIT = 143
+#: Seconds after which a swallowed interrupt comes again (see :func:`redeliver_swallowed`).
+REDELIVERY_DELAY = 0.05
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: raised by the handler :func:`sigterm_raises` installs."""
 
 
-def _raise_terminated(signum: int, frame: Any) -> NoReturn:
+def raise_terminated(signum: int, frame: Any) -> NoReturn:
+    """The SIGTERM handler: raise :class:`Terminated` (installed by :func:`sigterm_raises`, or by
+    ``python -m streamconv`` for the whole run)."""
     raise Terminated
 
 
@@ -37,12 +43,53 @@ def sigterm_raises() -> Iterator[None]:
         return
     previous = signal.getsignal(signal.SIGTERM)
     if previous == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
     finally:
-        if previous == signal.SIG_DFL:
+        # Only its own handler is undone: one :func:`settle` put there stays.
+        if previous == signal.SIG_DFL and signal.getsignal(signal.SIGTERM) is raise_terminated:
             signal.signal(signal.SIGTERM, previous)
+
+
+def redeliver_swallowed() -> None:
+    """Make an interrupt Python would swallow come again (the program's start; main thread).
+
+    A signal handler runs wherever the main thread is, and that can be a weakref callback or a
+    ``__del__``, whose exceptions Python cannot raise: it prints "Exception ignored in ..." with a
+    traceback and goes on, and the run would finish as if the signal never came. The hook has the
+    signal come again instead, :data:`REDELIVERY_DELAY` later from a timer thread (sent from the
+    hook itself, its handler would run inside the hook and be swallowed again), to be raised at
+    the main thread's next line.
+    Other unraisable exceptions go to the previous hook.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous(unraisable)
+            return
+        signum = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+        # A moment later, so that the hook has returned (a thread that sent it at once could have it
+        # raised inside Thread.start, still in the hook).
+        again = threading.Timer(REDELIVERY_DELAY, _thread.interrupt_main, (signum,))
+        again.daemon = True
+        with contextlib.suppress(RuntimeError):  # no new thread while the interpreter exits
+            again.start()
+
+    sys.unraisablehook = hook
+
+
+def settle() -> None:
+    """Ignore SIGINT and SIGTERM from now on: the program's outcome is known and it is about to exit.
+
+    Called by the program (never by ``main([...])`` inside another's process) once the command has
+    returned or its error line is about to be printed: a Ctrl-C then, or a second one while the first
+    is reported, would otherwise end in a traceback from the interpreter's exit, or cut the line.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

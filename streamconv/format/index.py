@@ -1,21 +1,36 @@
 """The read side of a split output: the files its ``weights.parquet.index.json`` lists, in order.
 
 Every name in the index goes through :func:`streamconv._files.contained` (inside the folder,
-symlinks resolved) and the index itself is read as strict, capped JSON.
+symlinks resolved) and the index itself is read as strict, capped JSON. Each file comes with what the
+index records of it (size, and the identity of its rows), which the reader checks against the file
+it opened: a file of another output (one replaced with ``--force`` meanwhile) is never mixed in.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from streamconv import _files
 from streamconv.errors import FormatError, NotConvertedError
 
-__all__ = ["read_index"]
+__all__ = ["Listed", "read_index"]
+
+_HEX64 = re.compile(r"[0-9a-f]{16}")
 
 
-def read_index(path: Path) -> list[tuple[Path, list[str]]]:
+class Listed(NamedTuple):
+    """One file of a split index: its path, the tensors whose first chunk it holds, and what the index
+    records of it (``None`` when an older index does not)."""
+
+    path: Path
+    tensors: list[str]
+    bytes: int | None
+    chunks_xxh3: int | None
+
+
+def read_index(path: Path) -> list[Listed]:
     """The files a split index lists, in order, with the tensors each holds.
 
     Raises:
@@ -27,7 +42,8 @@ def read_index(path: Path) -> list[tuple[Path, list[str]]]:
     index = _files.read_json(path, error=lambda file, reason: FormatError(file, f"the split index is {reason}"))
     entries = index.get("files") if isinstance(index, dict) else None
     if not isinstance(entries, list) or not all(_usable(entry) for entry in entries):
-        raise FormatError(path, "not a usable split index (no 'files' list of {path, tensors} objects)")
+        raise FormatError(path, "not a usable split index (no 'files' list of {path, tensors} objects, "
+                                "with a non-negative 'bytes' and a 16-digit hex 'chunks_xxh3' where given)")
     if not entries:
         raise FormatError(path, "the split index lists no files")
     found = []
@@ -35,10 +51,16 @@ def read_index(path: Path) -> list[tuple[Path, list[str]]]:
         file = _files.contained(path.parent, entry["path"], named_in=path)
         if not file.exists():
             raise NotConvertedError(file, "weights file (listed in the split index)")
-        found.append((_files.regular(file), list(entry["tensors"])))
+        digest = entry.get("chunks_xxh3")
+        found.append(Listed(file, list(entry["tensors"]), entry.get("bytes"),
+                            int(digest, 16) if digest is not None else None))
     return found
 
 
 def _usable(entry: Any) -> bool:
-    return (isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("tensors"), list)
-            and all(isinstance(name, str) for name in entry["tensors"]))
+    if not (isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("tensors"), list)
+            and all(isinstance(name, str) for name in entry["tensors"])):
+        return False
+    size, digest = entry.get("bytes"), entry.get("chunks_xxh3")
+    return ((size is None or (isinstance(size, int) and not isinstance(size, bool) and size >= 0))
+            and (digest is None or (isinstance(digest, str) and _HEX64.fullmatch(digest) is not None)))

@@ -13,7 +13,7 @@ import numpy as np
 
 from streamconv.buffers import thread_buffer
 
-__all__ = ["DEQUANTIZE_CHOICES", "block_count", "check_scales", "dequantize_into"]
+__all__ = ["DEQUANTIZE_CHOICES", "block_count", "check_scales", "dequantize_into", "rows_problem"]
 
 #: What a reader makes of a quantized tensor: its values as float16 (default) or float32, or
 #: ``None`` for the raw int8 codes.
@@ -24,6 +24,27 @@ _SIGN, _EXPONENT = 0x8000, 0x7C00
 def block_count(cols: int, block: int) -> int:
     """Scales per row."""
     return -(-cols // block)
+
+
+def rows_problem(dtype: str, shape: tuple[int, ...], block: int, first: int, blocks: np.ndarray,
+                 offsets: np.ndarray, counts: np.ndarray, scale_bytes: np.ndarray) -> str | None:
+    """Why a tensor's rows (chunks ``first``... of a version-4 file, as columns) cannot be its chunks,
+    ``block`` being its chunk 0's block, or ``None``: every chunk has that block; an int8 chunk holds
+    whole rows of a 2-D int8 tensor and has scales. Checked before anything is allocated."""
+    if first == 0 and (block < 0 or (block and (dtype != "int8" or len(shape) != 2 or shape[1] < 1))):
+        return f"block {block} for a {dtype} tensor of shape {list(shape)[:8]}; only 2-D int8 tensors are quantized"
+    other = np.flatnonzero(blocks != block)
+    if len(other):
+        return f"chunk {first + int(other[0])} has block {blocks[other[0]]}, chunk 0 {block}"
+    if not block:
+        return None
+    partial = np.flatnonzero((offsets % shape[1] != 0) | (counts % shape[1] != 0))
+    if len(partial):
+        return f"int8 chunk {first + int(partial[0])} does not hold whole rows"
+    bare = np.flatnonzero((counts > 0) & (scale_bytes == 0))
+    if len(bare):
+        return f"int8 chunk {first + int(bare[0])} has no scales (damaged); convert it again"
+    return None
 
 
 def check_scales(codes: np.ndarray, scales: np.ndarray, cols: int, block: int) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
@@ -20,13 +21,26 @@ import numpy as np
 import pyarrow as pa
 
 from streamconv import _files
-from streamconv.constants import DEFAULT_WORKERS, WorkerPool
-from streamconv.errors import FormatError, NotConvertedError, TensorNotFoundError
-from streamconv.format.index import read_index
-from streamconv.format.quantized import DEQUANTIZE_CHOICES, block_count
+from streamconv.constants import DEFAULT_WORKERS, MAX_CHUNK_BYTES, WorkerPool
+from streamconv.errors import (
+    FormatError,
+    NotConvertedError,
+    OutOfMemoryError,
+    OutputChangedError,
+    PartOfSplitError,
+    TensorNotFoundError,
+    UnsafeInputError,
+)
+from streamconv.format.arrow import payloads
+from streamconv.format.contents import check_metadata
+from streamconv.format.entries import SCALES, Entry, Expected, numel
+from streamconv.format.index import Listed, read_index
+from streamconv.format.quantized import DEQUANTIZE_CHOICES
 from streamconv.format.records import NameKind, TensorInfo, TensorRecord
+from streamconv.format.recycler import Recycler
 from streamconv.format.schema import INDEX_FILENAME, METADATA_FILENAME, WEIGHTS_FILENAME
-from streamconv.format.toc import SCALES, Entry, Expected, Recycler, WeightsPart, numel, payloads
+from streamconv.format.toc import OutputChanged, WeightsPart
+from streamconv.messages import quote
 
 __all__ = [
     "TensorInfo",
@@ -72,9 +86,13 @@ def weights_path(path: str | os.PathLike[str]) -> Path:
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``metadata.json`` of a converted output folder (or of the folder of a weights file).
 
+    Read under the JSON cap, strictly, and checked once against the table of its keys' types
+    (:data:`streamconv.format.contents.METADATA_TYPES`).
+
     Raises:
         NotConvertedError: no metadata.json.
-        FormatError: it is not a JSON object.
+        FormatError: it is not strict JSON, not an object, or a known key has the wrong type.
+        UnsafeInputError: it is not a regular file, leads outside the folder, or is over the cap.
     """
     folder = Path(path)
     folder = folder if folder.is_dir() else folder.parent
@@ -83,9 +101,17 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = _files.read_json(meta_path, root=folder, error=lambda file, reason: FormatError(file, f"metadata is {reason}"))
     except FileNotFoundError:
         raise NotConvertedError(meta_path, "metadata") from None
-    if not isinstance(data, dict):
-        raise FormatError(meta_path, "metadata is not a JSON object")
-    return data
+    return check_metadata(meta_path, data)
+
+
+#: Times a split output is read again when its files turn out to belong to two outputs (one replaced
+#: with ``--force`` while it was read) before :class:`OutputChangedError` is raised.
+READ_ATTEMPTS = 3
+_PART_NAME = re.compile(r"weights-(\d{5})-of-(\d{5})\.parquet")
+
+
+def _before_parts(listed: list[Listed]) -> None:
+    """Called between reading a split index and opening its files (tests swap files here)."""
 
 
 class WeightsFile:
@@ -93,23 +119,65 @@ class WeightsFile:
 
     Every file is opened and its table of contents checked; a tensor may continue from one file into
     the next (a tensor larger than a file), and is listed in the index under the file holding its
-    first chunk. ``path`` is an output folder, its weights file, or its split index. ``dequantize``
-    says what int8 codes decode to: ``float16`` (default) or ``float32`` values, or ``None`` for
-    the codes themselves.
+    first chunk. ``path`` is an output folder, its weights file, its split index, or a weights file
+    of its own (a :class:`~streamconv.format.writer.WeightsWriter` file, no ``metadata.json``).
+    ``dequantize`` says what int8 codes decode to: ``float16`` (default) or ``float32`` values, or
+    ``None`` for the codes themselves.
+
+    Raises:
+        NotConvertedError: no weights there; :class:`PartOfSplitError`: one file of a split output.
+        FormatError: a damaged or hostile file. OutputChangedError: the files kept changing while read.
+        UnsafeInputError: a file is not a regular one, or leads outside its folder.
     """
 
     def __init__(self, path: str | os.PathLike[str], dequantize: str | None = "float16") -> None:
-        _check_dequantize(dequantize)
+        if dequantize not in DEQUANTIZE_CHOICES:
+            raise ValueError(f"dequantize={dequantize!r}: choose 'float16', 'float32' or None (the int8 codes)")
         self.dequantize = dequantize
-        self.path = weights_path(path)
-        listed = read_index(self.path) if self.path.name == INDEX_FILENAME else [(self.path, None)]
+        given = Path(path)
+        self.path = weights_path(given)
+        folder = self.path.parent
+        # The files of an output stay inside it; a weights file given by its own path may be a link.
+        root = folder if given.is_dir() or self.path.name in (WEIGHTS_FILENAME, INDEX_FILENAME) else None
+        part = _PART_NAME.fullmatch(self.path.name)
+        if part is not None:
+            raise PartOfSplitError(self.path, int(part.group(1)), int(part.group(2)),
+                                   folder if (folder / INDEX_FILENAME).exists() else None)
+        # The output's chunk size bounds every chunk: from its metadata.json, if this is its weights
+        # (a metadata.json that cannot be read is the business of those who read it: the cap holds).
+        limit = MAX_CHUNK_BYTES
+        if self.path.name in (WEIGHTS_FILENAME, INDEX_FILENAME) and (folder / METADATA_FILENAME).exists():
+            try:
+                recorded = read_metadata(folder).get("chunk_size")
+            except (FormatError, UnsafeInputError):
+                recorded = None
+            limit = min(limit, recorded) if isinstance(recorded, int) and recorded > 0 else limit
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                self._read(folder, root, limit)
+                return
+            except OutputChanged as changed:
+                if attempt == READ_ATTEMPTS - 1:
+                    raise OutputChangedError(self.path, str(changed)) from None
+
+    def _read(self, folder: Path, root: Path | None, limit: int) -> None:
+        listed = read_index(self.path) if self.path.name == INDEX_FILENAME else [Listed(self.path, [], None, None)]
+        if self.path.name == INDEX_FILENAME:
+            _before_parts(listed)
         self.entries: dict[str, Entry] = {}
         self.parts: list[WeightsPart] = []
         expected: Expected = None
-        for file, tensors in listed:
-            part = WeightsPart(file, len(self.parts), self.entries, expected)
-            if tensors is not None and part.started != tensors:
-                raise FormatError(file, f"holds other tensors than {INDEX_FILENAME} lists")
+        for record in listed:
+            split = self.path.name == INDEX_FILENAME
+            try:
+                part = WeightsPart(record.path, len(self.parts), self.entries, expected, root=folder if split else root,
+                                   listed=record if split else None, chunk_limit=limit)
+            except FileNotFoundError:
+                if split:  # listed a moment ago, gone now: replaced
+                    raise OutputChanged(f"{record.path.name} disappeared") from None
+                raise NotConvertedError(record.path, "converted weights") from None
+            if split and part.started != record.tensors:
+                raise OutputChanged(f"{record.path.name} holds other tensors than {INDEX_FILENAME} lists")
             self.parts.append(part)
             expected = part.expected
         if expected is not None:
@@ -125,11 +193,12 @@ class WeightsFile:
         return {e.row["name"] for e in wanted}, sorted({g for e in wanted for g in e.groups})
 
     def _table(self, part: WeightsPart, group: int) -> pa.Table:
-        # Only the data column: the rest of each row is in the table of contents, read once.
+        # Only the data column (and an int8 file's scales): the rest of each row is in the table of
+        # contents, read once.
         table = part.read_columns(group, ["data", "scales"] if part.quantized else ["data"])
-        if table.num_rows != len(part.chunks[group]):
+        if table.num_rows != part.group_rows(group):
             raise FormatError(part.path, f"row group {group} is damaged (its data column has {table.num_rows} rows, "
-                                         f"its other columns {len(part.chunks[group])})")
+                                         f"its other columns {part.group_rows(group)})")
         return table
 
     def records(self, names: Sequence[str] | None = None, workers: int = DEFAULT_WORKERS) -> Iterator[TensorRecord]:
@@ -172,7 +241,7 @@ class WeightsFile:
         the bytes started and not yet yielded past :data:`READ_AHEAD_BYTES` (the caller then yields
         everything before it). Only the last tensor of a group continues into the next one, so after
         a split nothing is left pending."""
-        chunks = [(name, index) for name, index, *_ in part.chunks[group] if name in wanted]
+        chunks = [(name, index) for name, index, *_ in part.group_chunks(group) if name in wanted]
         ahead = sum(a.nbytes for a in pending.values())  # scales included
         segments: list[set[str]] = [set()]
         for name, index in chunks:
@@ -217,19 +286,21 @@ class WeightsFile:
             for part, group, table in self._prefetched(groups):
                 jobs = []
                 scales = payloads(table, "scales") if part.quantized else [None] * table.num_rows
-                for payload, scale_payload, chunk in zip(payloads(table), scales, part.chunks[group], strict=True):
-                    name, offset, count = chunk.name, chunk.element_offset, chunk.element_count
+                for payload, scale_payload, chunk in zip(payloads(table), scales, part.group_chunks(group), strict=True):
+                    name, count = chunk.name, chunk.element_count
                     if name in wanted:
                         entry = self.entries[name]
-                        out = np.empty(count, dtype=entry.array_dtype(self.dequantize))
-                        if entry.block:
-                            scale_out = np.empty(count // entry.shape[1] * block_count(entry.shape[1], entry.block),
-                                                 np.float16)
-                            job = pool.submit(part.decode_quantized, entry, chunk, payload, scale_payload, out,
-                                              scale_out)
-                        else:
-                            job = pool.submit(part.decode_chunk, name, chunk.chunk_index, payload, chunk.checksum, out)
-                        jobs.append((entry.info, offset, out, job))
+                        dtype = entry.array_dtype(self.dequantize)
+                        try:
+                            out = np.empty(count, dtype=dtype)
+                            scale_out = np.empty(entry.scale_count(count), np.float16)
+                        except MemoryError:
+                            raise OutOfMemoryError(part.path, f"decoding tensor {quote(name)}",
+                                                   count * dtype.itemsize) from None
+                        job = pool.submit(part.decode_quantized, entry, chunk, payload, scale_payload, out, scale_out) \
+                            if entry.block else pool.submit(part.decode_chunk, name, chunk.chunk_index, payload,
+                                                            chunk.checksum, out)
+                        jobs.append((entry.info, chunk.element_offset, out, job))
                 for info, offset, out, job in jobs:
                     job.result()
                     yield info, offset, out
@@ -252,11 +323,6 @@ def _check_names(names: str) -> None:
         raise ValueError(f"names={names!r}: choose 'stored' or 'source'")
 
 
-def _check_dequantize(dequantize: str | None) -> None:
-    if dequantize not in DEQUANTIZE_CHOICES:
-        raise ValueError(f"dequantize={dequantize!r}: choose 'float16', 'float32' or None (the int8 codes)")
-
-
 def iter_tensors(
     path: str | os.PathLike[str], *, names: NameKind = "stored", workers: int = DEFAULT_WORKERS,
     dequantize: str | None = "float16",
@@ -265,7 +331,7 @@ def iter_tensors(
 
     Memory holds a few row groups, the tensors they complete, and arrays of tensors the caller has
     dropped that a tensor soon to come will be decoded into (never one still referred to; see
-    :class:`streamconv.format.toc.Recycler`). The records are the same whatever
+    :class:`streamconv.format.recycler.Recycler`). The records are the same whatever
     ``names``; it says which name a record unpacks as (``for name, array in iter_tensors(...)``).
 
     Args:

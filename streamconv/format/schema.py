@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-__all__ = ["FORMAT_VERSION", "INDEX_FILENAME", "INT8_VERSION", "METADATA_FILENAME", "META_COLUMNS",
-           "QUANT_COLUMNS", "QUANT_SCHEMA", "SCHEMA", "WEIGHTS_FILENAME", "checksum", "schema_for", "split_name",
-           "version_for"]
+__all__ = ["EXPORT_FORMAT", "EXPORT_MARKER_FILENAME", "FORMAT_VERSION", "INDEX_FILENAME", "INT8_VERSION",
+           "METADATA_FILENAME", "META_COLUMNS", "MIN_ROW_BYTES", "MIN_ROW_BYTES_V1", "QUANT_COLUMNS", "QUANT_SCHEMA",
+           "SCHEMA", "WEIGHTS_FILENAME", "checksum", "chunks_digest", "schema_for", "split_name", "version_for"]
 
 #: Newest version of the output layout (see docs/format.md). Readers accept every version up to
 #: this one.
@@ -23,6 +23,10 @@ WEIGHTS_FILENAME = "weights.parquet"
 METADATA_FILENAME = "metadata.json"
 #: A split output's index, beside its ``weights-0000k-of-0000N.parquet`` files.
 INDEX_FILENAME = "weights.parquet.index.json"
+#: What ``export`` writes into every checkpoint it makes (``format`` is :data:`EXPORT_FORMAT`, then
+#: the files written), so that a later ``export --force`` knows the folder as its own.
+EXPORT_MARKER_FILENAME = "streamconv_export.json"
+EXPORT_FORMAT = "streamconv-export"
 
 SCHEMA = pa.schema(
     [
@@ -58,6 +62,14 @@ META_COLUMNS = ["name", "source_name", "dtype", "source_dtype", "shape", "chunk_
                 "element_offset", "element_count"]
 
 
+#: Fewest bytes a row takes in a weights file (format 2 and later): four 8-byte and two 4-byte plain
+#: columns and the data value's 4-byte length; the smallest measured, a 1-byte chunk stored as it is,
+#: takes 54. A file declaring more rows than its size holds at this rate is refused before it is read.
+MIN_ROW_BYTES = 32
+#: The same for format 1, whose small columns were zstd-compressed: the data value's length alone.
+MIN_ROW_BYTES_V1 = 4
+
+
 def split_name(index: int, count: int) -> str:
     """``weights-00001-of-00003.parquet``."""
     return f"weights-{index:05d}-of-{count:05d}.parquet"
@@ -76,3 +88,12 @@ def version_for(quantized: bool) -> int:
 def schema_for(quantized: bool) -> pa.Schema:
     """The Parquet schema of an output with or without int8 tensors."""
     return QUANT_SCHEMA if quantized else SCHEMA
+
+
+def chunks_digest(sums: np.ndarray, scale_sums: np.ndarray | None = None) -> int:
+    """A file's identity from its rows' ``data_xxh3`` values, in order: XXH3-64 of them as little-endian
+    uint64s (a split index records it per file as ``chunks_xxh3``). A file with int8 columns (version 4)
+    gives each row's ``data_xxh3`` then its ``scales_xxh3``: codes alone do not tell two outputs apart."""
+    if scale_sums is not None:
+        sums = np.column_stack([sums, scale_sums]).ravel()
+    return xxhash.xxh3_64_intdigest(np.ascontiguousarray(sums, "<u8").tobytes())

@@ -105,7 +105,7 @@ class SplitWeightsWriter:
         total.raw_bytes += part.raw_bytes
         total.data_bytes += part.data_bytes
         total.stored_dtypes.update(part.stored_dtypes)
-        self.files.append({"tensors": list(part.stored_dtypes)})
+        self.files.append({"tensors": list(part.stored_dtypes), "chunks_xxh3": f"{part.chunks_xxh3:016x}"})
 
     def _rename(self, temporary: list[Path]) -> None:
         count = len(temporary)
@@ -118,13 +118,13 @@ class SplitWeightsWriter:
 
 
 def write_index(folder: Path, files: list[dict[str, Any]], version: int) -> Path:
-    """Write ``weights.parquet.index.json`` for ``files`` (``path, bytes, sha256, tensors`` each)."""
+    """Write ``weights.parquet.index.json`` for ``files`` (``path, bytes, sha256, chunks_xxh3, tensors`` each)."""
     index = {
         "format": "streamconv-split",
         "format_version": version,
         "total_bytes": sum(f["bytes"] for f in files),
-        "files": [{"path": f["path"], "bytes": f["bytes"], "sha256": f["sha256"], "tensors": f["tensors"]}
-                  for f in files],
+        "files": [{"path": f["path"], "bytes": f["bytes"], "sha256": f["sha256"], "chunks_xxh3": f["chunks_xxh3"],
+                   "tensors": f["tensors"]} for f in files],
         "weight_map": {name: f["path"] for f in files for name in f["tensors"]},
     }
     path = folder / INDEX_FILENAME

@@ -4,6 +4,8 @@ What a reader of ``OUTPUT`` can rely on (docs/reliability.md, "Atomicity", lists
 
 - the output is written under ``.OUTPUT.streamconv-incomplete-PID`` and takes the output name in
   one rename, so the name never holds a partial output, whatever kills the process;
+- ``--force`` replaces only what streamconv wrote: an empty folder, or an output of the same
+  command (its marker file lists every file in it); anything else is refused (:func:`check_output`);
 - ``--force`` swaps the new output with the old one in one step where the OS has one (Linux
   ``renameat2(RENAME_EXCHANGE)``), so the name holds the old or the new output at every instant;
 - folders left by killed runs (their PID no longer alive) are removed by the next run on the
@@ -23,11 +25,19 @@ import platform
 import re
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from streamconv.errors import DiskFullError, InvalidOptionError, OutputExistsError, OutputNotWritableError, escape
+from streamconv.errors import (
+    DiskFullError,
+    InvalidOptionError,
+    OutputExistsError,
+    OutputNotWritableError,
+    OutputRefusedError,
+)
+from streamconv.format.ownership import contents_refusal, place_refusal
+from streamconv.messages import escape
 
 __all__ = ["check_output", "clean_leftovers", "find_leftovers", "output_path", "staged_output", "staging_path"]
 
@@ -59,20 +69,30 @@ def output_path(value: str | os.PathLike[str], option: str = "output") -> Path:
     return Path(value).expanduser()
 
 
-def check_output(output: Path, source_root: Path, force: bool, option: str = "output") -> None:
-    """Refuse an output that cannot be made, exists (unless ``force``) or would overwrite the source.
+def check_output(output: Path, reads: Mapping[str, Path], force: bool, option: str = "output",
+                 kind: str = "convert") -> None:
+    """Refuse an output that cannot be made, that is not streamconv's to replace, or that exists
+    (unless ``force``). Every command that writes a folder (convert, its dry run, export) asks here.
+
+    What ``force`` may replace: an empty folder, or a folder this kind of command wrote (recognised by
+    its marker: ``metadata.json`` for ``convert``, ``streamconv_export.json`` for ``export``) holding
+    nothing but the files that marker lists. Anything else is refused, force or not: a symlink, a
+    file, a FIFO or device, a folder holding anything else; the current folder or a folder above it;
+    a folder the run reads, one holding it, or an existing one inside it. A missing name is accepted.
+
+    Args:
+        output: The folder to write.
+        reads: The folders the run reads, by what they are (``{"the source checkpoint": root}``): the
+            output may not be one of them, hold one, or (when it exists) lie inside one.
+        force: Replace an existing output that is streamconv's own.
+        option: The argument that named ``output`` (``target`` for export), for the messages.
+        kind: ``convert`` or ``export``: which marker makes a folder streamconv's own.
 
     Raises:
-        OutputExistsError: ``output`` exists and ``force`` is false.
-        InvalidOptionError: ``output`` is the source folder, inside it holding it, or holds it; or
-            a folder above it is a file.
+        InvalidOptionError: a folder above ``output`` is a file.
+        OutputRefusedError: ``output`` holds something streamconv did not write, or is read by the run.
+        OutputExistsError: ``output`` is streamconv's own (or an empty folder) and ``force`` is false.
     """
-    out, src = output.resolve(), source_root.resolve()
-    if out == src or src.is_relative_to(out):
-        raise InvalidOptionError(
-            f"the output would replace the folder it is made from; choose another {{{option}}}",
-            option, where=output,
-        )
     for parent in output.parents:
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
@@ -81,6 +101,12 @@ def check_output(output: Path, source_root: Path, force: bool, option: str = "ou
                     f"choose another {{{option}}}", option, where=output,
                 )
             break
+    where = place_refusal(output, reads)
+    if where is not None:
+        raise OutputRefusedError(output, where, option, removable=False)
+    what = contents_refusal(output, kind)
+    if what is not None:
+        raise OutputRefusedError(output, what, option)
     if (output.exists() or output.is_symlink()) and not force:
         raise OutputExistsError(output)
 
@@ -91,7 +117,8 @@ def staging_path(output: Path, pid: int | None = None, tag: str = STAGING_TAG) -
 
 
 @contextlib.contextmanager
-def staged_output(output: Path, force: bool, expected_bytes: int = 0, option: str = "output") -> Iterator[Path]:
+def staged_output(output: Path, force: bool, expected_bytes: int = 0, option: str = "output",
+                  kind: str = "convert") -> Iterator[Path]:
     """Yield a fresh temporary folder beside ``output``; on success move it to ``output``.
 
     On any error (or interrupt) the temporary folder is removed and ``output`` is left as it was.
@@ -103,8 +130,11 @@ def staged_output(output: Path, force: bool, expected_bytes: int = 0, option: st
         force: Replace an existing ``output``.
         expected_bytes: About how many bytes the output will take, for the disk-full message.
         option: The argument that named ``output`` (``target`` for export), for the messages.
+        kind: ``convert`` or ``export``: what ``force`` may replace (see :func:`check_output`),
+            checked again just before the replacement.
 
     Raises:
+        OutputRefusedError: what appeared at ``output`` meanwhile is not streamconv's to replace.
         OutputNotWritableError: the parent folder cannot be created or written.
         DiskFullError: no space, quota or file-size limit (ENOSPC, EDQUOT, EFBIG) while writing.
     """
@@ -120,7 +150,7 @@ def staged_output(output: Path, force: bool, expected_bytes: int = 0, option: st
         raise OutputNotWritableError(output, exc.strerror or str(exc), option) from exc
     try:
         yield staging
-        _replace(staging, output, force)
+        _replace(staging, output, force, option, kind)
     except BaseException as exc:
         # Also after the exchange, when the staging name holds the old output being removed.
         _remove(staging, ignore_errors=True)
@@ -130,13 +160,16 @@ def staged_output(output: Path, force: bool, expected_bytes: int = 0, option: st
         raise
 
 
-def _replace(staging: Path, output: Path, force: bool) -> None:
+def _replace(staging: Path, output: Path, force: bool, option: str = "output", kind: str = "convert") -> None:
     """Move the complete ``staging`` folder to ``output``, replacing it with ``force``."""
     if not (output.exists() or output.is_symlink()):
         os.rename(staging, output)
         return
     if not force:  # appeared while we were converting
         raise OutputExistsError(output)
+    what = contents_refusal(output, kind)  # checked again: files may have been put there meanwhile
+    if what is not None:
+        raise OutputRefusedError(output, what, option)
     if _exchange(staging, output):
         # One step: the output name goes from the old output to the new one, and the old one now
         # sits under the staging name. Removing it is the last step; a kill during the removal

@@ -37,6 +37,8 @@ SLOW_TOKENIZER_FILES = (
     "sentencepiece.bpe.model",
     "tokenizer.model",
 )
+#: The other files transformers reads beside them when it builds a tokenizer.
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 
 
 def copy_asset(source: Path, out_dir: Path, relative: str, root: Path) -> dict[str, Any]:
@@ -117,6 +119,7 @@ def _assets(
                 planned = {"path": name, "bytes": source.stat().st_size}
                 records.append(planned if out_dir is None else copy_asset(source, out_dir, name, root))
             elif name == TOKENIZER_FILE and slow_files:
+                _check_tokenizer_sources(root)
                 if out_dir is None:
                     if importlib.util.find_spec("transformers") is None:
                         raise _no_transformers()
@@ -138,6 +141,18 @@ def _assets(
                 raise error
             warnings.append(str(error))
     return records, warnings
+
+
+def _check_tokenizer_sources(root: Path) -> None:
+    """Refuse, before transformers opens them by name, tokenizer files that are not regular files of
+    ``root`` (a FIFO would block it, a symlink would read outside the checkpoint).
+
+    Raises:
+        UnsafeInputError: one of them leads outside ``root`` or is not a regular file.
+    """
+    for name in (*SLOW_TOKENIZER_FILES, *TOKENIZER_SIDE_FILES):
+        if (root / name).exists():
+            _files.regular(root / name, root=root)
 
 
 def _no_transformers() -> MissingDependencyError:

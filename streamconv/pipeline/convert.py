@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,13 @@ from streamconv.pipeline.options import ConvertOptions
 from streamconv.pipeline.result import ConversionResult
 from streamconv.plans import FALLBACK, ModelInfo, Plan, Resolution, choose_plan
 from streamconv.sources.checkpoint import Checkpoint, open_checkpoint
+from streamconv.sources.read_ahead import read_ahead
 from streamconv.sources.ref import TensorRef
+from streamconv.sources.remote import HubFile
 from streamconv.stages import quantize as int8
 from streamconv.stages.casting import planned_dtype
 from streamconv.stages.pieces import TensorChunk, cast, chunk
+from streamconv.units import format_bytes
 
 __all__ = ["ConversionResult", "ModelConverter", "convert"]
 
@@ -77,12 +82,25 @@ def convert(
         _require_validation_packages()  # before anything is written: a rerun would need --force
     started = time.perf_counter()
     output = output_path(output)
-    checkpoint = open_checkpoint(source, revision=options.revision)
+    checkpoint = open_checkpoint(source, revision=options.revision, download=options.download)
+    try:
+        return _convert(source, checkpoint, output, options, started)
+    finally:
+        if checkpoint.hub is not None:
+            checkpoint.hub.close()  # the temporary .bin shards of a hub source, if any
+
+
+def _convert(source: str | os.PathLike[str], checkpoint: Checkpoint, output: Path, options: ConvertOptions,
+             started: float) -> ConversionResult:
+    """The conversion of an opened checkpoint; ``source`` as the caller gave it (a path or a repo id)."""
     model = ModelInfo.from_checkpoint(checkpoint)
     plan_cls, detected = choose_plan(model, options.model_type, options.parts)
     plan = plan_cls()
     resolution = plan.resolve(checkpoint, options.parts, options.include, options.exclude)
-    check_output(output, checkpoint.root, options.force)  # a dry run stops where the real run would
+    # A dry run stops where the real run would. A lone weights file is the source, not its folder:
+    # an output beside it is not inside the source.
+    given = Path(source).expanduser()
+    check_output(output, {"the source checkpoint": given if given.is_file() else checkpoint.root}, options.force)
     result = _new_result(checkpoint, output, plan, detected, resolution, options)
     if options.model_type == "auto" and not detected:
         result.warnings.insert(
@@ -93,6 +111,7 @@ def convert(
     if options.dry_run:
         _dry_run(result, checkpoint, plan, resolution.refs, options)
         result.seconds = round(time.perf_counter() - started, 3)
+        result.hub = checkpoint.hub.record() if checkpoint.hub is not None else None
         return result
     _write_output(result, checkpoint, plan, resolution, options, started)
     if options.validate:
@@ -110,8 +129,9 @@ def _write_output(result: ConversionResult, checkpoint: Checkpoint, plan: Plan, 
                    for r in resolution.refs)  # for a full disk
     with staged_output(output, options.force, expected_bytes=expected) as staging:
         _write_assets(result, checkpoint, plan, staging, options.strict)
-        _write_weights(result, resolution.refs, staging, options)
+        _write_weights(result, checkpoint, resolution.refs, staging, options)
         result.seconds = round(time.perf_counter() - started, 3)
+        result.hub = checkpoint.hub.record() if checkpoint.hub is not None else None
         # The checkpoint's weight files, and any other file the plan read (sentence-transformers Dense).
         source_files = list(dict.fromkeys([*checkpoint.weight_files, *(r.path for r in resolution.refs)]))
         write_json(result.metadata(checkpoint, source_files), staging / METADATA_FILENAME)
@@ -133,7 +153,7 @@ def _dry_run(
 ) -> None:
     """What the real run would write and warn about, writing nothing (an error it would meet is raised)."""
     _estimate(result, refs, options)
-    result.warnings.extend(_keep_float_warnings(refs, options))
+    result.warnings.extend(int8.keep_float_warnings(refs, options.keep_float))
     result.assets, warnings = planned_assets(
         checkpoint.root, plan.asset_files(checkpoint), strict=options.strict, expected=plan.expected_assets
     )
@@ -184,16 +204,25 @@ def _write_assets(result: ConversionResult, checkpoint: Checkpoint, plan: Plan, 
     result.warnings.extend(warnings)
 
 
-def _write_weights(result: ConversionResult, refs: tuple[TensorRef, ...], folder: Path, options: ConvertOptions) -> None:
+def _write_weights(result: ConversionResult, checkpoint: Checkpoint, refs: tuple[TensorRef, ...], folder: Path,
+                   options: ConvertOptions) -> None:
     """Write the weights file(s); only this step starts again when a late chunk overflows the dtype."""
     bar = progress.bar(result.source_bytes, "bytes", "converting", enabled=options.progress,
                        tqdm_class=options.tqdm_class)
+    hub = checkpoint.hub
+    if hub is not None and hub.files:
+        def show_fetched() -> None:
+            bar.note(f"fetched {format_bytes(hub.stats.bytes_fetched)} at {format_bytes(hub.stats.rate())}/s")
+    else:
+        def show_fetched() -> None:
+            pass
     warnings = list(result.warnings)
     prescan, fallback = False, dict[str, str]()
     try:
         while True:
             try:
-                summary = _write_once(result, refs, folder, options, bar, prescan, fallback)
+                with _hub_read_ahead(refs, options.chunk_size):
+                    summary = _write_once(result, refs, folder, options, bar, show_fetched, prescan, fallback)
                 break
             except CastOverflowError:
                 # A tensor of several chunks does not fit the target dtype and some of its chunks are
@@ -207,7 +236,8 @@ def _write_weights(result: ConversionResult, refs: tuple[TensorRef, ...], folder
     finally:
         bar.close()
     if options.dtype == "int8":
-        _record_quantization(result, refs, summary.stored_dtypes, options, fallback)
+        result.quantization, notes = int8.record(refs, summary.stored_dtypes, options.keep_float, fallback)
+        result.warnings.extend(notes)
     result.chunk_count = summary.chunk_count
     result.output_bytes = sum(f["bytes"] for f in result.files)
     result.ratio = round(result.source_bytes / result.output_bytes, 4) if result.output_bytes else 0.0
@@ -217,41 +247,14 @@ def _write_weights(result: ConversionResult, refs: tuple[TensorRef, ...], folder
     result.stored_dtypes = stored
 
 
-def _record_quantization(result: ConversionResult, refs: tuple[TensorRef, ...], stored: dict[str, str],
-                         options: ConvertOptions, fallback: dict[str, str]) -> None:
-    """metadata.json's ``quantization``: the rule, and the weight matrices kept in float16 with why."""
-    kept = []
-    for ref in refs:
-        if not int8.quantizable(ref.shape, ref.stored_type) or stored.get(ref.name) == "int8":
-            continue
-        pattern = int8.kept_by(ref.source_name, options.keep_float)
-        reason = fallback.get(ref.source_name) or (f"--keep-float {pattern}" if pattern else "kept")
-        kept.append({"name": ref.source_name, "reason": reason})
-        if ref.source_name in fallback:
-            result.warnings.append(f"tensor {ref.source_name!r} kept in float16: its {reason}")
-    result.warnings.extend(_keep_float_warnings(refs, options))
-    result.quantization = {
-        "codes": "int8", "scales": "float16", "block": int8.BLOCK, "rounding": "nearest, ties to even",
-        "scale": "max|block| / 127", "error_budget": int8.ERROR_BUDGET, "min_elements": int8.MIN_ELEMENTS,
-        "quantized": sum(1 for d in stored.values() if d == "int8"), "kept_float16": kept,
-    }
-
-
-def _keep_float_warnings(refs: tuple[TensorRef, ...], options: ConvertOptions) -> list[str]:
-    """One warning per ``--keep-float`` pattern that matches no weight matrix of the conversion."""
-    matrices = [r.source_name for r in refs if int8.quantizable(r.shape, r.stored_type)]
-    return [f"--keep-float {p!r} matches no weight matrix (2-D, at least {int8.MIN_ELEMENTS} elements); "
-            "check the source names with `streamconv inspect --source-names`"
-            for p in options.keep_float if not any(int8.kept_by(n, [p]) for n in matrices)]
-
-
 def _write_once(
     result: ConversionResult, refs: tuple[TensorRef, ...], folder: Path, options: ConvertOptions,
-    bar: progress.Progress, prescan: bool, fallback: dict[str, str],
+    bar: progress.Progress, show_fetched: Any, prescan: bool, fallback: dict[str, str],
 ) -> WriteSummary:
     def on_written(piece: TensorChunk | int8.QuantizedChunk, note: str | None) -> None:
         if note:
             result.warnings.append(note)
+        show_fetched()
         bar.update(piece.ref.dtype.itemsize * piece.element_count)
 
     writer_options: dict[str, Any] = dict(
@@ -274,6 +277,23 @@ def _write_once(
     # The writer hashed the file as it wrote it: no second pass over the output.
     result.files = [{"path": WEIGHTS_FILENAME, "bytes": writer.path.stat().st_size, "sha256": writer.sha256}]
     return summary
+
+
+@contextlib.contextmanager
+def _hub_read_ahead(refs: tuple[TensorRef, ...], chunk_size: int) -> Iterator[None]:
+    """For tensors read by ranges from the hub: fetch their chunks' bytes in the background, in the
+    order the writer reads them (:func:`streamconv.sources.read_ahead.read_ahead`); else nothing."""
+    if not any(isinstance(r.remote, HubFile) for r in refs):
+        yield
+        return
+    ranges = (
+        (piece.ref.remote, piece.ref.offset + piece.start * piece.ref.dtype.itemsize,
+         piece.ref.offset + piece.stop * piece.ref.dtype.itemsize)
+        for piece in chunk(refs, chunk_size)
+        if isinstance(piece.ref.remote, HubFile)
+    )
+    with read_ahead(ranges):
+        yield
 
 
 def _estimate(result: ConversionResult, refs: tuple[TensorRef, ...], options: ConvertOptions) -> None:

@@ -53,6 +53,8 @@ class ConvertOptions:
             At least ``chunk_size``: a chunk never spans two files.
         workers: Threads that read, cast and compress chunks.
         revision: Hub branch, tag or commit, for hub sources.
+        download: For a hub source, download the whole snapshot into the Hugging Face cache and
+            convert from there, instead of reading only the kept tensors' byte ranges.
         force: Replace the output if it exists.
         dry_run: Plan and estimate only; write nothing.
         strict: Fail, instead of warning, when an asset cannot be copied or built.
@@ -78,6 +80,7 @@ class ConvertOptions:
     max_file_size: int | None = None
     workers: int = DEFAULT_WORKERS
     revision: str | None = None
+    download: bool = False
     force: bool = False
     dry_run: bool = False
     strict: bool = False
@@ -123,7 +126,7 @@ class ConvertOptions:
 def _check_types(options: ConvertOptions) -> None:
     expected: dict[str, tuple[type, ...]] = {
         "model_type": (str,), "dtype": (str,), "compression": (str,), "chunk_size": (int,),
-        "workers": (int,), "force": (bool,), "dry_run": (bool,), "strict": (bool,), "progress": (bool,),
+        "workers": (int,), "download": (bool,), "force": (bool,), "dry_run": (bool,), "strict": (bool,), "progress": (bool,),
         "validate": (bool,),
     }
     optional = {"level": (int,), "revision": (str,), "max_file_size": (int,)}

@@ -52,6 +52,8 @@ class ConversionResult:
         tensors: For a dry run, the planned tensors (name, source name, shape, dtypes, bytes).
         include: The ``--include`` patterns (source names), so validation can tell what was kept.
         exclude: The ``--exclude`` patterns.
+        hub: For a hub source, ``source.hub`` of metadata.json (:meth:`HubSource.record`): repo,
+            revision, commit, how the weights were read, bytes fetched, files checked by sha256.
         validation: With ``--validate``, the validation report (``passed``, checks with figures
             and limits); ``None`` (and absent from metadata.json) otherwise.
         quantization: With ``dtype="int8"``, the rule (block, scale dtype, rounding, error
@@ -85,6 +87,7 @@ class ConversionResult:
     tensors: list[dict[str, Any]] = field(default_factory=list)
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
+    hub: dict[str, Any] | None = None
     validation: dict[str, Any] | None = None
     quantization: dict[str, Any] | None = None
 
@@ -108,6 +111,8 @@ class ConversionResult:
             del data["tensors"], data["dry_run"]
         if self.validation is None:
             del data["validation"]
+        if self.hub is None:
+            del data["hub"]
         if self.quantization is None:
             del data["quantization"]
         return data
@@ -137,6 +142,13 @@ def provenance(checkpoint: Checkpoint, files: list[Path]) -> dict[str, Any]:
         "config_model_type": config.get("model_type"),
         "architectures": config.get("architectures"),
         "files": [
-            {"path": p.relative_to(checkpoint.root).as_posix(), "bytes": p.stat().st_size} for p in files
+            {"path": p.relative_to(checkpoint.root).as_posix(), "bytes": _size(checkpoint, p)} for p in files
         ],
+        **({"hub": checkpoint.hub.record()} if checkpoint.hub is not None else {}),
     }
+
+
+def _size(checkpoint: Checkpoint, path: Path) -> int:
+    """A source file's size: from the hub for one read by ranges (it is not on disk)."""
+    remote = checkpoint.hub.remote(path) if checkpoint.hub is not None else None
+    return remote.size if remote is not None else path.stat().st_size

@@ -304,8 +304,11 @@ class Plan:
         """Lines about the family's own metadata for ``streamconv inspect`` (pooling...)."""
         return []
 
-    def module_folders(self, metadata: dict[str, Any]) -> dict[str, str]:
+    def module_folders(self, metadata: dict[str, Any]) -> dict[Any, Any]:
         """Stored-name prefixes whose tensors belong in a module folder of their own (prefix -> folder).
+
+        Both come from ``metadata.json`` as recorded: export checks them before using them
+        (:func:`streamconv.tools.export_checks.check_module_folders`).
 
         :func:`streamconv.export` writes those tensors to ``<folder>/model.safetensors`` without the
         prefix, as the family's loader expects.

@@ -8,10 +8,8 @@ saved by transformers 5 has no ``vision_model.`` prefix, so its layout adds it.
 
 from __future__ import annotations
 
-from typing import Any
-
 from streamconv.plans.base import Layout, Part, Plan
-from streamconv.plans.probes import Probe, ProbeContext, features_tensor, image_probe, text_batch
+from streamconv.plans.probes import Probe, ProbeContext, two_tower_probes
 
 __all__ = ["ClipPlan"]
 
@@ -59,19 +57,5 @@ class ClipPlan(Plan):
 
     def probes(self, context: ProbeContext) -> list[Probe]:
         """8 varied images through the projection; 8 texts when the text tower was converted."""
-        config = context.model.config
-        vision_only = config.model_type == "clip_vision_model"
-        vision = config if vision_only else config.vision_config
-        needs = () if vision_only else ("vision_model.", "visual_projection.")
-        probes = [image_probe(context, vision.num_channels, vision.image_size, needs=needs)]
-        if not vision_only:
-            text = config.text_config
-            batch = text_batch(
-                context, text.vocab_size, text.max_position_embeddings, pad_id=getattr(text, "pad_token_id", None) or 0
-            )
-
-            def run(model: Any) -> Any:
-                return features_tensor(model.get_text_features(**batch))
-
-            probes.append(Probe("text", run, needs=("text_model.", "text_projection.")))
-        return probes
+        vision, text = ("vision_model.", "visual_projection."), ("text_model.", "text_projection.")
+        return two_tower_probes(context, "clip_vision_model", vision, text)

@@ -27,6 +27,7 @@ __all__ = [
     "output_tensor",
     "sentences",
     "text_batch",
+    "two_tower_probes",
 ]
 
 #: Texts a built tokenizer.json must encode to the same ids as the original tokenizer.
@@ -244,6 +245,29 @@ def image_probe(
         return hidden if pooled is None else torch.cat([hidden, pooled.flatten(1)], dim=1)
 
     return Probe(label, run, needs=needs)
+
+
+def two_tower_probes(
+    context: ProbeContext, vision_only_type: str, vision_prefixes: tuple[str, ...], text_prefixes: tuple[str, ...]
+) -> list[Probe]:
+    """CLIP-style image/text encoders: 8 images through the image features; 8 texts through the
+    text features when the text tower was converted. A vision-only model (``vision_only_type``)
+    gets the image probe alone, run whatever was converted."""
+    config = context.model.config
+    vision_only = config.model_type == vision_only_type
+    vision = config if vision_only else config.vision_config
+    probes = [image_probe(context, vision.num_channels, vision.image_size, needs=() if vision_only else vision_prefixes)]
+    if not vision_only:
+        text = config.text_config
+        batch = text_batch(
+            context, text.vocab_size, text.max_position_embeddings, pad_id=getattr(text, "pad_token_id", None) or 0
+        )
+
+        def run(model: Any) -> Any:
+            return features_tensor(model.get_text_features(**batch))
+
+        probes.append(Probe("text", run, needs=text_prefixes))
+    return probes
 
 
 def audio_signals(seed: int = 0, sampling_rate: int = 16000, longest: int = 16000, count: int = BATCH) -> list[Any]:

@@ -152,10 +152,14 @@ class SentenceTransformersPlan(Plan):
             f"max_seq_length {st.get('max_seq_length')}, similarity {st.get('similarity_function')}"
         ]
 
-    def module_folders(self, metadata: dict[str, Any]) -> dict[str, str]:
-        """Each Dense module's tensor prefix and folder (``2_Dense.`` -> ``2_Dense``)."""
-        modules = (metadata.get("sentence_transformers") or {}).get("modules") or []
-        return {m["tensor_prefix"]: m["path"] for m in modules if isinstance(m, dict) and m.get("tensor_prefix")}
+    def module_folders(self, metadata: dict[str, Any]) -> dict[str, Any]:
+        """Each Dense module's tensor prefix and folder (``2_Dense.`` -> ``2_Dense``), the folder as
+        recorded: metadata.json is input, and export checks every folder before it writes."""
+        settings = metadata.get("sentence_transformers")
+        modules = settings.get("modules") if isinstance(settings, dict) else []
+        modules = modules if isinstance(modules, list) else []
+        return {m["tensor_prefix"]: m.get("path") for m in modules
+                if isinstance(m, dict) and isinstance(m.get("tensor_prefix"), str) and m["tensor_prefix"]}
 
 
 def _module_record(module: Module) -> dict[str, Any]:

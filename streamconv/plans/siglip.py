@@ -8,10 +8,8 @@ image embedding; SigLIP has no separate projection), ``text_model.*`` (with its 
 
 from __future__ import annotations
 
-from typing import Any
-
 from streamconv.plans.base import Layout, Part, Plan
-from streamconv.plans.probes import Probe, ProbeContext, features_tensor, image_probe, text_batch
+from streamconv.plans.probes import Probe, ProbeContext, two_tower_probes
 
 __all__ = ["SiglipPlan"]
 
@@ -57,18 +55,4 @@ class SiglipPlan(Plan):
 
     def probes(self, context: ProbeContext) -> list[Probe]:
         """8 varied images through the pooling head; 8 texts when the text tower was converted."""
-        config = context.model.config
-        vision_only = config.model_type == "siglip_vision_model"
-        vision = config if vision_only else config.vision_config
-        probes = [image_probe(context, vision.num_channels, vision.image_size, needs=() if vision_only else ("vision_model.",))]
-        if not vision_only:
-            text = config.text_config
-            batch = text_batch(
-                context, text.vocab_size, text.max_position_embeddings, pad_id=getattr(text, "pad_token_id", None) or 0
-            )
-
-            def run(model: Any) -> Any:
-                return features_tensor(model.get_text_features(**batch))
-
-            probes.append(Probe("text", run, needs=("text_model.",)))
-        return probes
+        return two_tower_probes(context, "siglip_vision_model", ("vision_model.",), ("text_model.",))

@@ -1,32 +1,225 @@
-"""Hub sources: a repo id resolved to a snapshot folder of the local Hugging Face cache.
+"""Hub sources: a repo id resolved to one commit, its small files in the cache, its weights read by ranges.
 
-``huggingface_hub.snapshot_download`` fetches what is missing (or, with ``HF_HUB_OFFLINE=1``, finds
-the snapshot in the cache alone). Safetensors weights are fetched first, with the configs,
-tokenizer and processor files and the sentence-transformers module folders; only when the snapshot
-then holds no safetensors at its root are the PyTorch ``pytorch_model*.bin`` files fetched, from
-the same commit. Other pickles and framework-specific weights are never fetched.
+By default (:func:`open_hub`):
+
+1. ``HfApi.model_info(repo, revision=..., files_metadata=True)`` resolves the revision to a commit
+   and lists the files with their sizes and LFS sha256. Every later request names that commit.
+2. The small files come through ``snapshot_download`` at that commit, into the Hugging Face cache:
+   :data:`SMALL_ALLOW_PATTERNS` (configs, tokenizer, processor and module configs, the safetensors
+   index, the few-MB weights of sentence-transformers module folders).
+3. The root's ``.safetensors`` files are not downloaded: :mod:`streamconv.sources.remote` reads
+   their headers and then only the byte ranges of the tensors the plan keeps.
+
+A repo with ``pytorch_model*.bin`` weights and no safetensors: a pickle cannot be read by
+ranges, so :class:`FetchedShards` fetches each shard whole into a temporary folder when it is
+first needed (its sha256 checked), keeps the last two, and deletes them all when the conversion
+ends. Listing the tensors maps every shard once, so a checkpoint of more than two shards is
+fetched about twice; never more than two shards are on disk.
+
+A snapshot whose weights are already in the local cache is read from there, as a folder is.
+``HF_HUB_OFFLINE=1`` and ``download=True`` (``--download``) take the old way,
+:func:`download_snapshot`: the whole snapshot into the cache, then read locally.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
-from streamconv.errors import SourceNotFoundError
+from streamconv.errors import HubError, SourceNotFoundError
+from streamconv.sources.remote import HubFile, HubStats
 
-__all__ = ["BIN_ALLOW_PATTERNS", "HUB_ALLOW_PATTERNS", "REPO_ID", "download_snapshot"]
+__all__ = [
+    "BIN_ALLOW_PATTERNS",
+    "HUB_ALLOW_PATTERNS",
+    "REPO_ID",
+    "SMALL_ALLOW_PATTERNS",
+    "FetchedShards",
+    "HubSource",
+    "download_snapshot",
+    "open_hub",
+]
 
 #: Fetched first: weights, configs, tokenizer and processor files, module folders.
 HUB_ALLOW_PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.model", "*/*.safetensors", "*/*.json"]
+#: What range reads fetch whole: everything of :data:`HUB_ALLOW_PATTERNS` but the root's weights
+#: (the hub's patterns match across folders: ``*/*.safetensors`` names only module folders' files).
+SMALL_ALLOW_PATTERNS = ["*.json", "*.txt", "*.model", "*/*.safetensors"]
 #: Fetched only when the first fetch brought no safetensors weights. Not ``*.bin``: the hub's
 #: patterns match across folders, and that would also fetch ``openvino/openvino_model.bin`` or
 #: ``training_args.bin``.
 BIN_ALLOW_PATTERNS = ["pytorch_model*.bin", "*/pytorch_model.bin", "*.bin.index.json"]
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
+Mode = Literal["ranges", "shards", "cache", "download", "offline"]
+#: Bytes written to a temporary shard per request.
+_SHARD_PIECE = 8 * 1024 * 1024
+
+
+@dataclass
+class HubSource:
+    """A hub repo resolved to one commit.
+
+    Attributes:
+        repo_id: The repository.
+        revision: The revision asked for (``None``: the default branch).
+        commit: The commit every file comes from.
+        folder: The snapshot folder of the local cache that holds the small files (and, but in
+            ``ranges`` mode, the weights).
+        mode: ``ranges`` (weights read by byte ranges), ``shards`` (``.bin`` shards fetched one
+            at a time into a temporary folder), ``cache`` (already in the local cache),
+            ``download`` (downloaded whole first) or ``offline`` (``HF_HUB_OFFLINE``: the cache only).
+        files: The weights read from the hub (by ranges, or whole for ``.bin``), by path in the repo.
+        stats: Bytes fetched.
+        shards: For ``shards`` mode, the temporary copies.
+    """
+
+    repo_id: str
+    revision: str | None
+    commit: str
+    folder: Path
+    mode: Mode
+    files: dict[str, HubFile] = field(default_factory=dict)
+    stats: HubStats = field(default_factory=HubStats)
+    shards: FetchedShards | None = None
+
+    def close(self) -> None:
+        """Delete the temporary shards, if any."""
+        if self.shards is not None:
+            self.shards.close()
+
+    def remote(self, path: Path) -> HubFile | None:
+        """The file read by ranges at ``path`` (a path of :attr:`folder`), if it is one."""
+        try:
+            name = path.relative_to(self.folder).as_posix()
+        except ValueError:
+            return None
+        return self.files.get(name)
+
+    def record(self) -> dict[str, Any]:
+        """``metadata.json``'s ``source.hub``: what was asked, what it resolved to, what was checked."""
+        return {
+            "repo": self.repo_id,
+            "revision": self.revision,
+            "commit": self.commit,
+            "mode": self.mode,
+            "bytes_fetched": self.stats.bytes_fetched,
+            "sha256_checked": sorted(name for name, f in self.files.items() if f.verified),
+            **({"shards_fetched": self.shards.fetched} if self.shards is not None else {}),
+        }
+
+
+class FetchedShards:
+    """The ``.bin`` shards of a hub source, each fetched whole into a temporary folder when asked for.
+
+    At most :attr:`KEEP` are kept (the one being converted, and the one before it while its last
+    chunks are written); :meth:`close` deletes the folder.
+    """
+
+    KEEP = 2
+
+    def __init__(self, source: HubSource) -> None:
+        self.source = source
+        self.folder: Path | None = None
+        self.held: list[tuple[Path, Path]] = []  # (path in the snapshot, temporary copy), oldest first
+        self.fetched = 0
+        self._lock = threading.Lock()
+
+    def local(self, path: Path) -> Path:
+        """The temporary copy of the shard at ``path`` (fetched now if not held), or ``path`` itself
+        for a file on disk (a module folder's weights)."""
+        file = self.source.remote(path)
+        if file is None:
+            return path
+        with self._lock:
+            for held, copy in self.held:
+                if held == path:
+                    return copy
+            while len(self.held) >= self.KEEP:
+                self.held.pop(0)[1].unlink(missing_ok=True)
+            if self.folder is None:
+                self.folder = Path(tempfile.mkdtemp(prefix="streamconv-bin-"))
+            copy = self.folder / Path(file.name).name
+            try:
+                with open(copy, "wb") as out:
+                    buffer = bytearray(min(_SHARD_PIECE, file.size))
+                    for offset in range(0, file.size, _SHARD_PIECE):
+                        view = memoryview(buffer)[:min(_SHARD_PIECE, file.size - offset)]
+                        file.fetch_into(offset, view)
+                        out.write(view)
+            except OSError as exc:
+                copy.unlink(missing_ok=True)
+                raise HubError(file.label, f"cannot write its temporary copy in {self.folder} ({exc.strerror or exc})",
+                               "free some space there, or point TMPDIR at a folder with room for two shards") from exc
+            self.held.append((path, copy))
+            self.fetched += 1
+            return copy
+
+    def close(self) -> None:
+        with self._lock:
+            self.held.clear()
+            if self.folder is not None:
+                shutil.rmtree(self.folder, ignore_errors=True)
+                self.folder = None
+
+
+def open_hub(repo_id: str, revision: str | None, *, download: bool = False) -> HubSource:
+    """Resolve ``repo_id`` at ``revision``, fetch its small files, and describe its weights for range reads.
+
+    Args:
+        repo_id: ``org/name``.
+        revision: Branch, tag or commit (``None``: the default branch).
+        download: Download the whole snapshot into the cache instead (the old way).
+
+    Raises:
+        SourceNotFoundError: no such repository or revision; a gated or private repository and no
+            token that may read it (exit 2).
+        HubError: the hub cannot be reached (exit 7).
+    """
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode() or download:
+        folder, commit = download_snapshot(repo_id, revision)
+        return HubSource(repo_id, revision, commit, folder, "offline" if not download else "download")
+    info = _model_info(repo_id, revision)
+    if info is None:  # the hub cannot be reached: the cache may hold it
+        folder, commit = _cached_snapshot(repo_id, revision)
+        return HubSource(repo_id, revision, commit, folder, "offline")
+    commit = info.sha
+    siblings = {s.rfilename: s for s in info.siblings or []}
+    weights = [n for n in siblings if n.endswith(".safetensors") and "/" not in n]
+    mode: Mode = "ranges"
+    patterns = SMALL_ALLOW_PATTERNS
+    if not weights:
+        weights = [n for n in siblings if "/" not in n and fnmatch.fnmatch(n, "pytorch_model*.bin")]
+        if not weights:  # nothing to convert: the folder says what it holds (NoWeightsError)
+            folder, commit = download_snapshot(repo_id, commit)
+            return HubSource(repo_id, revision, commit, folder, "download")
+        mode, patterns = "shards", [*SMALL_ALLOW_PATTERNS, "*/pytorch_model.bin"]
+    folder = _snapshot(repo_id, commit, patterns, quiet=True)
+    if all((folder / n).exists() for n in weights):
+        return HubSource(repo_id, revision, commit, folder, "cache")
+    source = HubSource(repo_id, revision, commit, folder, mode)
+    if mode == "shards":
+        source.shards = FetchedShards(source)
+    for name in weights:
+        sibling = siblings[name]
+        size = sibling.lfs.size if sibling.lfs is not None else sibling.size
+        if size is None:
+            raise HubError(repo_id, f"the hub lists {name} without a size", "run again later")
+        sha = sibling.lfs.sha256 if sibling.lfs is not None else None
+        source.files[name] = HubFile(repo_id, name, commit, size, sha, folder / name, source.stats)
+    return source
+
 
 def download_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
-    """The snapshot folder of ``repo_id`` at ``revision``, and its commit.
+    """The snapshot folder of ``repo_id`` at ``revision``, weights included, and its commit.
 
     Raises:
         SourceNotFoundError: no such repository or revision, or not cached while offline.
@@ -37,28 +230,79 @@ def download_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
     return folder, folder.name
 
 
-def _snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
-    # Imported here: huggingface_hub is only needed for hub sources and costs time to import.
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+def _model_info(repo_id: str, revision: str | None) -> Any:
+    """The repo's info at ``revision`` with file sizes, or ``None`` when the hub cannot be reached."""
+    from httpx2 import ConnectError, TimeoutException
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-    except RevisionNotFoundError as exc:
+        return HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+    except (ConnectError, TimeoutException):
+        return None
+    except HfHubHTTPError as exc:
+        _raise_for(repo_id, revision, exc)
+        raise HubError(repo_id, f"the hub answered {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _raise_for(repo_id: str, revision: str | None, exc: Exception) -> None:
+    """Turn huggingface_hub's errors for a missing, gated or private repo into streamconv's."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(exc, RevisionNotFoundError):
+        raise SourceNotFoundError(repo_id, "check --revision", problem=f"the hub has no revision {revision!r}") from exc
+    if isinstance(exc, GatedRepoError):
         raise SourceNotFoundError(
-            repo_id, f"the hub has no revision {revision!r}; check --revision"
+            repo_id,
+            "log in with `hf auth login` or set HF_TOKEN, once access is granted on the model's page",
+            problem="a gated repository, and the hub refuses it without a token that was granted access",
         ) from exc
-    except RepositoryNotFoundError as exc:
+    if isinstance(exc, RepositoryNotFoundError):
         raise SourceNotFoundError(
-            repo_id, "no such folder, and no such repository on the Hugging Face hub"
+            repo_id,
+            "check the id; a private repository needs a token: log in with `hf auth login` or set HF_TOKEN",
+            problem="no such folder, and no such repository on the Hugging Face hub",
         ) from exc
+
+
+def _cached_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_ALLOW_PATTERNS,
+                                        local_files_only=True))
+    except LocalEntryNotFoundError as exc:
+        raise HubError(repo_id, "cannot reach the hub, and the local cache does not hold it") from exc
+    return folder, folder.name
+
+
+def _snapshot(repo_id: str, revision: str | None, patterns: list[str], quiet: bool = False) -> Path:
+    """``snapshot_download`` of ``patterns``; ``quiet``: without its bars (the small files of a
+    conversion by ranges, whose own bar counts the weights)."""
+    # Imported here: huggingface_hub is only needed for hub sources and costs time to import.
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    class Silent(hf_tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "disable": True})
+
+    try:
+        extra: dict[str, Any] = {"tqdm_class": Silent} if quiet else {}
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, **extra))
     except LocalEntryNotFoundError as exc:
         raise SourceNotFoundError(
             repo_id,
             "not a folder, and not in the local Hugging Face cache while the hub cannot be "
             "reached (HF_HUB_OFFLINE is set or there is no network): download it first",
         ) from exc
+    except HfHubHTTPError as exc:
+        _raise_for(repo_id, revision, exc)
+        raise HubError(repo_id, f"the hub answered {_one_line(exc)}") from exc

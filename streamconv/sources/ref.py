@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
+from streamconv import _files
 from streamconv.dtypes import CODES, DType, by_code
 from streamconv.errors import CorruptCheckpointError, UnsupportedDtypeError
 
-__all__ = ["TensorRef"]
+__all__ = ["RangeSource", "TensorRef"]
+
+
+class RangeSource(Protocol):
+    """Where a tensor's bytes come from when they are not in a local file (a hub file read by ranges)."""
+
+    def read_into(self, offset: int, view: memoryview) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,8 @@ class TensorRef:
         path: The safetensors file that holds it.
         offset: Absolute byte offset of the tensor's data in ``path``.
         nbytes: Size of the tensor's data in bytes.
+        remote: For a file read by ranges from the hub, what reads them (``path`` then names
+            the file as it would lie in the snapshot folder, for messages).
     """
 
     name: str
@@ -40,6 +50,7 @@ class TensorRef:
     path: Path
     offset: int
     nbytes: int
+    remote: RangeSource | None = field(default=None, compare=False, repr=False)
 
     @property
     def stored_type(self) -> DType:
@@ -96,11 +107,15 @@ class TensorRef:
         nbytes = (stop - start) * dtype.itemsize
         out = np.empty(stop - start, dtype) if buffer is None else buffer[:nbytes].view(dtype)
         view = out.view(np.uint8).data
-        with open(self.path, "rb", buffering=0) as f:
+        if self.remote is not None:
+            self.remote.read_into(self.offset + start * dtype.itemsize, view.cast("B"))
+            return out
+        # Checked again (a regular file, never blocking): the file may have been swapped since its header was read.
+        with _files.open_regular(self.path, buffering=0) as f:
             f.seek(self.offset + start * dtype.itemsize)
             filled = 0
             while filled < len(view):
-                n = f.readinto(view[filled:])
+                n = f.readinto(view[filled:])  # type: ignore[attr-defined]  # a raw FileIO (buffering=0)
                 if not n:
                     raise CorruptCheckpointError(
                         self.path, f"file ended while reading tensor {self.source_name!r}"

@@ -35,23 +35,24 @@ from __future__ import annotations
 import math
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from streamconv import _files
-from streamconv._files import JSONRefused, quote, strict_json_loads
 from streamconv.errors import CorruptCheckpointError, ShardIndexError
+from streamconv.messages import quote
+from streamconv.strict_json import JSONRefused, strict_json_loads
 
 __all__ = [
     "DTYPE_BITS",
     "MAX_HEADER_BYTES",
     "HeaderEntry",
-    "JSONRefused",
+    "parse_header_from",
     "parse_safetensors_header",
     "read_weight_map",
     "shard_path",
-    "strict_json_loads",
 ]
 
 #: The library's cap on the header length.
@@ -94,22 +95,38 @@ def parse_safetensors_header(path: Path) -> tuple[int, list[HeaderEntry]]:
     try:
         with _files.open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
-            prefix = f.read(8)
-            if len(prefix) < 8:
-                what = "file is empty" if size == 0 else f"file is only {size} bytes"
-                raise CorruptCheckpointError(path, f"{what}, too short for a safetensors header")
-            (header_len,) = struct.unpack("<Q", prefix)
-            if header_len > MAX_HEADER_BYTES:
-                raise CorruptCheckpointError(
-                    path, f"header length {header_len} is over the {MAX_HEADER_BYTES}-byte limit"
-                )
-            if 8 + header_len > size:
-                raise CorruptCheckpointError(
-                    path, f"header length {header_len} runs past the end of the file ({size} bytes)"
-                )
-            raw = f.read(header_len)
+
+            def read(offset: int, n: int) -> bytes:
+                f.seek(offset)
+                return f.read(n)
+
+            return parse_header_from(path, size, read)
     except OSError as exc:
         raise CorruptCheckpointError(path, f"cannot read it ({exc.strerror or exc})") from exc
+
+
+def parse_header_from(path: Path, size: int, read: Callable[[int, int], bytes]) -> tuple[int, list[HeaderEntry]]:
+    """:func:`parse_safetensors_header` for a file of ``size`` bytes read by ``read(offset, n)``
+    (a hub file read by ranges): the 8-byte length, then, once it is within the cap and the
+    file, the header itself. A ``read`` that returns fewer bytes than asked is a truncated file."""
+    if size < 8:
+        what = "file is empty" if size == 0 else f"file is only {size} bytes"
+        raise CorruptCheckpointError(path, f"{what}, too short for a safetensors header")
+    prefix = read(0, 8)
+    if len(prefix) < 8:
+        raise CorruptCheckpointError(path, f"only {len(prefix)} of the header's 8 length bytes could be read")
+    (header_len,) = struct.unpack("<Q", prefix)
+    if header_len > MAX_HEADER_BYTES:
+        raise CorruptCheckpointError(
+            path, f"header length {header_len} is over the {MAX_HEADER_BYTES}-byte limit"
+        )
+    if 8 + header_len > size:
+        raise CorruptCheckpointError(
+            path, f"header length {header_len} runs past the end of the file ({size} bytes)"
+        )
+    raw = read(8, header_len)
+    if len(raw) < header_len:
+        raise CorruptCheckpointError(path, f"the header ends after {len(raw)} of its {header_len} bytes")
     header = _decode_header(path, raw)
     data_size = size - 8 - header_len
     entries = [

@@ -14,6 +14,7 @@ torch is imported only here, and only when a folder has ``.bin`` weights and no 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ __all__ = ["BIN_FILE", "BIN_INDEX_FILE", "ShardCache", "TorchTensorRef", "bin_fo
 BIN_FILE = "pytorch_model.bin"
 BIN_INDEX_FILE = "pytorch_model.bin.index.json"
 ZIP_MAGIC = b"PK\x03\x04"
+#: The fix of a damaged ``.bin`` (CorruptCheckpointError's own speaks of safetensors).
+DAMAGED_FIX = "the file is damaged or not a torch checkpoint: re-download it, or re-save the model as safetensors"
 # A torch file from before torch 1.6 starts with a pickled magic number (protocol 2: 0x80 0x02).
 LEGACY_MAGIC = b"\x80\x02"
 
@@ -66,8 +69,7 @@ def load_state_dict(path: Path) -> dict[str, Any]:
             problem = "a legacy (pre-1.6, non-zip) torch file, which cannot be read without unpickling it"
             fix = "load it with a torch you trust and re-save it with `model.save_pretrained(dir, safe_serialization=True)`"
         else:
-            problem = "not a zip-format torch checkpoint"
-            fix = "the file is damaged or not a torch checkpoint: re-download it, or re-save the model as safetensors"
+            problem, fix = "not a zip-format torch checkpoint", DAMAGED_FIX
         raise CorruptCheckpointError(path, problem, fix)
     torch = _torch()
     import pickle
@@ -77,9 +79,9 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError(path, _unsafe_reason(exc)) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise CorruptCheckpointError(path, f"torch cannot read it ({_first_line(exc)})") from exc
+        raise CorruptCheckpointError(path, f"torch cannot read it ({_first_line(exc)})", DAMAGED_FIX) from exc
     if not isinstance(loaded, dict):
-        raise CorruptCheckpointError(path, f"holds a {type(loaded).__name__}, not a state dict of tensors")
+        raise CorruptCheckpointError(path, f"holds a {type(loaded).__name__}, not a state dict of tensors", DAMAGED_FIX)
     return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
 
 
@@ -102,13 +104,21 @@ class ShardCache:
 
     Asking for a shard later in the checkpoint's order releases the mapped one; a late read of an
     earlier shard (a worker finishing its last chunks) maps it for that read only.
+
+    ``local`` maps a shard's path to the file to map: for a hub source, a temporary copy fetched
+    when first asked for (:class:`streamconv.sources.hub.FetchedShards`); the path itself by default.
     """
 
-    def __init__(self, files: list[Path]) -> None:
+    def __init__(self, files: list[Path], local: Callable[[Path], Path] | None = None) -> None:
         self.order = {path: i for i, path in enumerate(files)}
         self._lock = threading.Lock()
         self._path: Path | None = None
         self._tensors: dict[str, Any] = {}
+        self.local = local or (lambda path: path)
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """The state dict of ``path`` (its local copy, for a hub shard)."""
+        return load_state_dict(self.local(path))
 
     def tensor(self, path: Path, key: str) -> Any:
         """The torch tensor ``key`` of ``path``, from the mapping."""
@@ -117,10 +127,10 @@ class ShardCache:
                 return self._tensors[key]
             current = -1 if self._path is None else self.order.get(self._path, -1)
             if self.order.get(path, 0) < current:
-                return load_state_dict(path)[key]
+                return self.load(path)[key]
             self._tensors = {}  # drop the old mapping before mapping the next shard
             self._path = None
-            self._tensors = load_state_dict(path)
+            self._tensors = self.load(path)
             self._path = path
             return self._tensors[key]
 
@@ -174,7 +184,7 @@ def read_bin_file(path: Path, prefix: str = "", cache: ShardCache | None = None)
     """
     cache = cache or ShardCache([path])
     refs: list[TensorRef] = []
-    for key, tensor in load_state_dict(path).items():
+    for key, tensor in cache.load(path).items():
         name = str(tensor.dtype).removeprefix("torch.")
         row = by_name(name)
         shape = tuple(int(d) for d in tensor.shape)
@@ -189,37 +199,60 @@ def read_bin_file(path: Path, prefix: str = "", cache: ShardCache | None = None)
 
 
 def _check_storage(path: Path, name: str, tensor: Any, numel: int) -> None:
-    """Refuse a tensor that declares more elements than its storage holds (a stride-0 ``expand``,
-    overlapping strides): reading it would follow the declared size, not the file's bytes."""
-    itemsize = tensor.element_size()
-    held = tensor.untyped_storage().nbytes() // itemsize if itemsize else 0
+    """Refuse a tensor whose elements are not distinct values inside its storage: a stride-0
+    ``expand`` or overlapping strides (``as_strided``) declare more elements than the file holds,
+    and reading them would follow the declared size, not the file's bytes (a 1.6 KB ``.bin`` of
+    ``zeros(1).expand(2**34)`` took 73 s).
+
+    Checked on the strides alone, before any element is read: sorted by stride, each dimension must
+    step past everything the smaller ones reach (transposes and slices of a real model pass).
+    """
     if numel == 0:
         return
-    last = tensor.storage_offset() + sum((d - 1) * abs(s) for d, s in zip(tensor.shape, tensor.stride(), strict=True))
-    if numel > held or last >= held or any(s == 0 for d, s in zip(tensor.shape, tensor.stride(), strict=True) if d > 1):
+    itemsize = tensor.element_size()
+    held = tensor.untyped_storage().nbytes() // itemsize if itemsize else 0
+    reach = 0  # the furthest element, from the first, that the dimensions seen so far reach
+    for stride, size in sorted((abs(s), d) for d, s in zip(tensor.shape, tensor.stride(), strict=True) if d > 1):
+        if stride <= reach:
+            raise CorruptCheckpointError(
+                path, f"tensor {quote(name)} is a view whose {numel:,} elements repeat values of its storage "
+                f"of {held:,} (an expanded or overlapping view)",
+                "re-save it with contiguous tensors (`model.save_pretrained(dir, safe_serialization=True)`)",
+            )
+        reach += (size - 1) * stride
+    if tensor.storage_offset() + reach >= held:
         raise CorruptCheckpointError(
-            path, f"tensor {quote(name)} declares {numel:,} elements over a storage of {held:,} (a strided or "
-            "expanded view); re-save it with contiguous tensors (`model.save_pretrained(dir, safe_serialization=True)`)",
+            path, f"tensor {quote(name)} reaches element {tensor.storage_offset() + reach:,} of a storage of {held:,}",
+            DAMAGED_FIX,
         )
 
 
-def bin_folder_weights(root: Path) -> tuple[list[Path], list[TensorRef]] | None:
+def bin_folder_weights(
+    root: Path, remote: Callable[[Path], Path] | None = None, exists: Callable[[Path], bool] | None = None
+) -> tuple[list[Path], list[TensorRef]] | None:
     """The folder's ``.bin`` weights: ``pytorch_model.bin``, or the shards its index lists; else ``None``.
+
+    Args:
+        root: The folder.
+        remote: For a hub source whose ``.bin`` files are not on disk: fetches one and returns
+            its temporary copy (see :class:`ShardCache`); ``exists`` then says which are on the hub.
 
     Raises:
         ShardIndexError: the index is not JSON, names a missing shard, or disagrees with the shards.
     """
-    if (root / BIN_FILE).exists():
-        return [root / BIN_FILE], read_bin_file(_files.within(root, root / BIN_FILE))
+    exists = exists or Path.exists
+    if exists(root / BIN_FILE):
+        path = _files.within(root, root / BIN_FILE)
+        return [path], read_bin_file(path, cache=ShardCache([path], remote))
     index_path = root / BIN_INDEX_FILE
     if not index_path.exists():
         return None
     weight_map = read_weight_map(_files.within(root, index_path))
     shards = [shard_path(index_path, s) for s in dict.fromkeys(weight_map.values())]
-    missing = [p.name for p in shards if not p.exists()]
+    missing = [p.name for p in shards if not exists(p)]
     if missing:
         raise ShardIndexError(index_path, f"shard files missing: {', '.join(missing[:8])}")
-    cache = ShardCache(shards)
+    cache = ShardCache(shards, remote)
     refs: list[TensorRef] = []
     for shard in shards:
         refs.extend(read_bin_file(shard, cache=cache))

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ from streamconv.stages.names import matches_any
 from streamconv.stages.pieces import TensorChunk
 
 __all__ = ["BLOCK", "ERROR_BUDGET", "MIN_ELEMENTS", "QuantizedChunk", "kept_by", "quantize", "quantize_rows",
-           "quantizable"]
+           "keep_float_warnings", "quantizable", "record"]
 
 #: Elements per block along a row (the input dimension of a linear layer's ``[out, in]`` weight),
 #: chosen by measurement on the real all-MiniLM-L6-v2 (docs/benchmarks.md, "int8 storage").
@@ -227,3 +228,31 @@ def _rows(pieces: list[TensorChunk]) -> Iterator[QuantizedChunk]:
 def kept_by(source_name: str, keep_float: Iterable[str]) -> str | None:
     """The first ``keep_float`` glob pattern that matches ``source_name``, or ``None``."""
     return next((p for p in keep_float if matches_any(source_name, [p])), None)
+
+
+def record(refs: Sequence[TensorRef], stored: dict[str, str], keep_float: Sequence[str], fallback: dict[str, str]
+           ) -> tuple[dict[str, Any], list[str]]:
+    """metadata.json's ``quantization`` (the rule, and the weight matrices kept in float16 with why),
+    and the conversion's warnings: a tensor kept for its error, a ``--keep-float`` matching nothing."""
+    kept, warnings = [], []
+    for ref in refs:
+        if not quantizable(ref.shape, ref.stored_type) or stored.get(ref.name) == "int8":
+            continue
+        pattern = kept_by(ref.source_name, keep_float)
+        reason = fallback.get(ref.source_name) or (f"--keep-float {pattern}" if pattern else "kept")
+        kept.append({"name": ref.source_name, "reason": reason})
+        if ref.source_name in fallback:
+            warnings.append(f"tensor {ref.source_name!r} kept in float16: its {reason}")
+    return {
+        "codes": "int8", "scales": "float16", "block": BLOCK, "rounding": "nearest, ties to even",
+        "scale": "max|block| / 127", "error_budget": ERROR_BUDGET, "min_elements": MIN_ELEMENTS,
+        "quantized": sum(1 for d in stored.values() if d == "int8"), "kept_float16": kept,
+    }, warnings + keep_float_warnings(refs, keep_float)
+
+
+def keep_float_warnings(refs: Sequence[TensorRef], keep_float: Sequence[str]) -> list[str]:
+    """One warning per ``--keep-float`` pattern that matches no weight matrix of the conversion."""
+    matrices = [r.source_name for r in refs if quantizable(r.shape, r.stored_type)]
+    return [f"--keep-float {p!r} matches no weight matrix (2-D, at least {MIN_ELEMENTS} elements); "
+            "check the source names with `streamconv inspect --source-names`"
+            for p in keep_float if not any(kept_by(n, [p]) for n in matrices)]

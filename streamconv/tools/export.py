@@ -5,7 +5,9 @@ the offsets), then the data is streamed chunk by chunk from the Parquet rows to 
 file, so memory holds one row group, never a whole tensor. The checkpoint gets ``config.json`` and
 every asset of the output; sentence-transformers Dense weights go back to ``<module>/model.safetensors``
 under their names without the module prefix. The folder is built under a temporary name and
-appears only when complete.
+appears only when complete, with ``streamconv_export.json`` (the output exported and every file
+written), by which a later ``export --force`` knows the folder as its own; :mod:`.export_checks`
+checks every path and name from the output before anything is written.
 """
 
 from __future__ import annotations
@@ -22,18 +24,22 @@ import numpy as np
 from streamconv import _files
 from streamconv import progress as progress_bars
 from streamconv._files import file_record
+from streamconv._version import __version__
 from streamconv.constants import EXPORT_DTYPES, canonical_dtype
 from streamconv.dtypes import DType, by_code, by_name, by_numpy
 from streamconv.errors import FormatError, InvalidOptionError
 from streamconv.format.reader import TensorInfo, WeightsFile, read_metadata
-from streamconv.format.schema import METADATA_FILENAME
-from streamconv.format.staging import check_output, output_path, staged_output
+from streamconv.format.schema import EXPORT_FORMAT, EXPORT_MARKER_FILENAME, METADATA_FILENAME
+from streamconv.format.staging import check_output, clean_leftovers, output_path, staged_output
 from streamconv.plans import FALLBACK, get_plan
 from streamconv.stages.casting import cast_array, fallback_dtype, finite_peak, overflow_note, planned_dtype
+from streamconv.tools import export_checks
 from streamconv.units import parse_size
 
 __all__ = ["EXPORT_DTYPES", "ExportResult", "export"]
 
+#: Version of ``streamconv_export.json`` (docs/format.md).
+EXPORT_MARKER_VERSION = 1
 #: Largest root safetensors file before the checkpoint is sharded (transformers' own default).
 DEFAULT_MAX_SHARD_SIZE = 5 * 1024**3
 SINGLE_FILE = "model.safetensors"
@@ -111,7 +117,9 @@ def export(
         max_shard_size: Largest ``model.safetensors`` before sharding into
             ``model-0000N-of-0000M.safetensors`` + ``model.safetensors.index.json`` (default 5 GiB):
             bytes, or a size string as transformers writes it (``"5GB"`` = 5 * 10**9, ``"5GiB"``).
-        force: Replace ``target`` if it exists (only once the new one is complete).
+        force: Replace ``target`` if it is a checkpoint an earlier export wrote (its
+            ``streamconv_export.json`` lists every file in it) or an empty folder, only once the new
+            one is complete.
         progress: Show a bar over the bytes written on stderr (see :mod:`streamconv.progress`).
 
     Returns:
@@ -119,7 +127,10 @@ def export(
 
     Raises:
         OutputExistsError: ``target`` exists and ``force`` is false.
+        OutputRefusedError: ``target`` holds something export did not write, or is (holds, or lies
+            inside) ``output`` or the checkpoint ``output`` was converted from.
         FormatError, NotConvertedError: ``output`` is damaged or not a converted output; nothing is left.
+        UnsafeInputError: a module or asset path in ``output``'s metadata.json leads outside it.
 
     Example:
         >>> streamconv.export("minilm-parquet", "minilm-hf")   # SentenceTransformer("minilm-hf") loads it
@@ -131,32 +142,66 @@ def export(
                                  "dtype", dtype=dtype)
     shard_size = DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else parse_size(max_shard_size, "max_shard_size")
     source, target = Path(output).expanduser(), output_path(target, "target")
-    check_output(target, source, force, "target")
     metadata = read_metadata(source)
+    check_output(target, _reads(source, metadata), force, "target", kind="export")
     # int8 codes are written as their values: float32 if asked for, float16 otherwise.
     weights = WeightsFile(source, dequantize="float32" if dtype == "float32" else "float16")
+    folders, layout = _checked_layout(source, metadata, weights, dtype, shard_size)
     result = ExportResult(source, target, dtype, tensor_count=len(weights.entries), warnings=_part_warnings(metadata))
-    total = sum(f.size for group in _layout(weights, metadata, dtype, shard_size).values() for f in group)
+    # Folders that killed exports to this target left behind; a live run's are never touched.
+    result.warnings.extend(f"removed {p.name}, left by an interrupted run" for p in clean_leftovers(target))
+    total = sum(f.size for group in layout.values() for f in group)
     bar = progress_bars.bar(total, "bytes", "exporting", enabled=progress)
-    with bar, staged_output(target, force, expected_bytes=total, option="target") as staging:
-        files = _write_weights(weights, metadata, dtype, shard_size, staging, result.warnings, bar)
+    assets = metadata.get("assets") or []
+    with bar, staged_output(target, force, expected_bytes=total, option="target", kind="export") as staging:
+        files = _write_weights(weights, folders, dtype, shard_size, staging, result.warnings, bar)
         if len(files[""]) > 1:
             _write_index(files[""], staging)
-        for asset in metadata.get("assets", []):
+        for asset in assets:
             _copy_asset(source, staging, asset)
         written = [f.path for group in files.values() for f in group]
         written += [INDEX_FILE] if len(files[""]) > 1 else []
         result.files = [file_record(staging / p, staging) for p in written]
-        result.files += [file_record(staging / a["path"], staging) for a in metadata.get("assets", [])]
+        result.files += [file_record(staging / a["path"], staging) for a in assets]
+        _files.write_json({"format": EXPORT_FORMAT, "format_version": EXPORT_MARKER_VERSION,
+                           "streamconv_version": __version__, "output": str(source.resolve()), "dtype": dtype,
+                           "files": result.files}, staging / EXPORT_MARKER_FILENAME)
     result.seconds = round(time.perf_counter() - started, 3)
     return result
 
 
-def _write_weights(weights: WeightsFile, metadata: dict[str, Any], dtype: str, shard_size: int, staging: Path,
+def _reads(source: Path, metadata: dict[str, Any]) -> dict[str, Path]:
+    """The folders export may never replace: the output exported and the checkpoint it was made from."""
+    reads = {"the output being exported": source}
+    recorded = metadata.get("source")
+    path = recorded.get("path") if isinstance(recorded, dict) else None
+    if isinstance(path, str) and path.strip():
+        reads["the checkpoint the output was converted from"] = Path(path)
+    return reads
+
+
+def _checked_layout(source: Path, metadata: dict[str, Any], weights: WeightsFile, dtype: str,
+                    shard_size: int) -> tuple[dict[str, str], dict[str, list[_File]]]:
+    """The module folders and the files to write, once every path and name in them is checked."""
+    plan = get_plan(str(metadata.get("model_type", FALLBACK)))()
+    folders = export_checks.check_module_folders(source, plan.module_folders(metadata))
+    export_checks.check_tensors(source, (entry.info for entry in weights.entries.values()))
+    layout = _layout(weights, folders, dtype, shard_size)
+    export_checks.check_names(source, {f.path: list(f.names.values()) for group in layout.values() for f in group})
+    written = [f.path for group in layout.values() for f in group]
+    written += [INDEX_FILE] if len(layout[""]) > 1 else []
+    assets = metadata.get("assets") or []
+    if not isinstance(assets, list):
+        raise FormatError(source / METADATA_FILENAME, "its assets are not a list")
+    export_checks.check_paths(source, [*written, EXPORT_MARKER_FILENAME], assets)
+    return folders, layout
+
+
+def _write_weights(weights: WeightsFile, folders: dict[str, str], dtype: str, shard_size: int, staging: Path,
                    warnings: list[str], bar: progress_bars.Progress) -> dict[str, list[_File]]:
     """Write the tensors; a tensor whose values do not fit ``dtype`` is written again wider (rare),
     by convert's rule (:func:`~streamconv.stages.casting.fallback_dtype`) and with its note."""
-    files = _layout(weights, metadata, dtype, shard_size)
+    files = _layout(weights, folders, dtype, shard_size)
     overflow = _write_tensors(weights, files, staging, bar)
     if not overflow:
         return files
@@ -164,7 +209,7 @@ def _write_weights(weights: WeightsFile, metadata: dict[str, Any], dtype: str, s
         (staging / path).unlink()
     kept = {name: _fallback(weights.entries[name].info, peak) for name, peak in overflow.items()}
     warnings += [overflow_note(weights.entries[n].info.source_name, dtype, kept[n], p) for n, p in overflow.items()]
-    files = _layout(weights, metadata, dtype, shard_size, kept)
+    files = _layout(weights, folders, dtype, shard_size, kept)
     bar.reset()
     _write_tensors(weights, files, staging, bar)
     return files
@@ -202,13 +247,13 @@ def _fallback(info: TensorInfo, peak: float) -> DType:
 
 
 def _layout(
-    weights: WeightsFile, metadata: dict[str, Any], dtype: str, shard_size: int, kept: dict[str, DType] | None = None
+    weights: WeightsFile, prefixes: dict[str, str], dtype: str, shard_size: int, kept: dict[str, DType] | None = None
 ) -> dict[str, list[_File]]:
-    """The files to write: root shards under ``""``, and one per module folder the plan names.
+    """The files to write: root shards under ``""``, and one per module folder (``prefixes``: tensor
+    prefix -> folder, checked by :func:`export_checks.check_module_folders`).
 
     ``kept`` gives the dtype of tensors that do not fit ``dtype`` (by stored name).
     """
-    prefixes = get_plan(str(metadata.get("model_type", FALLBACK)))().module_folders(metadata)
     files: dict[str, list[_File]] = {"": [_File(SINGLE_FILE)]}
     for entry in weights.entries.values():
         info = entry.info

@@ -25,11 +25,17 @@ import pyarrow.parquet as pq
 
 from streamconv import _files
 from streamconv.constants import DEFAULT_WORKERS, WorkerPool, check_workers
-from streamconv.errors import FormatError, NotConvertedError, UnsafeInputError
+from streamconv.errors import (
+    FormatError,
+    NotConvertedError,
+    OutOfMemoryError,
+    UnsafeInputError,
+)
 from streamconv.format import codec
+from streamconv.format.arrow import memory_ran_out, payloads
 from streamconv.format.reader import WeightsFile, read_metadata, weights_path
-from streamconv.format.schema import METADATA_FILENAME, checksum
-from streamconv.format.toc import payloads
+from streamconv.format.schema import INDEX_FILENAME, METADATA_FILENAME, WEIGHTS_FILENAME, checksum
+from streamconv.messages import one_line
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -42,7 +48,7 @@ class VerifyReport:
     """What :func:`verify` found.
 
     Attributes:
-        output: The output folder.
+        output: The output folder (or the weights file, for one verified without ``metadata.json``).
         passed: True if nothing is wrong (``unchecked`` may still list what could not be checked).
         format_version: Format version of the weights (the oldest, for several files).
         tensor_count: Tensors in the table of contents.
@@ -77,7 +83,9 @@ def verify(output: str | Path, *, workers: int = DEFAULT_WORKERS) -> VerifyRepor
     """Re-read a converted output and report every damaged tensor and every mismatch.
 
     Args:
-        output: A folder written by ``streamconv convert``.
+        output: A folder written by ``streamconv convert``, or a weights file of its own (a
+            :class:`~streamconv.format.writer.WeightsWriter` file without ``metadata.json``: what only
+            ``metadata.json`` records is listed in ``unchecked``).
         workers: Threads that read, checksum and decode.
 
     Returns:
@@ -85,20 +93,44 @@ def verify(output: str | Path, *, workers: int = DEFAULT_WORKERS) -> VerifyRepor
 
     Raises:
         NotConvertedError: there are no weights under ``output`` at all.
+        PartOfSplitError: ``output`` is one file of a split output.
+        OutOfMemoryError: memory ran out (a sound output is never reported damaged for that).
     """
     check_workers(workers)
+    try:
+        return _verify(Path(output), workers)
+    except OutOfMemoryError:
+        raise
+    except (MemoryError, RuntimeError) as exc:  # a worker thread that could not start, an allocation
+        if memory_ran_out(exc):
+            raise OutOfMemoryError(Path(output), "verifying it") from None
+        raise
+
+
+def _verify(given: Path, workers: int) -> VerifyReport:
     start = time.perf_counter()
-    folder = Path(output)
-    folder = folder if folder.is_dir() else folder.parent
+    folder = given if given.is_dir() else given.parent
     report = VerifyReport(folder)
-    metadata = _metadata(folder, report)
-    path = weights_path(folder)
+    # A weights file given alone, with no metadata.json beside it (a WeightsWriter file): its chunks
+    # and table of contents are checked, nothing that only metadata.json records.
+    bare = not given.is_dir() and (given.name not in (METADATA_FILENAME, WEIGHTS_FILENAME, INDEX_FILENAME)
+                                   or not (folder / METADATA_FILENAME).exists())
+    if bare:
+        report.output = given
+        report.unchecked.append("no metadata.json: file sizes, sha256 and counts are not checked "
+                                "(a weights file written without `streamconv convert`)")
+    metadata = {} if bare else _metadata(folder, report)
+    try:
+        path: Path | None = weights_path(given if bare else folder)  # no weights at all: NotConvertedError
+    except UnsafeInputError as exc:
+        path = None
+        report.problems.append(f"weights: {exc}")
     with WorkerPool(workers, thread_name_prefix="streamconv-verify") as pool:
         hashes = _hash_listed(folder, metadata, report, pool)
         weights: WeightsFile | None = None
         try:
-            weights = WeightsFile(path)
-        except (FormatError, NotConvertedError) as exc:
+            weights = WeightsFile(path) if path is not None else None
+        except (FormatError, NotConvertedError, UnsafeInputError) as exc:
             report.problems.append(f"weights: {exc}")
         if weights is not None:
             _check_chunks(weights, report, pool, workers)
@@ -115,7 +147,7 @@ def _metadata(folder: Path, report: VerifyReport) -> dict[str, Any]:
         return read_metadata(folder)
     except NotConvertedError:
         report.problems.append("metadata.json is missing")
-    except FormatError as exc:
+    except (FormatError, UnsafeInputError) as exc:
         report.problems.append(f"metadata.json: {exc.problem}")
     return {}
 
@@ -154,6 +186,8 @@ def _check_file(folder: Path, entry: dict[str, Any], record: dict[str, Any], rep
     except UnsafeInputError as exc:
         report.problems.append(f"{name}: {exc.problem}")
         return
+    except MemoryError:
+        raise OutOfMemoryError(folder / name, "hashing it") from None
     except OSError as exc:
         report.problems.append(f"{name}: cannot be read ({exc.strerror or exc})")
         return
@@ -211,25 +245,37 @@ def _check_group(weights: WeightsFile, file: int, group: int, local: threading.l
     damaged: dict[str, list[str]] = {}
     columns = [*_COLUMNS, *(["data_xxh3"] if part.has_checksums else []), *(["scales"] if part.quantized else [])]
     try:
-        reader = readers.get(file) or readers.setdefault(file, pq.ParquetFile(part.path))
-        table = reader.read_row_group(group, columns=columns)
+        # The file the table of contents was read from (never its path again: it may have been replaced).
+        # No Arrow threads, no read-ahead: under a memory limit a thread Arrow cannot start is
+        # "Failed to launch worker thread", which is no damage (docs/reliability.md, "Memory").
+        reader = readers.get(file) or readers.setdefault(file, pq.ParquetFile(part.source, pre_buffer=False))
+        table = reader.read_row_group(group, columns=columns, use_threads=False)
     except (pa.ArrowException, OSError) as exc:
+        if memory_ran_out(exc):
+            raise OutOfMemoryError(part.path, f"reading row group {group}") from None
         names = sorted(n for n, e in weights.entries.items() if (file, group) in e.groups)
         for name in names or [f"(row group {group})"]:
-            damaged.setdefault(name, []).append(f"{part.path.name}: row group {group} unreadable ({exc})")
+            damaged.setdefault(name, []).append(f"{part.path.name}: row group {group} unreadable ({one_line(str(exc))})")
+        return 0, 0, damaged
+    nulls = [c for c in columns if table.column(c).null_count]
+    if nulls or table.num_rows != part.group_rows(group):
+        wrong = f"column {nulls[0]!r} holds a null" if nulls else \
+            f"{table.num_rows} rows, its table of contents {part.group_rows(group)}"
+        names = sorted(n for n, e in weights.entries.items() if (file, group) in e.groups)
+        for name in names or [f"(row group {group})"]:
+            damaged.setdefault(name, []).append(f"{part.path.name}: row group {group} is damaged ({wrong})")
         return 0, 0, damaged
     names, index, counts = (table.column(c).to_pylist() for c in _COLUMNS[:3])
     sums = table.column("data_xxh3").to_pylist() if part.has_checksums else [None] * len(names)
-    data = table.column("data").combine_chunks()
     scales = payloads(table, "scales") if part.quantized else [None] * len(names)
+    chunks = part.group_chunks(group) if part.quantized else []
     nbytes = 0
-    for row, name in enumerate(names):
-        payload = data[row].as_buffer()
+    for row, (name, payload) in enumerate(zip(names, payloads(table), strict=True)):
         nbytes += payload.size
         entry = weights.entries.get(name)
         if entry is not None and entry.block:  # int8 codes: their scales are checked against them too
-            nbytes += part.chunks[group][row].scales_bytes
-            problem = _check_quantized(part, entry, part.chunks[group][row], payload, scales[row])
+            nbytes += chunks[row].scales_bytes
+            problem = _check_quantized(part, entry, chunks[row], payload, scales[row])
         else:
             problem = _check_chunk(weights, part, name, counts[row], payload, sums[row])
         if problem:
@@ -244,10 +290,16 @@ def _check_chunk(weights: WeightsFile, part: Any, name: str, count: int, payload
         return "belongs to no tensor of the table of contents"
     if expected is not None and checksum(memoryview(payload)) != expected:
         return "is damaged (checksum mismatch)"
+    if not 0 <= count <= max(1, part.chunk_limit // entry.source_itemsize):
+        return f"declares {count:,} elements, more than a chunk of this output holds"
     try:
-        codec.decode_into(payload, np.empty(count, entry.dtype.numpy), part.compression, part.version)
+        out = np.empty(count, entry.dtype.numpy)
+        codec.decode_into(payload, out, part.compression, part.version)
+    except MemoryError:
+        raise OutOfMemoryError(part.path, f"decoding tensor {_files.quote(name)}",
+                               count * entry.dtype.numpy.itemsize) from None
     except Exception as exc:  # any decoding failure means a damaged chunk
-        return f"is damaged ({exc})"
+        return f"is damaged ({one_line(str(exc))})"
     return None
 
 
@@ -255,8 +307,10 @@ def _check_quantized(part: Any, entry: Any, chunk: Any, payload: pa.Buffer, scal
     """An int8 chunk decoded as a reader does: codes, scales, and the scales checked against the codes."""
     try:
         part.decode_quantized(entry, chunk, payload, scales, np.empty(chunk.element_count, np.int8),
-                              np.empty(chunk.element_count // entry.shape[1] * -(-entry.shape[1] // entry.block),
-                                       np.float16))
+                              np.empty(entry.scale_count(chunk.element_count), np.float16))
+    except MemoryError:
+        raise OutOfMemoryError(part.path, f"decoding tensor {_files.quote(entry.row['name'])}",
+                               chunk.element_count) from None
     except FormatError as exc:
         return f"is damaged ({exc.problem.split(': ', 1)[-1]})"
     return None

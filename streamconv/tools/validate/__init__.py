@@ -110,7 +110,7 @@ def locate_source(metadata: dict[str, Any], source: str | os.PathLike[str] | Non
     if path and Path(path).exists():
         return open_checkpoint(path)
     if repo_id:
-        return open_checkpoint(repo_id, revision=revision)
+        return open_checkpoint(repo_id, revision=revision, download=True)  # transformers loads the reference from it
     if ident and Path(ident).expanduser().exists():
         return open_checkpoint(ident)
     raise SourceNotFoundError(str(path or ident), "pass the original checkpoint with --source")

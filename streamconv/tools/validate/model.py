@@ -30,6 +30,7 @@ from typing import Any
 from streamconv.dtypes import by_numpy
 from streamconv.errors import MissingDependencyError
 from streamconv.format.reader import WeightsFile
+from streamconv.messages import one_line
 from streamconv.plans import ProbeContext
 from streamconv.sources.ref import TensorRef
 
@@ -163,8 +164,7 @@ def build_model(
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text[:300]}"
+    return f"{type(exc).__name__}: {(one_line(str(exc)) or type(exc).__name__)[:300]}"
 
 
 def model_keys(model: Any, names: list[str]) -> dict[str, str]:

@@ -31,6 +31,7 @@ from streamconv.tools.validate.report import (
     neighbours_kept,
     neighbours_limit,
 )
+from streamconv.tools.validate.routing import Routing, pinned_routing, recorded_routing
 from streamconv.tools.validate.weights import _listing, expected_refs, left_out_reason
 
 __all__ = ["check_outputs"]
@@ -58,8 +59,9 @@ def check_outputs(
         reference = mod.build_model(torch, transformers, class_name, config, mod.source_state(torch, checkpoint.tensors),
                                     report.messages)
         steps.say("running the probes on the original model")
+        routings: dict[str, Routing] = {}
         probes, checks, wanted, extras = _reference_run(torch, transformers, plan, reference, output, metadata,
-                                                        checkpoint, seed, outside, report.messages)
+                                                        checkpoint, seed, outside, report.messages, routings)
         keys = mod.model_keys(reference.model, sorted(saved | {i.source_name for i in describe(output)}))
         buffers = mod.non_persistent_buffers(reference.model)
         state = reference.model.state_dict()
@@ -81,19 +83,21 @@ def check_outputs(
     steps.say("running the probes on the converted weights")
     with torch.no_grad():
         for probe in probes:
-            checks.append(_probe_check(torch, probe, built.model, wanted[probe.label], limits, metadata))
+            checks.append(_probe_check(torch, probe, built.model, wanted[probe.label], limits, metadata,
+                                       routings[probe.label]))
     steps.close()
     return checks
 
 
 def _reference_run(
     torch: Any, transformers: Any, plan: Plan, reference: mod.Built, output: Path, metadata: dict[str, Any],
-    checkpoint: Checkpoint, seed: int, outside: list[Any], messages: list[str],
+    checkpoint: Checkpoint, seed: int, outside: list[Any], messages: list[str], routings: dict[str, Routing],
 ) -> tuple[list[Probe], list[Check], dict[str, Any], dict[str, Any]]:
     """The probes that fit and their reference outputs; failed checks for probes that cannot run.
 
     Returns the probes, the checks so far, the reference outputs by label, and the extras dict the
     probes read (filled with the source's tensors here; the caller refills it with the output's).
+    Each probe's expert routing, if the model has routers, goes into ``routings`` by label.
     """
     context = mod.new_context(torch, reference.model, output, metadata, checkpoint.root, seed)
     stored = {t.source_name for t in describe(output)}
@@ -112,7 +116,9 @@ def _reference_run(
     with torch.no_grad():
         for probe in probes:
             try:
-                wanted[probe.label] = probe.run(reference.model).detach().float()
+                with recorded_routing(torch, reference.model) as routing:
+                    wanted[probe.label] = probe.run(reference.model).detach().float()
+                routings[probe.label] = routing
             except Exception as exc:  # a probe the model cannot take is a failed check, not a crash
                 checks.append(Check(f"outputs:{probe.label}", False,
                                     f"the probe cannot run on {type(reference.model).__name__}: {mod._one_line(exc)}"))
@@ -175,11 +181,13 @@ def _is_buffer(name: str, keys: dict[str, str], buffers: set[str]) -> bool:
 
 
 def _probe_check(
-    torch: Any, probe: Any, model: Any, want: Any, limits: tuple[float, float], metadata: dict[str, Any]
+    torch: Any, probe: Any, model: Any, want: Any, limits: tuple[float, float], metadata: dict[str, Any],
+    routing: Routing,
 ) -> Check:
     min_cosine, max_nmse = limits
     try:
-        got = probe.run(model).detach().float()
+        with pinned_routing(torch, model, routing):
+            got = probe.run(model).detach().float()
         figures = compare(torch, want, got)
         if probe.ranking:
             figures["neighbours"] = neighbours_kept(torch, want, got)
@@ -198,6 +206,9 @@ def _probe_check(
         f"(limit {max_nmse:.0e}){ranking}, max error {figures['max_abs_error_ratio']:.2e} of the largest output, "
         f"{int(figures['items'])} inputs, dtype {metadata.get('dtype')}"
     )
+    if routing.routers:
+        detail += f"; {routing.note()}"
+        figures = {**figures, "routing_flips": routing.flips, "routing_choices": routing.choices}
     return Check(f"outputs:{probe.label}", passed, detail, figures, bounds)
 
 

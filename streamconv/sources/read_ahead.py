@@ -1,0 +1,189 @@
+"""The read-ahead of a conversion from the hub: its byte ranges fetched in the background, bounded.
+
+:func:`read_ahead` schedules the byte ranges of a conversion's chunks, in the order the writer will
+ask for them, merges neighbours (gaps up to :data:`~streamconv.constants.HUB_MERGE_GAP`, and at most
+1/16 of what the request keeps) into requests of at most
+:data:`~streamconv.constants.HUB_SEGMENT_BYTES`, and fetches them from background threads
+(:data:`~streamconv.constants.HUB_CONNECTIONS` requests at a time), at most
+:data:`~streamconv.constants.HUB_READ_AHEAD_BYTES` ahead of what the writer consumed; segments are
+handed to the writer, and hashed, in order. A range read outside the schedule (a dry run's sample,
+a second read of a tensor) is fetched on the spot.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from streamconv.constants import HUB_CONNECTIONS, HUB_MERGE_GAP, HUB_READ_AHEAD_BYTES, HUB_SEGMENT_BYTES
+from streamconv.sources.remote import HubFile
+
+__all__ = ["plan_segments", "read_ahead"]
+
+
+@dataclass(eq=False)
+class _Segment:
+    file: HubFile
+    start: int
+    end: int
+    kept: int  # bytes of it the writer will read; it is dropped once they are read
+    index: int
+    data: bytearray | None = None
+    ready: bool = False  # fetched, hashed, and handed to the readers
+    freed: bool = False
+
+
+class _ReadAhead:
+    def __init__(self, segments: list[_Segment], budget: int) -> None:
+        self.segments = segments
+        self.budget = budget
+        self.by_file: dict[HubFile, tuple[list[int], list[_Segment]]] = {}
+        for seg in segments:
+            starts, segs = self.by_file.setdefault(seg.file, ([], []))
+            at = bisect.bisect(starts, seg.start)
+            starts.insert(at, seg.start)
+            segs.insert(at, seg)
+        self.cond = threading.Condition()
+        self.in_flight = 0
+        self.next_fetch = 0  # the next segment a fetching thread takes
+        self.next_ready = 0  # the next segment to hash and hand to readers, in order
+        self.wanted = -1  # the furthest segment a reader waits for
+        self.error: BaseException | None = None
+        self.stopped = False
+        self.threads = [threading.Thread(target=self._run, name=f"streamconv-hub-read-ahead-{i}", daemon=True)
+                        for i in range(HUB_CONNECTIONS)]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self.cond:
+                    while not self.stopped and self.next_fetch < len(self.segments):
+                        seg = self.segments[self.next_fetch]
+                        size = seg.end - seg.start
+                        if self.in_flight == 0 or self.in_flight + size <= self.budget or self.wanted >= seg.index:
+                            break
+                        self.cond.wait()
+                    if self.stopped or self.next_fetch >= len(self.segments):
+                        return
+                    self.next_fetch += 1
+                    self.in_flight += size
+                buffer = bytearray(size)
+                seg.file.fetch_into(seg.start, memoryview(buffer), check=False)
+                with self.cond:
+                    seg.data = buffer
+                    # Hand segments to the readers in order, hashing each file's bytes in order.
+                    while self.next_ready < len(self.segments) and self.segments[self.next_ready].data is not None:
+                        ready = self.segments[self.next_ready]
+                        assert ready.data is not None
+                        ready.file.feed(ready.start, ready.data)
+                        ready.ready = True
+                        self.next_ready += 1
+                    self.cond.notify_all()
+        except BaseException as exc:  # handed to the readers, raised there
+            with self.cond:
+                self.error = exc
+                self.cond.notify_all()
+
+    def _find(self, file: HubFile, position: int) -> tuple[_Segment | None, int]:
+        """The live segment holding ``position``, or None and where the next one starts."""
+        entry = self.by_file.get(file)
+        if entry is None:
+            return None, file.size
+        starts, segs = entry
+        at = bisect.bisect(starts, position) - 1
+        if at >= 0 and segs[at].start <= position < segs[at].end and not segs[at].freed:
+            return segs[at], segs[at].end
+        following = starts[at + 1] if at + 1 < len(starts) else file.size
+        return None, following
+
+    def read_into(self, file: HubFile, offset: int, view: memoryview) -> None:
+        position, end = offset, offset + len(view)
+        while position < end:
+            with self.cond:
+                seg, following = self._find(file, position)
+                if seg is not None:
+                    self.wanted = max(self.wanted, seg.index)
+                    self.cond.notify_all()
+                    while not seg.ready and self.error is None and not seg.freed and not self.stopped:
+                        self.cond.wait()
+                    if self.error is not None:
+                        raise self.error
+                    if seg.ready and seg.data is not None:
+                        n = min(end, seg.end) - position
+                        view[position - offset:position - offset + n] = seg.data[position - seg.start:][:n]
+                        seg.kept -= n
+                        if seg.kept <= 0:
+                            self._free(seg)
+                        position += n
+                        continue
+                    seg, following = self._find(file, position)
+            # Not scheduled (or already consumed): fetch it now, up to the next scheduled segment.
+            stop = min(end, max(following, position + 1))
+            file.fetch_into(position, view[position - offset:stop - offset])
+            position = stop
+
+    def _free(self, seg: _Segment) -> None:
+        if seg.data is not None:
+            self.in_flight -= seg.end - seg.start
+        seg.data, seg.freed = None, True
+        self.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+        for thread in self.threads:
+            thread.join()
+        for seg in self.segments:
+            seg.data = None
+
+
+def plan_segments(ranges: Iterable[tuple[HubFile, int, int]]) -> list[_Segment]:
+    """The requests for ``ranges`` (file, start, end), in their order: neighbours in one file merged."""
+    segments: list[_Segment] = []
+    seen: set[tuple[HubFile, int]] = set()
+    for file, start, end in ranges:
+        if end <= start or (file, start) in seen:
+            continue
+        seen.add((file, start))
+        last = segments[-1] if segments else None
+        gap = start - last.end if last is not None else -1
+        # A gap is fetched rather than skipped only when it is small beside what the request keeps
+        # (at most 1/16 of it), so the bytes fetched stay within ~6% of the kept ones.
+        if (last is not None and last.file is file and 0 <= gap <= min(HUB_MERGE_GAP, (last.kept + end - start) // 16)
+                and end - last.start <= HUB_SEGMENT_BYTES):
+            last.end, last.kept = end, last.kept + end - start
+        else:
+            segments.append(_Segment(file, start, end, end - start, len(segments)))
+    return segments
+
+
+@contextmanager
+def read_ahead(ranges: Iterable[tuple[HubFile, int, int]], budget: int = HUB_READ_AHEAD_BYTES) -> Iterator[None]:
+    """Fetch ``ranges`` (file, absolute start, end) in the background while the body runs.
+
+    Reads of those files inside the body are served from the fetched segments (each dropped once
+    read), at most ``budget`` bytes ahead of them; the thread stops when the body ends.
+    """
+    segments = plan_segments(ranges)
+    reader = _ReadAhead(segments, budget)
+    files = list(reader.by_file)
+    if not segments:
+        yield
+        return
+    for f in files:
+        f.reader = reader
+    reader.start()
+    try:
+        yield
+    finally:
+        for f in files:
+            f.reader = None
+        reader.close()

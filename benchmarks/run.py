@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import hub as hub_bench
+import int8
 import numpy as np
 import other_paths
 import pyarrow.parquet as pq
@@ -101,7 +102,7 @@ QUICK_SCALE_BYTES = 40_000_000
 QUICK_SCALE_SHARD_BYTES = 15_000_000
 DISK_MARGIN_BYTES = 4_000_000_000
 OUTPUT_ESTIMATE = 0.9  # fp16 output ÷ bf16 source, for the disk check (measured ~0.85)
-SECTIONS = "peers,floors,scale,profile,sizes,other,startup,hub"
+SECTIONS = "peers,floors,scale,profile,sizes,int8,other,startup,hub"
 
 
 class ToolFailed(RuntimeError):
@@ -1213,6 +1214,9 @@ def main() -> None:
     if "sizes" in sections:
         size_report = step("sizes", lambda: sizes.measure(
             args.workdir, args.quick, lambda argv: timed([sys.executable, "-m", "streamconv", *argv])))
+    int8_report = step("int8", lambda: int8.measure(args.workdir, args.quick, runs)) if "int8" in sections else None
+    if int8_report is not None:
+        size_report = ((size_report or ([], []))[0] + int8_report[0], (size_report or ([], []))[1] + int8_report[1])
     other = None
     if "other" in sections:
         other = step("other", lambda: other_paths.measure(args.workdir, runs, timed, args.quick))

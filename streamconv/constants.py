@@ -16,8 +16,9 @@ from typing import Any, Generic, TypeVar, cast
 
 from streamconv.errors import InvalidOptionError
 
-#: Values accepted by ``dtype``: a float target, or ``keep`` for the source dtype.
-DTYPE_CHOICES = ("float16", "bfloat16", "float32", "keep")
+#: Values accepted by ``dtype``: a float target, ``int8`` (weight matrices as int8 codes with
+#: float16 block scales, other floating tensors float16: streamconv.stages.quantize), or ``keep``.
+DTYPE_CHOICES = ("float16", "bfloat16", "float32", "int8", "keep")
 DEFAULT_DTYPE = "float16"
 #: Values accepted by ``export``'s ``dtype``.
 EXPORT_DTYPES = ("keep", "float16", "float32")

@@ -34,7 +34,7 @@ __all__ = [
     "AssetError",
     "MissingDependencyError",
     "InvalidOptionError",
-    "CastOverflowError",
+    "CastOverflowError", "QuantizationBudgetError",
 ]
 
 
@@ -128,8 +128,7 @@ class CorruptCheckpointError(StreamconvError, ValueError):
     exit_code = 3
 
     def __init__(self, path: Path, problem: str, fix: str = "") -> None:
-        self.path = path
-        self.problem = problem
+        self.path, self.problem = path, problem
         fix = fix or "the file is damaged or not safetensors: re-download or re-save it"
         super().__init__(f"{path}: {problem}; {fix}")
 
@@ -140,8 +139,7 @@ class UnsafeCheckpointError(StreamconvError, ValueError):
     exit_code = 3
 
     def __init__(self, path: Path, problem: str) -> None:
-        self.path = path
-        self.problem = problem
+        self.path, self.problem = path, problem
         super().__init__(
             f"{path}: refused: the pickle would run code or build objects that are not tensors ({problem}); "
             "it was not executed: convert only checkpoints you trust, saved as safetensors if possible"
@@ -155,8 +153,7 @@ class UnsafeInputError(StreamconvError, ValueError):
     exit_code = 3
 
     def __init__(self, path: Path, problem: str, fix: str) -> None:
-        self.path = path
-        self.problem = problem
+        self.path, self.problem = path, problem
         super().__init__(f"{path}: {problem}; {fix}")
 
 
@@ -166,11 +163,8 @@ class ShardIndexError(StreamconvError, ValueError):
     exit_code = 3
 
     def __init__(self, path: Path, problem: str) -> None:
-        self.path = path
-        self.problem = problem
-        super().__init__(
-            f"{path}: {problem}; re-download the checkpoint so the index and its shards match"
-        )
+        self.path, self.problem = path, problem
+        super().__init__(f"{path}: {problem}; re-download the checkpoint so the index and its shards match")
 
 
 class UnsupportedDtypeError(StreamconvError, TypeError):
@@ -319,8 +313,7 @@ class TensorNotFoundError(StreamconvError, KeyError):
     exit_code = 2
 
     def __init__(self, path: Path, name: str) -> None:
-        self.path = path
-        self.name = name
+        self.path, self.name = path, name
         super().__init__(f"{path}: no tensor named {name!r}; list them with `streamconv inspect`")
 
     def __str__(self) -> str:  # KeyError would otherwise quote the whole message
@@ -339,8 +332,7 @@ class AssetError(StreamconvError, ValueError):
     exit_code = 3
 
     def __init__(self, path: Path, problem: str, fix: str) -> None:
-        self.path = path
-        self.problem = problem
+        self.path, self.problem = path, problem
         super().__init__(f"{path}: {problem}; {fix}")
 
 
@@ -392,3 +384,15 @@ class CastOverflowError(StreamconvError, ArithmeticError):
             f"tensor {tensor!r} has values up to {peak:.6g}, beyond {dtype}'s range, found after "
             "casting had begun; cast with prescan=True so such tensors are scanned first"
         )
+
+
+class QuantizationBudgetError(StreamconvError, ArithmeticError):
+    """A chunk of a tensor quantized to int8 has an error beyond the budget (streamconv.stages.quantize);
+    :func:`streamconv.convert` then writes again with that tensor kept in float16, and lists it."""
+
+    exit_code = 3
+
+    def __init__(self, tensor: str, error: float, budget: float) -> None:
+        self.tensor, self.error = tensor, error
+        super().__init__(f"tensor {tensor!r} has an int8 quantization error of {error:.3g}, beyond the budget of "
+                         f"{budget}; keep it in float16 (convert does so by itself)")

@@ -60,7 +60,7 @@ def _failed(report: ValidationReport) -> dict[str, str]:
         ("clip_vision", None, ["outputs:image"]),
         ("whisper", None, ["outputs:encoder"]),
         ("whisper", ["encoder", "decoder"], ["outputs:encoder", "outputs:decoder"]),
-        ("sentence_transformer", None, ["outputs:embedding"]),
+        ("sentence_transformer", None, ["outputs:embedding", "outputs:neighbours"]),
         ("roberta", None, ["outputs:text"]),
         ("distilbert", None, ["outputs:text"]),
         ("llama_bf16", None, ["outputs:text"]),

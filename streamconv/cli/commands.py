@@ -88,8 +88,10 @@ def build_convert(conv: argparse.ArgumentParser) -> None:
     add("--parts", type=lambda s: [p for p in s.split(",") if p], metavar="A,B",
         help="plan parts to convert, e.g. vision,text (default: the plan's; see `streamconv types`)")
     add("--dtype", type=_dtype, choices=DTYPE_CHOICES, metavar="DTYPE",
-        help=f"float target: {', '.join(DTYPE_CHOICES)} (or {_ALIASES}); int and bool tensors are never cast "
-        f"(default {_default('dtype')})")
+        help=f"float target: {', '.join(DTYPE_CHOICES)} (or {_ALIASES}); int and bool tensors are never cast; "
+        f"int8: weight matrices as int8 codes with float16 block scales, the rest float16 (default {_default('dtype')})")
+    add("--keep-float", dest="keep_float", action="append", metavar="GLOB",
+        help="with --dtype int8: keep the weight matrices whose source name matches in float16 (repeatable)")
     add("--compression", choices=COMPRESSION_CHOICES, help=f"codec of the data column (default {_default('compression')})")
     add("--level", type=int, help="zstd level -7 to 22 on every byte plane (default: the coder tuned per plane)")
     add("--include", action="append", metavar="GLOB", help="keep only tensors whose source name matches (repeatable)")

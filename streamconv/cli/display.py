@@ -85,8 +85,21 @@ def conversion_summary(result: Any, requested: str) -> str:
             + (f" (built from {', '.join(a['built_from'])})" if "built_from" in a else "")
             for a in result.assets
         )
+    lines.extend(_quantization(result.quantization))
     lines.extend(_warnings(result.warnings))
     return "\n".join(lines)
+
+
+def _quantization(section: Any) -> list[str]:
+    """An int8 output's quantization, in a line, and each weight matrix kept in float16."""
+    if not isinstance(section, dict):
+        return []
+    kept = [k for k in section.get("kept_float16") or [] if isinstance(k, dict)]
+    lines = [f"  int8: {section.get('quantized')} weight matrices as int8 codes, a float16 scale per "
+             f"{section.get('block')} elements of a row; {len(kept)} kept in float16"]
+    lines.extend(f"    kept in float16: {printable(str(k.get('name')))} ({printable(str(k.get('reason')))})"
+                 for k in kept)
+    return lines
 
 
 def hub_line(hub: dict[str, Any], kept: int) -> str:
@@ -188,6 +201,7 @@ def inspect_text(weights: Any, metadata: dict[str, Any] | None, tensors: Sequenc
         f"{size(metadata.get('source_bytes', 0))} -> {size(metadata.get('output_bytes', 0))} "
         f"({metadata.get('ratio', 0):.2f}x)" + (f" in {len(files)} files" if len(files) > 1 else "")
     )
+    lines.extend(_quantization(metadata.get("quantization")))
     lines.extend(_warnings(metadata.get("warnings", [])))
     for asset in metadata.get("assets", []):
         lines.append(f"  asset {printable(str(asset.get('path')))} ({size(asset.get('bytes', 0))}, "
@@ -202,7 +216,8 @@ def _tensor_table(tensors: Sequence[Any], source_names: bool) -> list[str]:
     lines = [f"\n  {label:<{width}}  {'shape':>16}  {'dtype':<8}  {'chunks':>6}  {'stored':>10}"]
     for name, t in rows:
         shape = "x".join(map(str, t.shape)) or "scalar"
-        lines.append(f"  {name:<{width}}  {shape:>16}  {t.dtype:<8}  {t.chunk_count:>6}  {size(t.stored_bytes):>10}")
+        dtype = f"int8/{t.block}" if t.block else t.dtype  # int8 codes, a scale per block of t.block
+        lines.append(f"  {name:<{width}}  {shape:>16}  {dtype:<8}  {t.chunk_count:>6}  {size(t.stored_bytes):>10}")
     lines.append(f"\n  data column: {size(sum(t.stored_bytes for t in tensors))}")
     return lines
 

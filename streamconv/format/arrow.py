@@ -93,13 +93,14 @@ def first_rows(table: pa.Table, rows: np.ndarray, name_ids: np.ndarray, names: l
     return [dict(zip(keys, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
-def payloads(table: pa.Table) -> list[pa.Buffer]:
-    """Every row's ``data`` value, as a slice of the column's own Arrow buffer (nothing copied).
+def payloads(table: pa.Table, column: str = "data") -> list[pa.Buffer]:
+    """Every row's ``data`` (or ``scales``) value, as a slice of the column's own Arrow buffer
+    (nothing copied).
 
     ``combine_chunks`` would copy the column, and ``array[row].as_buffer()`` copies each value.
     """
     sliced: list[pa.Buffer] = []
-    for chunk in (c for c in table.column("data").chunks if len(c)):
+    for chunk in (c for c in table.column(column).chunks if len(c)):
         _, offsets, values = chunk.buffers()
         width = "<i8" if pa.types.is_large_binary(chunk.type) else "<i4"
         ends = np.frombuffer(offsets, width)[chunk.offset:chunk.offset + len(chunk) + 1].tolist()

@@ -52,7 +52,7 @@ __all__ = ["FORMAT_VERSIONS", "SPLIT_SHARE", "STORE_ABOVE_BITS", "TUNED_PARAMETE
            "encode"]
 
 #: Payload layouts :func:`decode` understands.
-FORMAT_VERSIONS = (1, 2, 3)
+FORMAT_VERSIONS = (1, 2, 3, 4)
 #: zstd with almost no match finding: on float byte planes LZ matches only get in the way, and
 #: without them zstd is a fast Huffman coder (measured: benchmarks/codec_choice.py).
 TUNED_PARAMETERS = zstandard.ZstdCompressionParameters(

@@ -53,6 +53,11 @@ METADATA_TYPES: dict[str, Any] = {
     "include": (["str"], "null"),
     "exclude": (["str"], "null"),
     "validation": "object",
+    "quantization": {  # --dtype int8 (format 4)
+        "codes": "str", "scales": "str", "block": "count", "rounding": "str", "scale": "str",
+        "error_budget": "number", "min_elements": "count", "quantized": "count",
+        "kept_float16": [{"name": "str", "reason": "str"}],
+    },
     # format 1
     "model_type_detected": "bool",
     "config_model_type": ("str", "null"),

@@ -33,11 +33,13 @@ from streamconv.errors import (
 )
 from streamconv.format.arrow import payloads
 from streamconv.format.contents import check_metadata
+from streamconv.format.entries import SCALES, Entry, Expected, numel
 from streamconv.format.index import Listed, read_index
+from streamconv.format.quantized import DEQUANTIZE_CHOICES
 from streamconv.format.records import NameKind, TensorInfo, TensorRecord
 from streamconv.format.recycler import Recycler
 from streamconv.format.schema import INDEX_FILENAME, METADATA_FILENAME, WEIGHTS_FILENAME
-from streamconv.format.toc import Entry, Expected, OutputChanged, WeightsPart, numel
+from streamconv.format.toc import OutputChanged, WeightsPart
 from streamconv.messages import quote
 
 __all__ = [
@@ -119,6 +121,8 @@ class WeightsFile:
     the next (a tensor larger than a file), and is listed in the index under the file holding its
     first chunk. ``path`` is an output folder, its weights file, its split index, or a weights file
     of its own (a :class:`~streamconv.format.writer.WeightsWriter` file, no ``metadata.json``).
+    ``dequantize`` says what int8 codes decode to: ``float16`` (default) or ``float32`` values, or
+    ``None`` for the codes themselves.
 
     Raises:
         NotConvertedError: no weights there; :class:`PartOfSplitError`: one file of a split output.
@@ -126,7 +130,10 @@ class WeightsFile:
         UnsafeInputError: a file is not a regular one, or leads outside its folder.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], dequantize: str | None = "float16") -> None:
+        if dequantize not in DEQUANTIZE_CHOICES:
+            raise ValueError(f"dequantize={dequantize!r}: choose 'float16', 'float32' or None (the int8 codes)")
+        self.dequantize = dequantize
         given = Path(path)
         self.path = weights_path(given)
         folder = self.path.parent
@@ -186,8 +193,9 @@ class WeightsFile:
         return {e.row["name"] for e in wanted}, sorted({g for e in wanted for g in e.groups})
 
     def _table(self, part: WeightsPart, group: int) -> pa.Table:
-        # Only the data column: the rest of each row is in the table of contents, read once.
-        table = part.read_columns(group, ["data"])
+        # Only the data column (and an int8 file's scales): the rest of each row is in the table of
+        # contents, read once.
+        table = part.read_columns(group, ["data", "scales"] if part.quantized else ["data"])
         if table.num_rows != part.group_rows(group):
             raise FormatError(part.path, f"row group {group} is damaged (its data column has {table.num_rows} rows, "
                                          f"its other columns {part.group_rows(group)})")
@@ -206,7 +214,8 @@ class WeightsFile:
         pending: dict[str, np.ndarray] = {}
         in_flight: deque[tuple[list[Future[None]], list[str]]] = deque()
         queued = 0
-        arrays = Recycler([numel(e.shape) * e.dtype.numpy.itemsize for e in self.entries.values() if e.row["name"] in wanted])
+        arrays = Recycler([numel(e.shape) * e.array_dtype(self.dequantize).itemsize for e in self.entries.values()
+                           if e.row["name"] in wanted])
         with WorkerPool(workers, thread_name_prefix="streamconv-decode") as pool:
             for part, group, table in self._prefetched(groups):
                 segments = self._segments(part, group, wanted, pending, bool(in_flight))
@@ -216,7 +225,8 @@ class WeightsFile:
                             yield from self._finished(*in_flight.popleft(), pending)
                         queued = 0
                     if segment:
-                        in_flight.append(part.decode_group(group, table, segment, pending, pool, arrays))
+                        in_flight.append(part.decode_group(group, table, segment, pending, pool, arrays,
+                                                           self.dequantize))
                         queued += len(in_flight[-1][0])
                 while queued > CHUNKS_IN_FLIGHT * workers:
                     jobs, finished = in_flight.popleft()
@@ -232,12 +242,12 @@ class WeightsFile:
         everything before it). Only the last tensor of a group continues into the next one, so after
         a split nothing is left pending."""
         chunks = [(name, index) for name, index, *_ in part.group_chunks(group) if name in wanted]
-        ahead = sum(a.nbytes for a in pending.values())
+        ahead = sum(a.nbytes for a in pending.values())  # scales included
         segments: list[set[str]] = [set()]
         for name, index in chunks:
             if index == 0:
                 entry = self.entries[name]
-                size = numel(entry.shape) * entry.dtype.numpy.itemsize
+                size = numel(entry.shape) * entry.array_dtype(self.dequantize).itemsize
                 if ahead + size > READ_AHEAD_BYTES and (busy or ahead or segments[-1]):
                     segments.append(set())
                     ahead = 0
@@ -251,7 +261,8 @@ class WeightsFile:
             job.result()
         for name in finished:
             entry = self.entries[name]
-            yield TensorRecord(**vars(entry.info), array=pending.pop(name).reshape(entry.shape))
+            scales = pending.pop(SCALES + name).reshape(entry.shape[0], -1) if entry.block else None
+            yield TensorRecord(**vars(entry.info), array=pending.pop(name).reshape(entry.shape), scales=scales)
 
     def _prefetched(self, groups: list[tuple[int, int]]) -> Iterator[tuple[WeightsPart, int, pa.Table]]:
         """The row groups' tables, the next read (without the GIL) while the current one decodes."""
@@ -274,16 +285,22 @@ class WeightsFile:
         with WorkerPool(workers, thread_name_prefix="streamconv-decode") as pool:
             for part, group, table in self._prefetched(groups):
                 jobs = []
-                for payload, (name, index, offset, count, expected_sum) in zip(payloads(table), part.group_chunks(group),
-                                                                               strict=True):
+                scales = payloads(table, "scales") if part.quantized else [None] * table.num_rows
+                for payload, scale_payload, chunk in zip(payloads(table), scales, part.group_chunks(group), strict=True):
+                    name, count = chunk.name, chunk.element_count
                     if name in wanted:
+                        entry = self.entries[name]
+                        dtype = entry.array_dtype(self.dequantize)
                         try:
-                            out = np.empty(count, dtype=self.entries[name].dtype.numpy)
+                            out = np.empty(count, dtype=dtype)
+                            scale_out = np.empty(entry.scale_count(count), np.float16)
                         except MemoryError:
                             raise OutOfMemoryError(part.path, f"decoding tensor {quote(name)}",
-                                                   count * self.entries[name].dtype.numpy.itemsize) from None
-                        job = pool.submit(part.decode_chunk, name, index, payload, expected_sum, out)
-                        jobs.append((self.entries[name].info, offset, out, job))
+                                                   count * dtype.itemsize) from None
+                        job = pool.submit(part.decode_quantized, entry, chunk, payload, scale_payload, out, scale_out) \
+                            if entry.block else pool.submit(part.decode_chunk, name, chunk.chunk_index, payload,
+                                                            chunk.checksum, out)
+                        jobs.append((entry.info, chunk.element_offset, out, job))
                 for info, offset, out, job in jobs:
                     job.result()
                     yield info, offset, out
@@ -307,7 +324,8 @@ def _check_names(names: str) -> None:
 
 
 def iter_tensors(
-    path: str | os.PathLike[str], *, names: NameKind = "stored", workers: int = DEFAULT_WORKERS
+    path: str | os.PathLike[str], *, names: NameKind = "stored", workers: int = DEFAULT_WORKERS,
+    dequantize: str | None = "float16",
 ) -> Iterator[TensorRecord]:
     """Yield a :class:`TensorRecord` for every tensor, one at a time, in file order.
 
@@ -320,6 +338,9 @@ def iter_tensors(
         path: A folder written by ``streamconv convert``, its ``weights.parquet``, or the split index.
         names: ``stored`` or ``source`` (the source checkpoint's names, a Hugging Face state dict's).
         workers: Threads that decompress chunks.
+        dequantize: What an int8 tensor (``--dtype int8``) reads as: ``float16`` (default) or
+            ``float32`` values, or ``None`` for its int8 codes; its record's ``scales`` has the
+            scales in every case.
 
     Raises:
         FormatError: the file is not a streamconv weights file or is damaged.
@@ -328,38 +349,44 @@ def iter_tensors(
         >>> for name, array in streamconv.iter_tensors("whisper-parquet", names="source"): ...
     """
     _check_names(names)
-    for record in WeightsFile(path).records(workers=workers):
+    for record in WeightsFile(path, dequantize).records(workers=workers):
         yield dataclasses.replace(record, names=names) if names != "stored" else record
 
 
-def load(path: str | os.PathLike[str], *, names: NameKind = "stored") -> dict[str, np.ndarray]:
+def load(path: str | os.PathLike[str], *, names: NameKind = "stored", dequantize: str | None = "float16"
+         ) -> dict[str, np.ndarray]:
     """Load every tensor into a dict of numpy arrays (needs memory for the whole model).
 
     Args:
         path: A converted output folder, its weights file, or its split index.
         names: ``stored`` keys the dict by stored names, ``source`` by the source checkpoint's
             names (a Hugging Face state dict).
+        dequantize: int8 tensors as ``float16`` (default) or ``float32`` values, or ``None`` for
+            their codes (:func:`iter_tensors` gives their scales too).
 
     Example:
         >>> streamconv.load("minilm-parquet")["embeddings.word_embeddings.weight"].shape  # (30522, 384)
     """
     _check_names(names)
-    records = WeightsFile(path).records()
+    records = WeightsFile(path, dequantize).records()
     return {record.source_name if names == "source" else record.name: record.array for record in records}
 
 
-def load_tensor(path: str | os.PathLike[str], name: str, *, names: NameKind = "stored") -> np.ndarray:
+def load_tensor(path: str | os.PathLike[str], name: str, *, names: NameKind = "stored",
+                dequantize: str | None = "float16") -> np.ndarray:
     """Read one tensor, touching only the row groups that hold it.
 
     Args:
         path: A converted output folder, its weights file, or its split index.
         name: The stored tensor name (or its source name, with ``names="source"``).
+        dequantize: An int8 tensor as ``float16`` (default) or ``float32`` values, or ``None``
+            for its codes.
 
     Raises:
         TensorNotFoundError: no tensor has that name.
     """
     _check_names(names)
-    weights = WeightsFile(path)
+    weights = WeightsFile(path, dequantize)
     if names == "source":
         name = next((n for n, e in weights.entries.items() if e.row["source_name"] == name), "\0" + name)
     if name not in weights.entries:

@@ -24,8 +24,10 @@ class TensorInfo:
         source_dtype: The source checkpoint's dtype.
         shape: The tensor's shape.
         chunk_count: Rows (chunks) holding it.
-        stored_bytes: Bytes of its ``data`` values (compressed size).
+        stored_bytes: Bytes of its ``data`` values (compressed size; with the scales of int8 codes).
         file: The weights file holding it.
+        block: For int8 codes with float16 scales (``--dtype int8``, format 4), the block length
+            along a row; 0 for a tensor stored as it reads.
     """
 
     name: str
@@ -36,6 +38,12 @@ class TensorInfo:
     chunk_count: int
     stored_bytes: int
     file: Path = field(repr=False)
+    block: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the tensor is stored as int8 codes with block scales."""
+        return self.block > 0
 
     @property
     def numel(self) -> int:
@@ -47,7 +55,7 @@ class TensorInfo:
         return {
             "name": self.name, "source_name": self.source_name, "shape": list(self.shape),
             "dtype": self.dtype, "source_dtype": self.source_dtype, "chunks": self.chunk_count,
-            "stored_bytes": self.stored_bytes,
+            "stored_bytes": self.stored_bytes, **({"block": self.block} if self.block else {}),
         }
 
 
@@ -55,11 +63,15 @@ class TensorInfo:
 class TensorRecord(TensorInfo):
     """A stored tensor with its data: :class:`TensorInfo` plus ``array``, in the stored dtype and shape.
 
-    It unpacks as ``key, array``, the key being the stored or the source name as asked for.
+    It unpacks as ``key, array``, the key being the stored or the source name as asked for. For a
+    quantized tensor (``block > 0``) ``array`` holds its values, float16 unless the reader was asked
+    for float32, or its raw int8 codes (``dequantize=None``); ``scales`` holds its float16 scales,
+    shape ``(rows, ceil(cols / block))``, in every case (``None`` for other tensors).
     """
 
     array: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
     names: NameKind = "stored"
+    scales: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def key(self) -> str:

@@ -8,13 +8,17 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
-__all__ = ["EXPORT_FORMAT", "EXPORT_MARKER_FILENAME", "FORMAT_VERSION", "INDEX_FILENAME", "METADATA_FILENAME",
-           "META_COLUMNS", "MIN_ROW_BYTES", "MIN_ROW_BYTES_V1", "SCHEMA", "WEIGHTS_FILENAME",
-           "checksum", "chunks_digest", "split_name"]
+__all__ = ["EXPORT_FORMAT", "EXPORT_MARKER_FILENAME", "FORMAT_VERSION", "INDEX_FILENAME", "INT8_VERSION",
+           "METADATA_FILENAME", "META_COLUMNS", "MIN_ROW_BYTES", "MIN_ROW_BYTES_V1", "QUANT_COLUMNS", "QUANT_SCHEMA",
+           "SCHEMA", "WEIGHTS_FILENAME", "checksum", "chunks_digest", "schema_for", "split_name", "version_for"]
 
-#: Version of the output layout written by this package (see docs/format.md). Readers accept
-#: every version up to this one.
-FORMAT_VERSION = 3
+#: Newest version of the output layout (see docs/format.md). Readers accept every version up to
+#: this one.
+FORMAT_VERSION = 4
+#: The version of outputs holding int8 tensors (``--dtype int8``). Every other output is written as
+#: version 3, which it is exactly, so older readers still read it.
+INT8_VERSION = 4
+PLAIN_VERSION = 3
 WEIGHTS_FILENAME = "weights.parquet"
 METADATA_FILENAME = "metadata.json"
 #: A split output's index, beside its ``weights-0000k-of-0000N.parquet`` files.
@@ -41,6 +45,18 @@ SCHEMA = pa.schema(
         pa.field("data_xxh3", pa.uint64(), nullable=False),
     ]
 )
+#: Version 4, int8 outputs only: a chunk's quantization block (0: not quantized; else the block
+#: length along the last axis), its float16 scales coded as ``data`` is, and their checksum.
+QUANT_COLUMNS = ["block", "scales", "scales_bytes", "scales_xxh3"]
+QUANT_SCHEMA = pa.schema(
+    [
+        *SCHEMA,
+        pa.field("block", pa.int32(), nullable=False),
+        pa.field("scales", pa.large_binary(), nullable=False),
+        pa.field("scales_bytes", pa.int64(), nullable=False),
+        pa.field("scales_xxh3", pa.uint64(), nullable=False),
+    ]
+)
 #: Every column but the data and its checksum: what describes a chunk.
 META_COLUMNS = ["name", "source_name", "dtype", "source_dtype", "shape", "chunk_index", "chunk_count",
                 "element_offset", "element_count"]
@@ -64,7 +80,20 @@ def checksum(payload: bytes | memoryview | np.ndarray) -> int:
     return xxhash.xxh3_64_intdigest(payload.data if isinstance(payload, np.ndarray) else payload)
 
 
-def chunks_digest(sums: np.ndarray) -> int:
+def version_for(quantized: bool) -> int:
+    """The format version an output is written in: :data:`INT8_VERSION` if it holds int8 tensors."""
+    return INT8_VERSION if quantized else PLAIN_VERSION
+
+
+def schema_for(quantized: bool) -> pa.Schema:
+    """The Parquet schema of an output with or without int8 tensors."""
+    return QUANT_SCHEMA if quantized else SCHEMA
+
+
+def chunks_digest(sums: np.ndarray, scale_sums: np.ndarray | None = None) -> int:
     """A file's identity from its rows' ``data_xxh3`` values, in order: XXH3-64 of them as little-endian
-    uint64s (a split index records it per file as ``chunks_xxh3``)."""
+    uint64s (a split index records it per file as ``chunks_xxh3``). A file with int8 columns (version 4)
+    gives each row's ``data_xxh3`` then its ``scales_xxh3``: codes alone do not tell two outputs apart."""
+    if scale_sums is not None:
+        sums = np.column_stack([sums, scale_sums]).ravel()
     return xxhash.xxh3_64_intdigest(np.ascontiguousarray(sums, "<u8").tobytes())

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from streamconv._files import file_record, write_json
-from streamconv.format.schema import FORMAT_VERSION, INDEX_FILENAME, split_name
+from streamconv.format.schema import INDEX_FILENAME, split_name, version_for
 from streamconv.format.writer import P, Piece, WeightsWriter, WriteSummary
 
 __all__ = ["SplitWeightsWriter", "write_index"]
@@ -93,6 +93,8 @@ class SplitWeightsWriter:
         """An upper bound of the chunk's bytes in the file: zstd's worst case on its stored bytes."""
         stored = piece.store_as.itemsize if piece.store_as is not None else piece.ref.dtype.itemsize
         raw = piece.element_count * stored
+        if piece.store_as is not None and piece.store_as.name == "int8" and piece.ref.dtype.kind == "f":
+            raw += raw // 16  # its float16 scales: 2 bytes per 64 codes, and one block more per row of at least 64
         return raw + (raw >> 7) + ROW_OVERHEAD
 
     def _add(self, part: WriteSummary) -> None:
@@ -112,14 +114,14 @@ class SplitWeightsWriter:
             os.replace(path, final)
             temporary[i - 1] = final
             entry.update(file_record(final, self.folder))
-        write_index(self.folder, self.files)
+        write_index(self.folder, self.files, version_for(bool(self.writer_options.get("quantized"))))
 
 
-def write_index(folder: Path, files: list[dict[str, Any]]) -> Path:
+def write_index(folder: Path, files: list[dict[str, Any]], version: int) -> Path:
     """Write ``weights.parquet.index.json`` for ``files`` (``path, bytes, sha256, chunks_xxh3, tensors`` each)."""
     index = {
         "format": "streamconv-split",
-        "format_version": FORMAT_VERSION,
+        "format_version": version,
         "total_bytes": sum(f["bytes"] for f in files),
         "files": [{"path": f["path"], "bytes": f["bytes"], "sha256": f["sha256"], "chunks_xxh3": f["chunks_xxh3"],
                    "tensors": f["tensors"]} for f in files],

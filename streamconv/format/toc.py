@@ -2,7 +2,8 @@
 
 Every tensor's chunks must tile its shape (indices, offsets and counts add up) before anything is
 allocated, so a damaged shape is an error, never a huge allocation. :class:`WeightsPart` also
-decodes a row group's chunks, checking each against its stored checksum first.
+decodes a row group's chunks, checking each against its stored checksum first; an int8 chunk
+(format 4) has its block checked with its rows, and its scales checked against its codes.
 """
 
 from __future__ import annotations
@@ -10,72 +11,37 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamconv import _files
+from streamconv.buffers import thread_buffer
 from streamconv.constants import MAX_CHUNK_BYTES
-from streamconv.dtypes import DType, by_name
+from streamconv.dtypes import by_name
 from streamconv.errors import FormatError, OutOfMemoryError
 from streamconv.format import codec
 from streamconv.format.arrow import STRINGS, distinct, first_rows, numbers, payloads, read_failure
+from streamconv.format.entries import SCALES, Chunk, Entry, Expected, numel
 from streamconv.format.index import Listed
-from streamconv.format.records import TensorInfo
+from streamconv.format.quantized import check_scales, dequantize_into, rows_problem
 from streamconv.format.recycler import Recycler
 from streamconv.format.schema import (
     FORMAT_VERSION,
     META_COLUMNS,
     MIN_ROW_BYTES,
     MIN_ROW_BYTES_V1,
-    SCHEMA,
+    QUANT_COLUMNS,
+    QUANT_SCHEMA,
     checksum,
     chunks_digest,
 )
 from streamconv.messages import quote
 
-__all__ = ["Chunk", "Entry", "Expected", "META_COLUMNS", "OutputChanged", "WeightsPart", "numel"]
-
-#: (tensor name, next chunk index, next element offset) while reading rows; None between tensors.
-Expected = tuple[str, int, int] | None
-class Chunk(NamedTuple):
-    """One row of a row group, from the table of contents: all a reader needs besides ``data``."""
-
-    name: str
-    chunk_index: int
-    element_offset: int
-    element_count: int
-    checksum: int | None
-
-
-@dataclass
-class Entry:
-    """A tensor of the table of contents, filled row by row, and the row groups holding it."""
-
-    row: dict[str, Any]
-    dtype: DType
-    shape: tuple[int, ...]
-    file: Path
-    stored_bytes: int = 0
-    groups: list[tuple[int, int]] = field(default_factory=list)  # (file index, row group)
-
-    @property
-    def source_itemsize(self) -> int:
-        """Bytes of one element in the source, by which the chunk size is counted (the stored dtype's
-        if the source dtype is not one streamconv knows)."""
-        source = by_name(self.row["source_dtype"])
-        return (source or self.dtype).itemsize
-
-    @property
-    def info(self) -> TensorInfo:
-        row = self.row
-        return TensorInfo(row["name"], row["source_name"], self.dtype.name, row["source_dtype"], self.shape,
-                          row["chunk_count"], self.stored_bytes, self.file)
-
+__all__ = ["OutputChanged", "WeightsPart"]
 
 class OutputChanged(Exception):
     """A file is not the one the split index records (internal: :class:`~streamconv.format.reader.WeightsFile`
@@ -124,10 +90,12 @@ class WeightsPart:
         if self.compression not in ("zstd", "none"):
             raise FormatError(self.path, f"unknown compression {quote(self.compression)}")
         self.has_checksums = self.version >= 2
+        # Version 4: int8 chunks carry a block and scales (only int8 outputs have these columns).
+        self.quantized = self.version >= 4 and "block" in self.parquet.schema_arrow.names
         self._check_schema()
         self.expected = self._table_of_contents(expected)
         if listed is not None and listed.chunks_xxh3 is not None and self._sums is not None \
-                and chunks_digest(self._sums) != listed.chunks_xxh3:
+                and chunks_digest(self._sums, self._scale_sums) != listed.chunks_xxh3:
             raise OutputChanged(f"{path.name} holds other rows than the split index records")
 
     def __del__(self) -> None:  # the handle lives as long as the part: verify's threads open it again by name
@@ -136,15 +104,17 @@ class WeightsPart:
             handle.close()
 
     def _check_schema(self) -> None:
-        """Every column a reader uses is there, with the type of :data:`SCHEMA` (``data`` may be binary)."""
+        """Every column a reader uses is there, with the type of :data:`QUANT_SCHEMA` (``data`` and
+        ``scales`` may be binary)."""
         schema = self.parquet.schema_arrow
-        for name in [*META_COLUMNS, "data", *(["data_bytes", "data_xxh3"] if self.has_checksums else [])]:
+        for name in [*META_COLUMNS, "data", *(["data_bytes", "data_xxh3"] if self.has_checksums else []),
+                     *(QUANT_COLUMNS if self.quantized else [])]:
             i = schema.get_field_index(name)
             if i < 0:
                 raise FormatError(self.path, f"has no column {name!r} (or has it twice)")
-            got, want = schema.field(i).type, SCHEMA.field(name).type
+            got, want = schema.field(i).type, QUANT_SCHEMA.field(name).type
             got = got.value_type if pa.types.is_dictionary(got) else got  # the string columns, read as stored
-            if not (got == want or (name == "data" and got == pa.binary())
+            if not (got == want or (name in ("data", "scales") and got == pa.binary())
                     or (want == pa.string() and got == pa.large_string())):
                 raise FormatError(self.path, f"column {name!r} holds {got}, not {want}")
 
@@ -168,9 +138,14 @@ class WeightsPart:
         a, b = int(self._group_ends[group]), int(self._group_ends[group + 1])
         sums = self._sums[a:b].tolist() if self._sums is not None else [None] * (b - a)
         names = self._names
-        return [Chunk(names[i], c, o, n, x) for i, c, o, n, x in zip(
+        chunks = [Chunk(names[i], c, o, n, x) for i, c, o, n, x in zip(
             self._name_ids[a:b].tolist(), self._index[a:b].tolist(), self._offset[a:b].tolist(),
             self._count[a:b].tolist(), sums, strict=True)]
+        if self._scale_sums is None:
+            return chunks
+        return [c._replace(block=k, scales_checksum=x, scales_bytes=n) for c, k, x, n in zip(
+            chunks, self._blocks[a:b].tolist(), self._scale_sums[a:b].tolist(), self._scale_bytes[a:b].tolist(),
+            strict=True)]
 
     def _table_of_contents(self, expected: Expected) -> Expected:
         """Add this file's rows to the entries; returns what the next row (next file) must be.
@@ -185,10 +160,11 @@ class WeightsPart:
             raise FormatError(self.path, f"declares {metadata.num_rows:,} rows, more than its {self.size:,} bytes "
                                          f"can hold (a row takes at least {floor} bytes)")
         sizes = ["data_bytes", "data_xxh3"] if self.has_checksums else ["data"]
+        quant = ["block", "scales_bytes", "scales_xxh3"] if self.quantized else []
         try:
             # One thread: the rows are small, and Arrow's thread pool would stay resident (BERT-large:
             # load's peak RSS 739 -> 733 MiB).
-            table = self.parquet.read(columns=[*META_COLUMNS, *sizes], use_threads=False).combine_chunks()
+            table = self.parquet.read(columns=[*META_COLUMNS, *sizes, *quant], use_threads=False).combine_chunks()
         except (pa.ArrowException, OSError) as exc:
             raise read_failure(self.path, exc, "the metadata columns are damaged", "reading its table of contents") \
                 from None
@@ -210,6 +186,10 @@ class WeightsPart:
 
             stored = np.asarray(pc.binary_length(table.column("data")).to_pylist(), np.int64)
             self._sums = None
+        self._scale_sums: np.ndarray | None = numbers(table, "scales_xxh3") if quant else None
+        self._blocks = numbers(table, "block").astype(np.int64) if quant else np.zeros(len(stored), np.int64)
+        self._scale_bytes = numbers(table, "scales_bytes") if quant else np.zeros(len(stored), np.int64)
+        stored = stored + self._scale_bytes  # an int8 tensor's stored bytes count its scales
         self._name_ids, self._names = distinct(table, "name", self.path)
         self._index = numbers(table, "chunk_index").astype(np.int64)
         self._offset = numbers(table, "element_offset")
@@ -280,9 +260,12 @@ class WeightsPart:
                 if head["name"] in self.entries:
                     raise FormatError(self.path, f"tensor {quote(head['name'])} is stored twice")
                 entry = self._new_entry(head)
+                entry.block = int(self._blocks[a])
                 self.entries[head["name"]] = entry
                 self.started.append(head["name"])
                 done = (head["name"], b - a, elements[k])
+            if self.quantized or entry.block:
+                self._check_blocks(entry, a, min(b, first_bad))
             per_chunk = max(1, self.chunk_limit // entry.source_itemsize)
             if largest[k] > per_chunk:
                 row = a + int(np.argmax(count[a:b]))
@@ -301,6 +284,13 @@ class WeightsPart:
             what = "disagrees with chunk 0" if disagree[row] and not order[row] else "out of order or missing"
             raise FormatError(self.path, f"tensor {quote(name)}: chunk {index[row]} {what}")
         return expected
+
+    def _check_blocks(self, entry: Entry, a: int, b: int) -> None:
+        """Rows ``a:b`` of ``entry`` agree with its int8 block (:func:`~streamconv.format.quantized.rows_problem`)."""
+        problem = rows_problem(entry.dtype.name, entry.shape, entry.block, int(self._index[a]), self._blocks[a:b],
+                               self._offset[a:b], self._count[a:b], self._scale_bytes[a:b])
+        if problem:
+            raise FormatError(self.path, f"tensor {quote(entry.row['name'])}: {problem}")
 
     def _new_entry(self, row: dict[str, Any]) -> Entry:
         name, dtype = row["name"], by_name(row["dtype"])
@@ -324,43 +314,66 @@ class WeightsPart:
 
     def decode_group(
         self, group: int, table: pa.Table, wanted: set[str], pending: dict[str, np.ndarray], pool: ThreadPoolExecutor,
-        arrays: Recycler,
+        arrays: Recycler, dequantize: str | None = "float16",
     ) -> tuple[list[Future[None]], list[str]]:
         """Start decoding a row group's chunks into their tensors' arrays, without waiting.
 
-        Returns the jobs and the tensors complete once they are done.
+        Returns the jobs and the tensors complete once they are done. An int8 tensor decodes into
+        ``dequantize``'s dtype (its codes for ``None``), its scales into ``pending[SCALES + name]``.
         """
         jobs, finished = [], []
-        for payload, (name, index, offset, count, expected_sum) in zip(payloads(table), self.group_chunks(group),
-                                                                       strict=True):
+        scales = payloads(table, "scales") if self.quantized else [None] * table.num_rows
+        for payload, scale_payload, chunk in zip(payloads(table), scales, self.group_chunks(group), strict=True):
+            name, index, offset, count = chunk.name, chunk.chunk_index, chunk.element_offset, chunk.element_count
             if name not in wanted:
                 continue
             entry = self.entries[name]
             if index == 0:
+                dtype, elements = entry.array_dtype(dequantize), numel(entry.shape)
                 try:
-                    pending[name] = arrays.take(numel(entry.shape), entry.dtype.numpy)
+                    pending[name] = arrays.take(elements, dtype)
+                    if entry.block:
+                        pending[SCALES + name] = np.empty(entry.scale_count(elements), np.float16)
                 except MemoryError:
                     raise OutOfMemoryError(self.path, f"allocating tensor {quote(name)}",
-                                           numel(entry.shape) * entry.dtype.numpy.itemsize) from None
+                                           elements * dtype.itemsize) from None
             out = pending[name][offset:offset + count]
-            jobs.append(pool.submit(self.decode_chunk, name, index, payload, expected_sum, out))
+            if entry.block:
+                first = entry.scale_count(offset)
+                scales_out = pending[SCALES + name][first:first + entry.scale_count(count)]
+                jobs.append(pool.submit(self.decode_quantized, entry, chunk, payload, scale_payload, out, scales_out))
+            else:
+                jobs.append(pool.submit(self.decode_chunk, name, index, payload, chunk.checksum, out))
             if index == entry.row["chunk_count"] - 1:
                 finished.append(name)
         return jobs, finished
 
-    def decode_chunk(self, name: str, chunk: int, payload: pa.Buffer, expected_sum: int | None, out: np.ndarray) -> None:
-        if expected_sum is not None and checksum(memoryview(payload)) != expected_sum:
-            raise FormatError(self.path, f"tensor {quote(name)}: chunk {chunk} is damaged (checksum mismatch)")
+    def decode_quantized(self, entry: Entry, chunk: Chunk, payload: pa.Buffer, scales_payload: pa.Buffer | None,
+                         out: np.ndarray, scales_out: np.ndarray) -> None:
+        """Decode an int8 chunk's codes and scales, check them against each other, and write ``out``:
+        the codes themselves (an int8 ``out``) or their values (float16 or float32)."""
+        name, index, cols = entry.row["name"], chunk.chunk_index, entry.shape[1]
+        try:
+            codes = out if out.dtype == np.int8 else \
+                thread_buffer("codes", chunk.element_count)[: chunk.element_count].view(np.int8)
+        except MemoryError:
+            raise OutOfMemoryError(self.path, f"decoding tensor {quote(name)}", chunk.element_count) from None
+        self.decode_chunk(name, index, payload, chunk.checksum, codes)
+        self.decode_chunk(name, index, scales_payload, chunk.scales_checksum, scales_out, "'s scales are")
+        problem = check_scales(codes, scales_out, cols, entry.block)
+        if problem:
+            raise FormatError(self.path, f"tensor {quote(name)}: chunk {index}'s scales do not fit its codes ({problem})")
+        if out.dtype != np.int8:
+            dequantize_into(codes, scales_out, cols, entry.block, out)
+
+    def decode_chunk(self, name: str, chunk: int, payload: pa.Buffer | None, expected_sum: int | None,
+                     out: np.ndarray, what: str = " is") -> None:
+        """Decode one ``data`` (or, ``what`` saying so, ``scales``) value into ``out``, its checksum first."""
+        if payload is None or (expected_sum is not None and checksum(memoryview(payload)) != expected_sum):
+            raise FormatError(self.path, f"tensor {quote(name)}: chunk {chunk}{what} damaged (checksum mismatch)")
         try:
             codec.decode_into(payload, out, self.compression, self.version)
         except MemoryError:
             raise OutOfMemoryError(self.path, f"decoding tensor {quote(name)}", out.nbytes) from None
         except Exception as exc:  # zstd errors, size mismatches: all mean a damaged chunk
-            raise FormatError(self.path, f"tensor {quote(name)}: chunk {chunk} is damaged ({exc})") from None
-
-
-def numel(shape: tuple[int, ...]) -> int:
-    total = 1
-    for d in shape:
-        total *= d
-    return total
+            raise FormatError(self.path, f"tensor {quote(name)}: chunk {chunk}{what} damaged ({exc})") from None

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -32,8 +32,9 @@ from streamconv.constants import (
 )
 from streamconv.dtypes import by_numpy
 from streamconv.format import codec
+from streamconv.format.columns import Encoded, row_group_columns
 from streamconv.format.hashing import FileHasher
-from streamconv.format.schema import FORMAT_VERSION, SCHEMA, checksum
+from streamconv.format.schema import checksum, schema_for, version_for
 
 __all__ = ["Piece", "WeightsWriter", "WriteSummary", "row_group_bytes_for"]
 
@@ -59,10 +60,6 @@ MAX_ROW_GROUP_BYTES = 16 * 1024 * 1024
 # its compressed payload once encoded; a deep queue keeps the workers busy while the main thread
 # writes a row group (on BERT-base: 0.60 s with 1 per worker, 0.46 s with 8).
 QUEUE_PER_WORKER = 8
-# Payloads at least this large go to Parquet as they are (a zero-copy Arrow buffer each); smaller
-# ones of a row group are joined into one buffer first, so a row group of many small tensors is not
-# written as a thousand one-value arrays.
-_ZERO_COPY_BYTES = 64 * 1024
 # Arrow's writes reach the file through a buffer of this size; a larger write (every data page of a
 # large chunk) goes straight through instead of being copied into it first.
 _SINK_BUFFER = 64 * 1024
@@ -104,20 +101,12 @@ class Piece(Protocol):
     def element_count(self) -> int: ...
     @property
     def store_as(self) -> Any: ...
-    def load(self, *, scratch: bool = False) -> np.ndarray: ...
+    def load(self, *, scratch: bool = False) -> Any: ...  # an array; int8: (codes, scales, block)
     def note_for(self, stored: np.ndarray) -> str | None: ...
 
 
 #: The piece type a caller writes, handed back to its ``on_written``.
 P = TypeVar("P", bound=Piece)
-
-
-class _Encoded(NamedTuple):
-    dtype: str
-    nbytes: int
-    payload: np.ndarray  # uint8
-    checksum: int
-    note: str | None
 
 
 @dataclass
@@ -158,6 +147,7 @@ class WeightsWriter:
         level: ``None`` for the coder tuned per byte plane, or a zstd level -7 to 22 for every plane.
         workers: Threads that encode chunks.
         row_group_bytes: Pending encoded bytes that close a row group.
+        quantized: Write format version 4, whose rows may hold int8 codes with their scales.
 
     Example:
         >>> with WeightsWriter(out / "weights.parquet") as writer:
@@ -172,6 +162,7 @@ class WeightsWriter:
         level: int | None = None,
         workers: int = DEFAULT_WORKERS,
         row_group_bytes: int = ROW_GROUP_BYTES,
+        quantized: bool = False,
     ) -> None:
         check_codec(compression, level)
         check_workers(workers)
@@ -180,20 +171,21 @@ class WeightsWriter:
         self.level = level
         self.workers = workers
         self.row_group_bytes = row_group_bytes
+        self.quantized, self.schema = quantized, schema_for(quantized)
         self.summary = WriteSummary()
         self._partial = self.path.with_name(self.path.name + ".incomplete")
         self.sha256: str | None = None  # hex digest of the file, once closed without an error
         self._writer: pq.ParquetWriter | None = None
         self._hasher: FileHasher | None = None
         self._sink: pa.BufferedOutputStream | None = None
-        self._rows: list[tuple[Piece, _Encoded]] = []
+        self._rows: list[tuple[Piece, Encoded]] = []
         self._pending_bytes = 0
         self._digest = xxhash.xxh3_64()
 
     def __enter__(self) -> WeightsWriter:
-        schema = SCHEMA.with_metadata(
+        schema = self.schema.with_metadata(
             {
-                "streamconv.format_version": str(FORMAT_VERSION),
+                "streamconv.format_version": str(version_for(self.quantized)),
                 "streamconv.version": __version__,
                 "streamconv.compression": self.compression,
                 "streamconv.byte_planes": "true",
@@ -273,17 +265,24 @@ class WeightsWriter:
                 on_written(piece, encoded.note)
         return self.summary
 
-    def _encode(self, piece: Piece) -> _Encoded:
+    def _encode(self, piece: Piece) -> Encoded:
         # Runs in a worker thread: the piece is read, cast and compressed here, and its array is
         # dropped on return, so the queue holds descriptions and payloads, never arrays.
         data = piece.load(scratch=True)  # encoded at once, before this thread loads again
+        if isinstance(data, tuple):
+            if not self.quantized:
+                raise ValueError(f"{piece!r} is quantized; write it with WeightsWriter(..., quantized=True)")
+            codes, scales, block = data
+            payload, coded = (codec.encode(part, self.compression, self.level) for part in (codes, scales))
+            return Encoded("int8", codes.nbytes + scales.nbytes, payload, checksum(payload), None, block, coded,
+                            checksum(coded))
         payload = codec.encode(data, self.compression, self.level)
-        return _Encoded(by_numpy(data.dtype).name, data.nbytes, payload, checksum(payload), piece.note_for(data))
+        return Encoded(by_numpy(data.dtype).name, data.nbytes, payload, checksum(payload), piece.note_for(data))
 
-    def _encoded(self, chunks: Iterable[P]) -> Iterator[tuple[P, _Encoded]]:
+    def _encoded(self, chunks: Iterable[P]) -> Iterator[tuple[P, Encoded]]:
         # DaemonWorkers, not a ThreadPoolExecutor: this thread waits on them under Ctrl-C and SIGTERM.
         pool = DaemonWorkers(self.workers, "streamconv-encode")
-        pending: deque[tuple[P, Answer[_Encoded]]] = deque()
+        pending: deque[tuple[P, Answer[Encoded]]] = deque()
         try:
             for piece in chunks:
                 pending.append((piece, pool.submit(self._encode, piece)))
@@ -300,7 +299,7 @@ class WeightsWriter:
             raise
         pool.close(wait=True)
 
-    def _add(self, piece: Piece, encoded: _Encoded) -> None:
+    def _add(self, piece: Piece, encoded: Encoded) -> None:
         summary = self.summary
         if piece.index == 0:
             summary.tensor_count += 1
@@ -308,18 +307,20 @@ class WeightsWriter:
             summary.stored_dtypes[piece.name] = encoded.dtype
         summary.chunk_count += 1
         summary.raw_bytes += encoded.nbytes
-        summary.data_bytes += len(encoded.payload)
+        summary.data_bytes += len(encoded.payload) + len(encoded.scales)
         self._digest.update(encoded.checksum.to_bytes(8, "little"))
+        if self.quantized:  # its rows' identity holds their scales too (schema.chunks_digest)
+            self._digest.update(encoded.scales_checksum.to_bytes(8, "little"))
         summary.chunks_xxh3 = self._digest.intdigest()
         self._rows.append((piece, encoded))
-        self._pending_bytes += len(encoded.payload)
+        self._pending_bytes += len(encoded.payload) + len(encoded.scales)
         if self._pending_bytes >= self.row_group_bytes or len(self._rows) >= MAX_ROWS_PER_GROUP:
             self._flush()
 
     def _flush(self) -> None:
         if not self._rows:
             return
-        table = pa.table(_columns(self._rows), schema=SCHEMA)
+        table = pa.table(row_group_columns(self._rows, self.quantized), schema=self.schema)
         assert self._writer is not None
         self._writer.write_table(table, row_group_size=len(self._rows))
         assert self._hasher is not None
@@ -327,64 +328,3 @@ class WeightsWriter:
         self._rows.clear()
         self._pending_bytes = 0
 
-
-def _columns(rows: list[tuple[Piece, _Encoded]]) -> list[pa.Array | pa.ChunkedArray]:
-    """The columns of one row group, in SCHEMA order, built without a copy of the large payloads."""
-    pieces = [piece for piece, _ in rows]
-    encoded = [enc for _, enc in rows]
-    sizes = np.fromiter((len(e.payload) for e in encoded), np.int64, len(rows))
-    shapes = [piece.ref.shape for piece in pieces]
-    shape_offsets = np.zeros(len(rows) + 1, np.int32)
-    np.cumsum([len(shape) for shape in shapes], out=shape_offsets[1:])
-    dims = np.fromiter((d for shape in shapes for d in shape), np.int64, int(shape_offsets[-1]))
-    return [
-        _strings([p.name for p in pieces]),
-        _strings([p.ref.source_name for p in pieces]),
-        _strings([e.dtype for e in encoded]),
-        _strings([p.ref.dtype_name for p in pieces]),
-        pa.ListArray.from_arrays(_numeric(shape_offsets), _numeric(dims), type=pa.list_(pa.int64())),
-        _numeric(np.fromiter((p.index for p in pieces), np.int32, len(rows))),
-        _numeric(np.fromiter((p.count for p in pieces), np.int32, len(rows))),
-        _numeric(np.fromiter((p.start for p in pieces), np.int64, len(rows))),
-        _numeric(np.fromiter((p.element_count for p in pieces), np.int64, len(rows))),
-        _data_column([e.payload for e in encoded]),
-        _numeric(sizes),
-        _numeric(np.fromiter((e.checksum for e in encoded), np.uint64, len(rows))),
-    ]
-
-
-def _strings(values: list[str]) -> pa.Array:
-    # from_buffers, not pa.array: pa.array(list) imports pandas when it is installed, to ask whether
-    # the list is a pandas object (hundreds of ms and tens of MiB in every conversion).
-    encoded = [value.encode() for value in values]
-    offsets = np.zeros(len(encoded) + 1, np.int32)
-    np.cumsum([len(b) for b in encoded], out=offsets[1:])
-    return pa.StringArray.from_buffers(len(encoded), pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded)))
-
-
-def _numeric(values: np.ndarray) -> pa.Array:
-    # from_buffers, not pa.array: pa.array(ndarray) imports numpy.ma (12 ms of every CLI run).
-    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
-
-
-def _data_column(payloads: list[np.ndarray]) -> pa.ChunkedArray:
-    """The ``data`` column: each large payload wrapped as it is, runs of small ones joined."""
-    chunks, run = [], list[np.ndarray]()
-    for payload in payloads:
-        if len(payload) < _ZERO_COPY_BYTES:
-            run.append(payload)
-            continue
-        if run:
-            chunks.append(_binary(run))
-            run = []
-        chunks.append(_binary([payload]))
-    if run:
-        chunks.append(_binary(run))
-    return pa.chunked_array(chunks, pa.large_binary())
-
-
-def _binary(payloads: list[np.ndarray]) -> pa.Array:
-    offsets = np.zeros(len(payloads) + 1, np.int64)
-    np.cumsum([len(p) for p in payloads], out=offsets[1:])
-    values = pa.py_buffer(payloads[0] if len(payloads) == 1 else b"".join(p.data for p in payloads))
-    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(payloads), [None, pa.py_buffer(offsets), values])

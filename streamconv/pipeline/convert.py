@@ -13,7 +13,7 @@ from typing import Any
 from streamconv import progress
 from streamconv._files import write_json
 from streamconv.dtypes import by_name
-from streamconv.errors import CastOverflowError, MissingDependencyError
+from streamconv.errors import CastOverflowError, MissingDependencyError, QuantizationBudgetError
 from streamconv.format import codec
 from streamconv.format.schema import METADATA_FILENAME, WEIGHTS_FILENAME
 from streamconv.format.split_writer import SplitWeightsWriter
@@ -27,6 +27,7 @@ from streamconv.sources.checkpoint import Checkpoint, open_checkpoint
 from streamconv.sources.read_ahead import read_ahead
 from streamconv.sources.ref import TensorRef
 from streamconv.sources.remote import HubFile
+from streamconv.stages import quantize as int8
 from streamconv.stages.casting import planned_dtype
 from streamconv.stages.pieces import TensorChunk, cast, chunk
 from streamconv.units import format_bytes
@@ -124,7 +125,8 @@ def _write_output(result: ConversionResult, checkpoint: Checkpoint, plan: Plan, 
     output = result.output_dir
     # Folders that killed runs on this output left behind; a live run's are never touched.
     result.warnings.extend(f"removed {p.name}, left by an interrupted run" for p in clean_leftovers(output))
-    expected = sum(r.numel * _planned_dtype(r, options.dtype).itemsize for r in resolution.refs)  # for a full disk
+    expected = sum(r.numel * _planned_dtype(r, options.dtype, options.keep_float).itemsize
+                   for r in resolution.refs)  # for a full disk
     with staged_output(output, options.force, expected_bytes=expected) as staging:
         _write_assets(result, checkpoint, plan, staging, options.strict)
         _write_weights(result, checkpoint, resolution.refs, staging, options)
@@ -151,6 +153,7 @@ def _dry_run(
 ) -> None:
     """What the real run would write and warn about, writing nothing (an error it would meet is raised)."""
     _estimate(result, refs, options)
+    result.warnings.extend(int8.keep_float_warnings(refs, options.keep_float))
     result.assets, warnings = planned_assets(
         checkpoint.root, plan.asset_files(checkpoint), strict=options.strict, expected=plan.expected_assets
     )
@@ -214,19 +217,27 @@ def _write_weights(result: ConversionResult, checkpoint: Checkpoint, refs: tuple
         def show_fetched() -> None:
             pass
     warnings = list(result.warnings)
+    prescan, fallback = False, dict[str, str]()
     try:
-        try:
-            with _hub_read_ahead(refs, options.chunk_size):
-                summary = _write_once(result, refs, folder, options, bar, show_fetched, prescan=False)
-        except CastOverflowError:
-            # A tensor of several chunks does not fit the target dtype and some of its chunks are
-            # written already: write the file again, scanning such tensors before casting (rare).
+        while True:
+            try:
+                with _hub_read_ahead(refs, options.chunk_size):
+                    summary = _write_once(result, refs, folder, options, bar, show_fetched, prescan, fallback)
+                break
+            except CastOverflowError:
+                # A tensor of several chunks does not fit the target dtype and some of its chunks are
+                # written already: write the file again, scanning such tensors before casting (rare).
+                prescan = True
+            except QuantizationBudgetError as exc:
+                # A chunk's int8 error is beyond the budget: write again with its tensor in float16 (rare).
+                fallback[exc.tensor] = f"int8 error {exc.error:.3g} beyond the budget of {int8.ERROR_BUDGET}"
             result.warnings = list(warnings)
             bar.reset()
-            with _hub_read_ahead(refs, options.chunk_size):
-                summary = _write_once(result, refs, folder, options, bar, show_fetched, prescan=True)
     finally:
         bar.close()
+    if options.dtype == "int8":
+        result.quantization, notes = int8.record(refs, summary.stored_dtypes, options.keep_float, fallback)
+        result.warnings.extend(notes)
     result.chunk_count = summary.chunk_count
     result.output_bytes = sum(f["bytes"] for f in result.files)
     result.ratio = round(result.source_bytes / result.output_bytes, 4) if result.output_bytes else 0.0
@@ -238,9 +249,9 @@ def _write_weights(result: ConversionResult, checkpoint: Checkpoint, refs: tuple
 
 def _write_once(
     result: ConversionResult, refs: tuple[TensorRef, ...], folder: Path, options: ConvertOptions,
-    bar: progress.Progress, show_fetched: Any, prescan: bool,
+    bar: progress.Progress, show_fetched: Any, prescan: bool, fallback: dict[str, str],
 ) -> WriteSummary:
-    def on_written(piece: TensorChunk, note: str | None) -> None:
+    def on_written(piece: TensorChunk | int8.QuantizedChunk, note: str | None) -> None:
         if note:
             result.warnings.append(note)
         show_fetched()
@@ -251,8 +262,11 @@ def _write_once(
         level=options.level,
         workers=options.workers,
         row_group_bytes=row_group_bytes_for(result.source_bytes),
+        quantized=options.dtype == "int8",
     )
-    chunks = cast(chunk(refs, options.chunk_size), options.dtype, prescan=prescan)
+    chunks: Any = cast(chunk(refs, options.chunk_size), options.dtype, prescan=prescan)
+    if options.dtype == "int8":
+        chunks = int8.quantize(chunks, keep_float=options.keep_float, fallback=fallback)
     if options.max_file_size is not None:
         split = SplitWeightsWriter(folder, options.max_file_size, **writer_options)
         summary = split.write(chunks, on_written)
@@ -286,8 +300,9 @@ def _estimate(result: ConversionResult, refs: tuple[TensorRef, ...], options: Co
     """Fill a dry run's result: the planned tensors and an output size from a compressed sample."""
     raw_total = 0
     for ref in refs:
-        stored = _planned_dtype(ref, options.dtype)
-        nbytes = ref.numel * stored.itemsize
+        stored = _planned_dtype(ref, options.dtype, options.keep_float)
+        nbytes = ref.numel * stored.itemsize + (ref.numel // int8.BLOCK * 2 if stored.name == "int8" and
+                                                 ref.stored_type.is_float else 0)
         raw_total += nbytes
         result.tensors.append(
             {
@@ -306,17 +321,27 @@ def _estimate(result: ConversionResult, refs: tuple[TensorRef, ...], options: Co
         count = min(ref.numel, max(1, per_tensor // ref.dtype.itemsize))
         if count == 0:
             continue
-        data = next(cast([TensorChunk(ref, 0, 1, 0, count)], options.dtype)).load()
-        sample_raw += data.nbytes
-        sample_encoded += len(codec.encode(data, options.compression, options.level))
+        piece: Any = next(cast([TensorChunk(ref, 0, 1, 0, count)], options.dtype))
+        if options.dtype == "int8":  # whole rows, quantized as the writer would (codes and scales)
+            piece = next(int8.quantize([piece], keep_float=options.keep_float))
+        loaded = piece.load()
+        if isinstance(loaded, tuple):
+            for part in loaded[:2]:
+                sample_raw += part.nbytes
+                sample_encoded += len(codec.encode(part, options.compression, options.level))
+            continue
+        sample_raw += loaded.nbytes
+        sample_encoded += len(codec.encode(loaded, options.compression, options.level))
     ratio = sample_encoded / sample_raw if sample_raw else 1.0
     result.output_bytes = int(raw_total * ratio)
     result.ratio = round(result.source_bytes / result.output_bytes, 4) if result.output_bytes else 0.0
 
 
-def _planned_dtype(ref: TensorRef, dtype: str) -> Any:
+def _planned_dtype(ref: TensorRef, dtype: str, keep_float: tuple[str, ...] = ()) -> Any:
     source = by_name(ref.dtype_name)
     assert source is not None
+    if dtype == "int8" and int8.quantizable(ref.shape, source) and not int8.kept_by(ref.source_name, keep_float):
+        return by_name("int8")
     return planned_dtype(source, dtype)
 
 

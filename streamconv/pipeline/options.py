@@ -42,6 +42,8 @@ class ConvertOptions:
         compression: ``zstd`` or ``none``.
         level: zstd level -7 to 22 on every byte plane; ``None`` (default) for the coder tuned per
             plane (docs/format.md). Refused with ``compression='none'``.
+        keep_float: With ``dtype="int8"``, glob patterns over source tensor names of weight
+            matrices kept in float16 (a pattern matching no tensor is warned about).
         include: Glob patterns over source tensor names; keep only tensors matching one.
         exclude: Glob patterns over source tensor names; drop tensors matching one.
         chunk_size: Largest chunk (one Parquet row), in source bytes: an int, or a size string
@@ -73,6 +75,7 @@ class ConvertOptions:
     level: int | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    keep_float: tuple[str, ...] = ()
     chunk_size: int = DEFAULT_CHUNK_SIZE
     max_file_size: int | None = None
     workers: int = DEFAULT_WORKERS
@@ -87,7 +90,7 @@ class ConvertOptions:
 
     def __post_init__(self) -> None:
         # Lists become tuples (the value stays hashable and frozen); a lone string is one pattern.
-        for name in ("parts", "include", "exclude"):
+        for name in ("parts", "include", "exclude", "keep_float"):
             value = getattr(self, name)
             if isinstance(value, str):
                 value = [p for p in value.split(",") if p] if name == "parts" else [value]
@@ -136,7 +139,7 @@ def _check_types(options: ConvertOptions) -> None:
             raise InvalidOptionError(
                 f"{{{name}=}} is {article(type(value).__name__)}; give {article(types[0].__name__)}", name, **{name: value}
             )
-    for name in ("parts", "include", "exclude"):
+    for name in ("parts", "include", "exclude", "keep_float"):
         value = getattr(options, name)
         if value is not None and not all(isinstance(p, str) and p for p in value):
             raise InvalidOptionError(f"{{{name}=}} must be non-empty strings", name, **{name: value})
@@ -157,6 +160,9 @@ def _check_values(options: ConvertOptions) -> None:
             chunk_size=options.chunk_size,
         )
     check_workers(options.workers)
+    if options.keep_float and options.dtype != "int8":
+        raise InvalidOptionError("{keep_float=} only applies to {dtype=int8}; drop {keep_float}, or give {dtype=int8}",
+                                 "keep_float", keep_float=list(options.keep_float), dtype=options.dtype)
     # An old spelling (sentence_transformer) becomes the plan's name.
     object.__setattr__(options, "model_type", check_plan_options(options.model_type, options.parts))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from streamconv._version import __version__
-from streamconv.format.schema import FORMAT_VERSION, METADATA_FILENAME, WEIGHTS_FILENAME
+from streamconv.format.schema import METADATA_FILENAME, WEIGHTS_FILENAME, version_for
 from streamconv.sources.checkpoint import Checkpoint
 
 __all__ = ["ConversionResult", "provenance"]
@@ -56,6 +56,9 @@ class ConversionResult:
             revision, commit, how the weights were read, bytes fetched, files checked by sha256.
         validation: With ``--validate``, the validation report (``passed``, checks with figures
             and limits); ``None`` (and absent from metadata.json) otherwise.
+        quantization: With ``dtype="int8"``, the rule (block, scale dtype, rounding, error
+            budget, smallest tensor), the number of tensors quantized and ``kept_float16``, the
+            weight matrices kept in float16 with the reason; ``None`` (absent) otherwise.
     """
 
     source: str
@@ -86,6 +89,7 @@ class ConversionResult:
     exclude: list[str] = field(default_factory=list)
     hub: dict[str, Any] | None = None
     validation: dict[str, Any] | None = None
+    quantization: dict[str, Any] | None = None
 
     @property
     def weights_path(self) -> Path:
@@ -109,6 +113,8 @@ class ConversionResult:
             del data["validation"]
         if self.hub is None:
             del data["hub"]
+        if self.quantization is None:
+            del data["quantization"]
         return data
 
     def metadata(self, checkpoint: Checkpoint, source_files: list[Path]) -> dict[str, Any]:
@@ -117,7 +123,7 @@ class ConversionResult:
         del body["source"], body["output_dir"]
         return {
             "format": "streamconv",
-            "format_version": FORMAT_VERSION,
+            "format_version": version_for(self.dtype == "int8"),
             "streamconv_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": provenance(checkpoint, source_files),

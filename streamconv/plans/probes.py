@@ -23,6 +23,7 @@ __all__ = [
     "image_batch",
     "image_probe",
     "log_mel_features",
+    "near_duplicates",
     "output_tensor",
     "sentences",
     "text_batch",
@@ -50,12 +51,15 @@ class Probe:
         expected: Optional ``expected()``: the output as another library computes it from the
             source (sentence-transformers' ``encode``), compared with ``run`` on the reference model
             to check the probe itself.
+        ranking: The output is a batch of embeddings whose nearest neighbours (cosine) must stay
+            the same: validation also counts, per item, how many of its top 10 it keeps.
     """
 
     label: str
     run: Callable[[Any], Any]
     needs: tuple[str, ...] = ()
     expected: Callable[[], Any] | None = None
+    ranking: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,25 @@ def sentences(seed: int = 0, count: int = BATCH, longest: int = 24) -> list[str]
     rng = random.Random(seed)
     lengths = sorted([1, longest, *rng.sample(range(2, longest), count - 2)])
     return [" ".join(rng.choice(_WORDS) for _ in range(n)).capitalize() + "." for n in lengths]
+
+
+def near_duplicates(seed: int = 0, count: int = 16) -> list[str]:
+    """``count`` seeded sentences, each followed by three near-duplicates (one word replaced, one
+    word dropped, other punctuation and case): ``4 * count`` texts whose nearest neighbours are
+    close calls, where a ranking moves before a cosine does."""
+    rng = random.Random(seed + 1)
+    texts = []
+    for base in sentences(seed + 1, count, longest=count + 8)[-count:]:
+        words = base.rstrip(".").split(" ")
+        if len(words) < 3:
+            words += rng.sample(_WORDS, 3 - len(words))
+        replaced = list(words)
+        replaced[rng.randrange(len(words))] = rng.choice(_WORDS)
+        dropped = list(words)
+        del dropped[rng.randrange(1, len(words))]
+        texts += [" ".join(words) + ".", " ".join(replaced) + ".", " ".join(dropped) + ".",
+                  " ".join(words).lower() + "!"]
+    return texts
 
 
 def text_batch(

@@ -18,7 +18,7 @@ from typing import Any
 from streamconv import _files
 from streamconv.errors import PlanError
 from streamconv.plans.base import Plan
-from streamconv.plans.probes import Probe, ProbeContext, output_tensor, sentences, text_batch
+from streamconv.plans.probes import Probe, ProbeContext, near_duplicates, output_tensor, sentences, text_batch
 from streamconv.sources.checkpoint import Checkpoint, read_safetensors_header
 from streamconv.sources.ref import TensorRef
 
@@ -250,6 +250,8 @@ def _probes(context: ProbeContext) -> list[Probe]:
     ``config.json``, the weights in :attr:`ProbeContext.extras`: the source's or the output's) and
     Normalize apply in their listed order. When the sentence-transformers package is installed,
     the same sentences through its own ``SentenceTransformer(source).encode`` check this computation.
+    A second probe, ``neighbours``, embeds :func:`~streamconv.plans.probes.near_duplicates` (64
+    texts) the same way, and validation checks that each keeps its 10 nearest neighbours.
     """
     torch, extras = context.torch, context.extras
     settings = context.metadata.get("sentence_transformers") or {}
@@ -281,7 +283,15 @@ def _probes(context: ProbeContext) -> list[Probe]:
             model = SentenceTransformer(str(source), device="cpu")
             return torch.from_numpy(model.encode([*texts, long_text], batch_size=len(texts) + 1, convert_to_numpy=True))
 
-    return [Probe("embedding", run, expected=expected)]
+    corpus = text_batch(context, config.vocab_size, length, pad_id=pad, texts=near_duplicates(context.seed))
+
+    def neighbours(model: Any) -> Any:
+        embedding = output_tensor(model(**corpus))
+        for step in steps:
+            embedding = step(embedding, corpus["attention_mask"], extras)
+        return embedding
+
+    return [Probe("embedding", run, expected=expected), Probe("neighbours", neighbours, ranking=True)]
 
 
 Step = Callable[[Any, Any, dict[str, Any]], Any]

@@ -102,9 +102,10 @@ def below_max(stored: np.ndarray, store: DType) -> bool:
 
 def planned_dtype(stored: DType, dtype: str) -> DType:
     """The dtype a tensor of dtype ``stored`` is written in when ``dtype`` is asked for, before the
-    overflow rule: float tensors take a float ``dtype``; ``keep``, integers and bools keep theirs.
+    overflow rule: float tensors take a float ``dtype`` (float16 for ``int8``, whose weight matrices
+    :mod:`streamconv.stages.quantize` then takes); ``keep``, integers and bools keep theirs.
     Convert and export both follow it."""
-    target = by_name(dtype)
+    target = by_name("float16" if dtype == "int8" else dtype)
     return stored if target is None or not stored.is_float else target
 
 

@@ -157,7 +157,8 @@ def cast(chunks: Iterable[TensorChunk], dtype: str, *, prescan: bool = True) -> 
 
     Args:
         chunks: Pieces from :func:`chunk`.
-        dtype: ``float16``, ``bfloat16``, ``float32`` or ``keep``.
+        dtype: ``float16``, ``bfloat16``, ``float32`` or ``keep``; ``int8`` casts to float16 (what
+            :func:`streamconv.stages.quantize.quantize` does not quantize is stored so).
         prescan: Scan tensors of several pieces before casting them.
 
     Returns:
@@ -167,7 +168,7 @@ def cast(chunks: Iterable[TensorChunk], dtype: str, *, prescan: bool = True) -> 
         InvalidOptionError: an unknown ``dtype``.
     """
     check_dtype(dtype)
-    target = by_name(dtype)
+    target = by_name("float16" if dtype == "int8" else dtype)
     decided: tuple[TensorRef, DType, str | None] | None = None
     for piece in chunks:
         source = by_numpy(piece.ref.dtype)

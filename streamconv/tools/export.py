@@ -144,7 +144,8 @@ def export(
     source, target = Path(output).expanduser(), output_path(target, "target")
     metadata = read_metadata(source)
     check_output(target, _reads(source, metadata), force, "target", kind="export")
-    weights = WeightsFile(source)
+    # int8 codes are written as their values: float32 if asked for, float16 otherwise.
+    weights = WeightsFile(source, dequantize="float32" if dtype == "float32" else "float16")
     folders, layout = _checked_layout(source, metadata, weights, dtype, shard_size)
     result = ExportResult(source, target, dtype, tensor_count=len(weights.entries), warnings=_part_warnings(metadata))
     # Folders that killed exports to this target left behind; a live run's are never touched.
@@ -233,7 +234,7 @@ def _part_warnings(metadata: dict[str, Any]) -> list[str]:
 
 
 def _target_dtype(info: TensorInfo, dtype: str) -> DType:
-    stored = by_name(info.dtype)
+    stored = by_name("float16" if info.quantized else info.dtype)  # int8 codes: their float16 values
     assert stored is not None
     return planned_dtype(stored, dtype)
 

@@ -243,7 +243,7 @@ def _check_group(weights: WeightsFile, file: int, group: int, local: threading.l
     part = weights.parts[file]
     readers: dict[int, pq.ParquetFile] = local.__dict__.setdefault("readers", {})
     damaged: dict[str, list[str]] = {}
-    columns = [*_COLUMNS, *(["data_xxh3"] if part.has_checksums else [])]
+    columns = [*_COLUMNS, *(["data_xxh3"] if part.has_checksums else []), *(["scales"] if part.quantized else [])]
     try:
         # The file the table of contents was read from (never its path again: it may have been replaced).
         # No Arrow threads, no read-ahead: under a memory limit a thread Arrow cannot start is
@@ -267,10 +267,17 @@ def _check_group(weights: WeightsFile, file: int, group: int, local: threading.l
         return 0, 0, damaged
     names, index, counts = (table.column(c).to_pylist() for c in _COLUMNS[:3])
     sums = table.column("data_xxh3").to_pylist() if part.has_checksums else [None] * len(names)
+    scales = payloads(table, "scales") if part.quantized else [None] * len(names)
+    chunks = part.group_chunks(group) if part.quantized else []
     nbytes = 0
     for row, (name, payload) in enumerate(zip(names, payloads(table), strict=True)):
         nbytes += payload.size
-        problem = _check_chunk(weights, part, name, counts[row], payload, sums[row])
+        entry = weights.entries.get(name)
+        if entry is not None and entry.block:  # int8 codes: their scales are checked against them too
+            nbytes += chunks[row].scales_bytes
+            problem = _check_quantized(part, entry, chunks[row], payload, scales[row])
+        else:
+            problem = _check_chunk(weights, part, name, counts[row], payload, sums[row])
         if problem:
             damaged.setdefault(name, []).append(f"{part.path.name}: chunk {index[row]} {problem}")
     return len(names), nbytes, damaged
@@ -293,6 +300,19 @@ def _check_chunk(weights: WeightsFile, part: Any, name: str, count: int, payload
                                count * entry.dtype.numpy.itemsize) from None
     except Exception as exc:  # any decoding failure means a damaged chunk
         return f"is damaged ({one_line(str(exc))})"
+    return None
+
+
+def _check_quantized(part: Any, entry: Any, chunk: Any, payload: pa.Buffer, scales: pa.Buffer | None) -> str | None:
+    """An int8 chunk decoded as a reader does: codes, scales, and the scales checked against the codes."""
+    try:
+        part.decode_quantized(entry, chunk, payload, scales, np.empty(chunk.element_count, np.int8),
+                              np.empty(entry.scale_count(chunk.element_count), np.float16))
+    except MemoryError:
+        raise OutOfMemoryError(part.path, f"decoding tensor {_files.quote(entry.row['name'])}",
+                               chunk.element_count) from None
+    except FormatError as exc:
+        return f"is damaged ({exc.problem.split(': ', 1)[-1]})"
     return None
 
 

@@ -22,7 +22,15 @@ from streamconv.plans import Plan, Probe
 from streamconv.plans.model_inputs import input_probes
 from streamconv.sources.checkpoint import Checkpoint
 from streamconv.tools.validate import model as mod
-from streamconv.tools.validate.report import LIBRARY_LIMITS, Check, ValidationReport, compare
+from streamconv.tools.validate.report import (
+    LIBRARY_LIMITS,
+    TOP_K,
+    Check,
+    ValidationReport,
+    compare,
+    neighbours_kept,
+    neighbours_limit,
+)
 from streamconv.tools.validate.routing import Routing, pinned_routing, recorded_routing
 from streamconv.tools.validate.weights import _listing, expected_refs, left_out_reason
 
@@ -181,18 +189,27 @@ def _probe_check(
         with pinned_routing(torch, model, routing):
             got = probe.run(model).detach().float()
         figures = compare(torch, want, got)
+        if probe.ranking:
+            figures["neighbours"] = neighbours_kept(torch, want, got)
     except Exception as exc:  # a probe that cannot run on the converted weights is a failure, not a crash
         return Check(f"outputs:{probe.label}", False, f"the probe failed on the converted weights: {mod._one_line(exc)}")
     passed = figures["min_cosine"] >= min_cosine and figures["nmse"] <= max_nmse
+    bounds = {"min_cosine": min_cosine, "max_nmse": max_nmse}
+    ranking = ""
+    if probe.ranking:
+        bounds["neighbours"] = neighbours_limit(str(metadata.get("dtype")))
+        passed = passed and figures["neighbours"] >= bounds["neighbours"]
+        ranking = (f", {figures['neighbours']:.2f} of the {TOP_K} nearest neighbours kept on average "
+                   f"(limit {bounds['neighbours']:g})")
     detail = (
         f"min cosine {figures['min_cosine']:.7f} (limit {min_cosine}), NMSE {figures['nmse']:.2e} "
-        f"(limit {max_nmse:.0e}), max error {figures['max_abs_error_ratio']:.2e} of the largest output, "
+        f"(limit {max_nmse:.0e}){ranking}, max error {figures['max_abs_error_ratio']:.2e} of the largest output, "
         f"{int(figures['items'])} inputs, dtype {metadata.get('dtype')}"
     )
     if routing.routers:
         detail += f"; {routing.note()}"
         figures = {**figures, "routing_flips": routing.flips, "routing_choices": routing.choices}
-    return Check(f"outputs:{probe.label}", passed, detail, figures, {"min_cosine": min_cosine, "max_nmse": max_nmse})
+    return Check(f"outputs:{probe.label}", passed, detail, figures, bounds)
 
 
 def _library_check(torch: Any, transformers: Any, probe: Any, want: Any, messages: list[str]) -> Check:

@@ -1,8 +1,10 @@
 """The weights check (no torch): names, bits, and which tensors the conversion should have written.
 
 - **names**: each stored ``name`` equals ``plan.stored_name(layout, source_name)``.
-- **weights**: each stored tensor equals the documented cast of its source tensor, bit for bit;
-  each tensor the conversion's parts and patterns keep is in the output, and no other.
+- **weights**: each stored tensor equals the documented cast of its source tensor, bit for bit
+  (int8 codes and their scales: the documented quantization, re-derived here from docs/format.md,
+  never by calling the writer's code); each tensor the conversion's parts and patterns keep is in
+  the output, and no other.
 
 Memory: one stored tensor and its source tensor at a time, compared :data:`COMPARE_ELEMENTS` at a
 time (a cast and the bytes compared exist for one slice only), so at most about 2x the largest
@@ -99,9 +101,10 @@ def check_weights(output: Path, plan: Plan, checkpoint: Checkpoint, metadata: di
     layout = plan.layout(checkpoint)
     by_source = {ref.source_name: ref for ref in plan.tensors(checkpoint)}
     expected, why_unknown = expected_refs(plan, checkpoint, metadata)
-    misnamed, mismatched, foreign, seen, count = [], [], [], set(), 0
-    for record in iter_tensors(output):
+    misnamed, mismatched, foreign, seen, count, quantized = [], [], [], set(), 0, 0
+    for record in iter_tensors(output, dequantize=None):  # int8 tensors: their codes and scales
         count += 1
+        quantized += record.block > 0
         seen.add(record.source_name)
         want_name = plan.stored_name(layout, record.source_name)
         if record.name != want_name:
@@ -112,7 +115,11 @@ def check_weights(output: Path, plan: Plan, checkpoint: Checkpoint, metadata: di
             del record
             continue
         original = ref.read().reshape(ref.shape)
-        if original.shape != record.array.shape or not same_bits(original, record.array):
+        if record.block:
+            if original.shape != record.array.shape or not same_quantization(original, record):
+                mismatched.append(f"{record.name} (int8 codes or scales differ from the documented quantization "
+                                  "of its source)")
+        elif original.shape != record.array.shape or not same_bits(original, record.array):
             mismatched.append(f"{record.name}{_how_different(original, record.array)}")
         del record, original  # neither may stay alive while the reader decodes the next tensor
     names = Check(
@@ -124,7 +131,8 @@ def check_weights(output: Path, plan: Plan, checkpoint: Checkpoint, metadata: di
     )
     problems = []
     if mismatched:
-        problems.append(_listing(f"{len(mismatched)} differ from the documented cast of their source", mismatched))
+        problems.append(_listing(f"{len(mismatched)} differ from the documented cast or quantization of their source",
+                                 mismatched))
     if foreign:
         problems.append(_listing(f"{len(foreign)} have a source name the source does not have", foreign))
     notes = []
@@ -138,7 +146,9 @@ def check_weights(output: Path, plan: Plan, checkpoint: Checkpoint, metadata: di
     else:
         notes.append(f"which tensors belong was not checked: {why_unknown}")
     detail = "; ".join(problems) or "; ".join(
-        [f"{count} tensors equal the documented cast of the source, bit for bit", *notes]
+        [f"{count} tensors equal the documented cast of the source, bit for bit"
+         + (f" ({quantized} of them int8 codes and scales, re-quantized from the source)" if quantized else ""),
+         *notes]
     )
     figures = {"tensors": float(count), "mismatched": float(len(mismatched)), "foreign": float(len(foreign))}
     return [names, Check("weights", not problems, detail, figures)]
@@ -151,6 +161,38 @@ def documented_cast(original: np.ndarray, stored: np.dtype) -> np.ndarray:
     if by_numpy(original.dtype).name == "bfloat16":
         original = original.astype(np.float32)
     return original.astype(stored)
+
+
+def documented_quantization(rows: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a source tensor quantized as docs/format.md documents ("int8 quantization"):
+    ``(codes int8, scales float16)``, the scales one per ``block`` elements of a row.
+
+    Written from the docs: the values in float32; per block ``scale = float16(max|x| / 127)``;
+    ``code = clip(rint(x / scale), -127, 127)``, or 0 where the scale is 0.
+    """
+    values = rows.astype(np.float32)
+    count, cols = values.shape
+    blocks = -(-cols // block)
+    padded = np.zeros((count, blocks * block), np.float32)
+    padded[:, :cols] = values
+    grid = padded.reshape(count, blocks, block)
+    scales = (np.abs(grid).max(axis=2) / np.float32(127)).astype(np.float16)
+    wide = scales.astype(np.float32)[:, :, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        codes = np.where(wide == 0, np.float32(0), np.clip(np.rint(grid / wide), -127, 127))
+    return codes.astype(np.int8).reshape(count, -1)[:, :cols], scales
+
+
+def same_quantization(original: np.ndarray, record: Any) -> bool:
+    """True when a quantized record's codes and scales are :func:`documented_quantization` of
+    ``original``, bit for bit, compared a slice of rows at a time."""
+    step = max(1, COMPARE_ELEMENTS // max(1, original.shape[1]))
+    for start in range(0, original.shape[0], step):
+        codes, scales = documented_quantization(original[start:start + step], record.block)
+        if codes.tobytes() != record.array[start:start + step].tobytes() \
+                or scales.tobytes() != record.scales[start:start + step].tobytes():
+            return False
+    return True
 
 
 def same_bits(original: np.ndarray, stored: np.ndarray) -> bool:

@@ -92,6 +92,17 @@ def write_raw_safetensors(path: Path, header: dict, data: bytes, header_len: int
     return path
 
 
+def random_checkpoint(folder: Path, count: int, shape: tuple[int, int], *, seed: int = 0,
+                      name: str = "layer{}.weight", config: str | None = None) -> Path:
+    """``folder`` with a model.safetensors of ``count`` float32 normal tensors (and a config.json)."""
+    rng = np.random.default_rng(seed)
+    write_safetensors(folder / "model.safetensors",
+                      {name.format(i): rng.standard_normal(shape, dtype=np.float32) for i in range(count)})
+    if config is not None:
+        (folder / "config.json").write_text(config)
+    return folder
+
+
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> Path:
     """Write arrays (any dtype streamconv supports, bfloat16 included) as a safetensors file."""
     header, blobs, offset = {}, [], 0

@@ -10,12 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import streamconv
 from streamconv.errors import PartOfSplitError
-from tests.conftest import write_safetensors
+from tests.conftest import random_checkpoint
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "STREAMCONV_DISABLE_PROGRESS_BARS": "1"}
 
@@ -27,12 +26,8 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("src")
-    rng = np.random.default_rng(3)
-    write_safetensors(folder / "model.safetensors",
-                      {f"layer.{i}.weight": rng.standard_normal((64, 512), dtype=np.float32) for i in range(4)})
-    (folder / "config.json").write_text('{"model_type": "tiny-test"}')
-    return folder
+    return random_checkpoint(tmp_path_factory.mktemp("src"), 4, (64, 512), seed=3, name="layer.{}.weight",
+                             config='{"model_type": "tiny-test"}')
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from streamconv.errors import (
 )
 from streamconv.format import reader
 from streamconv.format.schema import SCHEMA
-from tests.conftest import CliRun, run_cli, write_safetensors
+from tests.conftest import CliRun, random_checkpoint, run_cli
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "STREAMCONV_DISABLE_PROGRESS_BARS": "1"}
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
@@ -61,12 +61,8 @@ def one_error_line(done: CliRun, code: int) -> str:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("src")
-    rng = np.random.default_rng(5)
-    write_safetensors(folder / "model.safetensors",
-                      {f"layer.{i}.weight": rng.standard_normal((32, 512), dtype=np.float32) for i in range(4)})
-    (folder / "config.json").write_text('{"model_type": "tiny-test"}')
-    return folder
+    return random_checkpoint(tmp_path_factory.mktemp("src"), 4, (32, 512), seed=5, name="layer.{}.weight",
+                             config='{"model_type": "tiny-test"}')
 
 
 @pytest.fixture(scope="module")

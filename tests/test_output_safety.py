@@ -20,14 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import streamconv
 from streamconv.errors import DiskFullError, OutputExistsError
 from streamconv.format import staging as output_module
 from streamconv.format.staging import clean_leftovers, staged_output, staging_path
-from tests.conftest import write_safetensors
+from tests.conftest import random_checkpoint
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "STREAMCONV_DISABLE_PROGRESS_BARS": "1"}
 LEFTOVER = re.compile(r"\.out\.streamconv-(incomplete|old)-\d+")
@@ -36,11 +35,7 @@ LEFTOVER = re.compile(r"\.out\.streamconv-(incomplete|old)-\d+")
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """24 MiB of float32 in 12 tensors: written in about a tenth of a second."""
-    folder = tmp_path_factory.mktemp("ck")
-    rng = np.random.default_rng(0)
-    write_safetensors(folder / "model.safetensors",
-                      {f"layer{i}.weight": rng.standard_normal((512, 1024), dtype=np.float32) for i in range(12)})
-    return folder
+    return random_checkpoint(tmp_path_factory.mktemp("ck"), 12, (512, 1024))
 
 
 def start(checkpoint: Path, out: Path, *extra: str, preexec_fn=None, stop: tuple[str, str] | None = None

@@ -17,12 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from streamconv.format.hashing import FileHasher
 from streamconv.format.staging import staging_path
-from tests.conftest import write_safetensors
+from tests.conftest import random_checkpoint
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "STREAMCONV_DISABLE_PROGRESS_BARS": "1"}
 #: The guarantee of docs/reliability.md: gone this many seconds after the signal.
@@ -34,11 +33,7 @@ MOMENTS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """24 MiB of float32 in 12 tensors."""
-    folder = tmp_path_factory.mktemp("ck")
-    rng = np.random.default_rng(0)
-    write_safetensors(folder / "model.safetensors",
-                      {f"layer{i}.weight": rng.standard_normal((512, 1024), dtype=np.float32) for i in range(12)})
-    return folder
+    return random_checkpoint(tmp_path_factory.mktemp("ck"), 12, (512, 1024))
 
 
 def start(checkpoint: Path, out: Path, *extra: str) -> subprocess.Popen[str]:

@@ -18,7 +18,7 @@ PIP_FIND_LINKS_OPT := $(if $(wildcard /opt/wheels/torch-*.whl),--find-links /opt
 DEMO_OUT := demo-output/all-MiniLM-L6-v2
 DEMO_REPORT := $(DEMO_OUT).validation.json
 
-.PHONY: demo test bench setup clean
+.PHONY: demo test fuzz bench setup clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,10 @@ test: $(STAMP)
 	$(PY) -m coverage run -m pytest -q
 	$(PY) -m coverage combine -q
 	$(PY) -m coverage report
+
+# The fuzz tests of `make test`, with 20 times as many cases (several minutes).
+fuzz: $(STAMP)
+	STREAMCONV_FUZZ_SCALE=20 $(PY) -m pytest -q tests/test_hostile_headers.py tests/test_hostile_outputs.py tests/test_verify.py
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -r requirements-bench.txt

@@ -26,6 +26,16 @@ import pytest
 
 from streamconv.dtypes import DTYPES
 
+#: How many cases the fuzz tests try, as a multiple of what ``make test`` tries: ``make fuzz`` runs
+#: them with STREAMCONV_FUZZ_SCALE=20 (several minutes), ``make test`` keeps within its time budget.
+FUZZ_SCALE = float(os.environ.get("STREAMCONV_FUZZ_SCALE", "1"))
+
+
+def fuzz_cases(count: int) -> int:
+    """``count`` cases at ``make test``'s scale, times :data:`FUZZ_SCALE`."""
+    return max(1, round(count * FUZZ_SCALE))
+
+
 #: numpy dtype -> safetensors code, from the package's one dtype table.
 CODES = {row.numpy: row.code for row in DTYPES}
 
@@ -173,6 +183,32 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
     write_safetensors(folder / "model.safetensors", all_dtype_tensors())
     (folder / "config.json").write_text(json.dumps({"model_type": "tiny-test", "hidden_size": 4}))
     return folder
+
+
+@pytest.fixture
+def offline_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache (``HF_HOME``) for this process, with ``HF_HUB_OFFLINE=1``.
+
+    huggingface_hub reads both at its import, so its constants are set as well as the environment.
+    """
+    import huggingface_hub.constants as constants
+
+    home = tmp_path / "hf"
+    (home / "hub").mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return home
+
+
+def cached_snapshot(home: Path, repo_id: str, commit: str) -> Path:
+    """The snapshot folder of ``repo_id`` at ``commit`` in the cache ``home``, made ``main``."""
+    repo = home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return repo / "snapshots" / commit
 
 
 @pytest.fixture(scope="session")

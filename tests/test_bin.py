@@ -22,6 +22,7 @@ from streamconv.errors import (
 )
 from streamconv.sources.torch_bin import ShardCache, load_state_dict
 from tests import models
+from tests.conftest import cached_snapshot, run_cli
 
 
 def _bits(array: np.ndarray) -> bytes:
@@ -206,23 +207,15 @@ def test_bin_file_path_converts_like_a_safetensors_file_path(bert_state: tuple[P
     assert meta["model_type"] == "bert" and [f["path"] for f in meta["source"]["files"]] == ["pytorch_model.bin"]
 
 
-def test_hub_cache_with_only_a_bin(bert_state: tuple[Path, dict], tmp_path: Path) -> None:
+def test_hub_cache_with_only_a_bin(bert_state: tuple[Path, dict], offline_hub_cache: Path, tmp_path: Path) -> None:
     """A repo id whose cached snapshot holds pytorch_model.bin and no safetensors, with HF_HUB_OFFLINE=1."""
-    import subprocess
-
     source, state = bert_state
     commit = "89abcdef0123456789abcdef0123456789abcdef"
-    repo = tmp_path / "hf" / "hub" / "models--tiny-org--bin-only"
-    _bin_folder(repo / "snapshots" / commit, source, [state])
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
-           "PYTHONPATH": str(Path(__file__).parents[1])}
-    done = subprocess.run(
-        [sys.executable, "-m", "streamconv", "convert", "tiny-org/bin-only", "-o", str(tmp_path / "out"), "--dtype", "keep", "-q"],
-        env=env, capture_output=True, text=True,
-    )
-    assert done.returncode == 0, done.stderr
+    snapshot = cached_snapshot(offline_hub_cache, "tiny-org/bin-only", commit)
+    snapshot.rmdir()
+    _bin_folder(snapshot, source, [state])
+    done = run_cli(["convert", "tiny-org/bin-only", "-o", str(tmp_path / "out"), "--dtype", "keep", "-q"])
+    assert done.code == 0, done.stderr
     _assert_same(streamconv.load(tmp_path / "out", names="source"), state)
     meta = streamconv.read_metadata(tmp_path / "out")
     assert meta["source"]["revision"] == commit and [f["path"] for f in meta["source"]["files"]] == ["pytorch_model.bin"]

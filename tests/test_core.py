@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import ml_dtypes
@@ -16,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 import streamconv
 from streamconv.errors import OutputExistsError
 from streamconv.format import codec
-from tests.conftest import all_dtype_tensors, write_safetensors, write_sharded
+from tests.conftest import all_dtype_tensors, cached_snapshot, run_cli, write_safetensors, write_sharded
 
 
 def bits(array: np.ndarray) -> bytes:
@@ -355,37 +353,22 @@ def test_model_converter_has_the_old_shape(tiny_checkpoint: Path, tmp_path: Path
         streamconv.ModelConverter(use_lz4=True)
 
 
-def test_hub_repo_id_from_offline_cache(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_hub_repo_id_from_offline_cache(tiny_checkpoint: Path, offline_hub_cache: Path, tmp_path: Path) -> None:
     """A repo id resolves through a Hugging Face cache laid out by hand, with HF_HUB_OFFLINE=1."""
-    cache = tmp_path / "hf"
     commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / "hub" / "models--tiny-org--tiny-model"
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
+    snapshot = cached_snapshot(offline_hub_cache, "tiny-org/tiny-model", commit)
     for f in tiny_checkpoint.iterdir():
         (snapshot / f.name).write_bytes(f.read_bytes())
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    script = (
-        "import json, streamconv, sys;"
-        "r = streamconv.convert('tiny-org/tiny-model', sys.argv[1], dtype='keep');"
-        "print(json.dumps(r.to_dict()))"
-    )
-    env = {"HF_HOME": str(cache), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out")], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    assert result["tensor_count"] == len(all_dtype_tensors())
+    result = streamconv.convert("tiny-org/tiny-model", tmp_path / "out", dtype="keep")
+    assert result.tensor_count == len(all_dtype_tensors())
     meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
     assert meta["source"]["id"] == "tiny-org/tiny-model" and meta["source"]["revision"] == commit
 
-    missing = subprocess.run(
-        [sys.executable, "-m", "streamconv", "convert", "tiny-org/other-model", "-o", str(tmp_path / "o2")],
-        env=env, capture_output=True, text=True,
-    )
-    assert missing.returncode == 2
+    missing = run_cli(["convert", "tiny-org/other-model", "-o", str(tmp_path / "o2")])
+    assert missing.code == 2
     assert missing.stderr.startswith("error: tiny-org/other-model:") and "cache" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o2").exists()
 
 
 def test_format_doc_snippet_reads_a_tensor(minilm_converted, tmp_path: Path) -> None:

@@ -36,10 +36,10 @@ from streamconv.errors import (
 )
 from streamconv.sources.checkpoint import open_checkpoint, read_safetensors_header
 from streamconv.sources.safetensors_header import DTYPE_BITS
-from tests.conftest import write_safetensors, write_sharded
+from tests.conftest import fuzz_cases, write_safetensors, write_sharded
 
 FUZZ = settings(
-    max_examples=100,
+    max_examples=fuzz_cases(100),
     deadline=None,
     derandomize=True,  # the same examples on every run and every machine
     database=None,
@@ -297,7 +297,7 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("hostile") / "case.safetensors"
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=fuzz_cases(150))
 @given(valid_files())
 def test_valid_headers_read_bit_identically(scratch: Path, case: tuple[Obj, bytes]) -> None:
     header, body = case
@@ -306,7 +306,7 @@ def test_valid_headers_read_bit_identically(scratch: Path, case: tuple[Obj, byte
     assert_same_as_library(scratch, blob)
 
 
-@settings(FUZZ, max_examples=1100)
+@settings(FUZZ, max_examples=fuzz_cases(500))
 @given(valid_files(), st.data())
 def test_mutated_headers_match_the_library(scratch: Path, case: tuple[Obj, bytes], data: st.DataObject) -> None:
     header, body = case
@@ -315,7 +315,7 @@ def test_mutated_headers_match_the_library(scratch: Path, case: tuple[Obj, bytes
     assert_same_as_library(scratch, encode(data, header, body))
 
 
-@settings(FUZZ, max_examples=500)
+@settings(FUZZ, max_examples=fuzz_cases(250))
 @given(valid_files(), st.lists(st.tuples(st.integers(0, 2**16), st.integers(1, 255)), min_size=1, max_size=4))
 def test_byte_flips_match_the_library(scratch: Path, case: tuple[Obj, bytes], flips: list[tuple[int, int]]) -> None:
     header, body = case
@@ -355,7 +355,7 @@ INDEX_KINDS = st.sampled_from(["value", "weird", "add", "dup", "drop"])
 INDEX_ENCODINGS = st.sampled_from(["utf-8"] * 8 + ["utf-8-sig", "utf-16"])
 
 
-@settings(FUZZ, max_examples=450)
+@settings(FUZZ, max_examples=fuzz_cases(250))
 @given(st.data())
 def test_mutated_indexes_raise_only_project_errors(sharded: Path, data: st.DataObject) -> None:
     names = [*SHARD_NAMES, str(sharded.parent / "outside.safetensors")]

@@ -33,10 +33,10 @@ from streamconv.errors import (
 )
 from streamconv.format import reader
 from streamconv.format.schema import SCHEMA
-from tests.conftest import CliRun, random_checkpoint, run_cli
+from tests.conftest import CliRun, fuzz_cases, random_checkpoint, run_cli
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "STREAMCONV_DISABLE_PROGRESS_BARS": "1"}
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=fuzz_cases(60), deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 

@@ -144,7 +144,8 @@ class SignalledWhileCollected:
 with sigterm_raises():
     try:
         SignalledWhileCollected()
-        time.sleep(1)  # 20 times the redelivery delay
+        for _ in range(50):  # 10 times the redelivery delay, in steps: a sleep waits out an interrupt_main
+            time.sleep(0.01)
         print("lost")
     except KeyboardInterrupt as exc:
         print("raised", type(exc).__name__)

@@ -1,8 +1,8 @@
 """Converting from the hub: range reads of the kept tensors beside download-then-convert (issue 19).
 
-Every conversion is a fresh ``python -m streamconv convert`` process under ``/usr/bin/time -v``
-against the loopback hub of ``tests/hubserver.py`` (127.0.0.1 only, through ``HF_ENDPOINT``),
-with an empty ``HF_HOME`` of its own. Three ways per checkpoint, in the same run:
+Every conversion is a fresh ``streamconv convert`` process (a fresh install's console script,
+benchmarks/fresh_env.py) under ``/usr/bin/time -v`` against the loopback hub of ``tests/hubserver.py``
+(127.0.0.1 only, through ``HF_ENDPOINT``), with an empty ``HF_HOME`` of its own. Three ways per checkpoint, in the same run:
 
 - *local*: the checkpoint folder on disk (the baseline for range reads unthrottled);
 - *ranges*: ``convert ORG/NAME`` (the default: headers and kept tensors by byte ranges);
@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import fresh_env
 from make_checkpoints import CHECKPOINTS, DEFAULT_WORKDIR, LLAMA_TINY, LlamaShape, ensure, stream_llama
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,13 +97,12 @@ def _run(server: HubServer, source: str, extra: tuple[str, ...], work: Path) -> 
     home, out = work / "hf", work / "out"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_ENDPOINT": server.endpoint, "HF_HOME": str(home),
-           "HF_HUB_DISABLE_TELEMETRY": "1", "STREAMCONV_DISABLE_PROGRESS_BARS": "1",
-           "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    env.pop("HF_HUB_OFFLINE", None)
+    env = fresh_env.environment(HF_ENDPOINT=server.endpoint, HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1",
+                                HF_HUB_DISABLE_PROGRESS_BARS="1")
+    env.pop("HF_HUB_OFFLINE")
     before = server.cdn_bytes() + server.hub_bytes()
     with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
-        command = [sys.executable, "-m", "streamconv", "convert", source, "-o", str(out), "--json", *extra]
+        command = [*fresh_env.streamconv(), "convert", source, "-o", str(out), "--json", *extra]
         done = subprocess.run(["/usr/bin/time", "-v", "-o", report.name, *command],
                               env=env, capture_output=True, text=True, timeout=600, check=False)
         if done.returncode != 0:
@@ -164,7 +164,7 @@ def measure(workdir: Path, quick: bool, only: str | None = None, runs: int = 3) 
     lines = [
         "## Hub: range reads beside download-then-convert",
         "",
-        "`benchmarks/hub.py`: each conversion a fresh `python -m streamconv convert` process (under `/usr/bin/time -v`)",
+        "`benchmarks/hub.py`: each conversion a fresh `streamconv convert` process of a fresh install (under `/usr/bin/time -v`)",
         "against the loopback hub of `tests/hubserver.py` (two origins on 127.0.0.1: the hub, and the CDN its",
         f"302s point to), each with an empty `HF_HOME`; medians of {runs} run(s), the three ways interleaved run by",
         f"run, all in the same run of the script ({minutes:.1f} min; load average {load[0]:.2f} at the start, "

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import fresh_env
 import sizes
 from make_checkpoints import CHECKPOINTS, ensure
 
@@ -37,11 +37,11 @@ RSS_TARGET_MIB = 160.0
 
 
 def _process(argv: list[str]) -> dict[str, float]:
-    """One ``python -m streamconv`` process: wall and CPU seconds, peak RSS in MiB."""
+    """One ``streamconv`` process (a fresh install's): wall and CPU seconds, peak RSS in MiB."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
         started = time.perf_counter()
-        subprocess.run(["/usr/bin/time", "-f", "%U %S %M", "-o", report.name, sys.executable, "-m", "streamconv",
-                        *argv], check=True, capture_output=True)
+        subprocess.run(["/usr/bin/time", "-f", "%U %S %M", "-o", report.name, *fresh_env.streamconv(), *argv],
+                       check=True, capture_output=True, env=fresh_env.environment())
         wall = time.perf_counter() - started
         user, system, rss = report.read().split()[-3:]
     return {"wall": wall, "cpu": float(user) + float(system), "rss": int(rss) / 1024}

@@ -54,6 +54,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import fresh_env
 import hub as hub_bench
 import int8
 import numpy as np
@@ -110,9 +111,9 @@ class ToolFailed(RuntimeError):
 
 
 def child_env() -> dict[str, str]:
-    """The environment of every child: this checkout's streamconv first on the path, hub offline."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "STREAMCONV_DISABLE_PROGRESS_BARS": "1"}
+    """The environment of every child, hub offline: `.venv`'s tools import this checkout through its
+    editable install, the fresh install's streamconv its own copy, so nothing goes on the path."""
+    return fresh_env.environment()
 
 
 @dataclass
@@ -217,10 +218,10 @@ def unavailable(tool: str) -> str | None:
 
 
 def streamconv_command(checkpoint: Checkpoint, source: Path, output: Path) -> list[str]:
-    """``python -m streamconv convert`` of ``source`` as the checkpoint asks."""
+    """``streamconv convert`` of ``source`` as the checkpoint asks, by a fresh install's console script."""
     parts = ["--parts", ",".join(checkpoint.parts)] if checkpoint.parts else []
     return [
-        sys.executable, "-m", "streamconv", "convert", str(source), "-o", str(output), "--dtype", "float16",
+        *fresh_env.streamconv(), "convert", str(source), "-o", str(output), "--dtype", "float16",
         "--quiet", "--force", "--type", checkpoint.plan, "--workers", str(WORKERS), *parts,
     ]  # fmt: skip
 
@@ -1120,8 +1121,9 @@ def render(run: dict[str, Any], results: list[Result], floors: list[Floors], sca
         "  (name, shape, dtype, fp16 bytes) written with `pq.write_table(..., compression=\"zstd\")`.",
         "  *naive-lowmem* adds `low_cpu_mem_usage=True` to `from_pretrained`; transformers 5 accepts and",
         "  ignores it (its loading is always the low-memory one), so the two rows should match.",
-        f"- *streamconv* is `python -m streamconv convert SRC -o OUT --dtype float16 --quiet --force --type PLAN"
-        f" --workers {WORKERS}` (with `--parts encoder,decoder` for the whole Whisper model).",
+        f"- *streamconv* is `streamconv convert SRC -o OUT --dtype float16 --quiet --force --type PLAN"
+        f" --workers {WORKERS}` (with `--parts encoder,decoder` for the whole Whisper model), the console script",
+        f"  of {fresh_env.describe()}. The naive path, ct2, the probes and validate run in `.venv`.",
         "- *ct2* is CTranslate2's `ct2-transformers-converter --model SRC --output_dir OUT --quantization float16",
         "  --force`. It loads the model with transformers and writes every weight, uncompressed float16, to",
         "  `model.bin` with its config and vocabulary; it renames and fuses tensors (q/k/v) and stores identical",
@@ -1213,14 +1215,16 @@ def main() -> None:
     size_report = None
     if "sizes" in sections:
         size_report = step("sizes", lambda: sizes.measure(
-            args.workdir, args.quick, lambda argv: timed([sys.executable, "-m", "streamconv", *argv])))
+            args.workdir, args.quick, lambda argv: timed([*fresh_env.streamconv(), *argv])))
     int8_report = step("int8", lambda: int8.measure(args.workdir, args.quick, runs)) if "int8" in sections else None
     if int8_report is not None:
         size_report = ((size_report or ([], []))[0] + int8_report[0], (size_report or ([], []))[1] + int8_report[1])
     other = None
     if "other" in sections:
         other = step("other", lambda: other_paths.measure(args.workdir, runs, timed, args.quick))
-    start_up = step("startup", lambda: startup.measure(args.workdir, runs, args.quick)) if "startup" in sections else None
+    start_up = step("startup", lambda: startup.measure(args.workdir, max(runs, startup.MIN_RUNS), args.quick)) if "startup" in sections else None
+    if start_up is not None:
+        size_report = ((size_report or ([], []))[0], (size_report or ([], []))[1] + start_up[1])
     hub_link = None
     if "hub" in sections:
         hub_link = step("hub", lambda: hub_bench.report(args.workdir, args.quick, output.parent / "benchmarks-hub.md"))
@@ -1234,7 +1238,8 @@ def main() -> None:
         "sections": args.sections,
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render(run, results, floors, scale, profile, paths, output, other, size_report, cast, start_up,
+    output.write_text(render(run, results, floors, scale, profile, paths, output, other, size_report, cast,
+                             start_up[0] if start_up else None,
                              hub_link))
     log(f"wrote {output} in {run['minutes']:.1f} min")
     if broken:

@@ -73,7 +73,7 @@ def measure(workdir: Path, quick: bool, convert: Callable[[list[str]], Any]) -> 
     Args:
         workdir: Where checkpoints and outputs live.
         quick: Use the tiny BERT instead of MiniLM.
-        convert: Runs a ``python -m streamconv`` argument list as a whole process.
+        convert: Runs a ``streamconv`` argument list as a whole process (a fresh install's).
     """
     checkpoint = CHECKPOINTS["tiny-bert" if quick else "minilm"]
     source = ensure(checkpoint, workdir)

@@ -1,18 +1,14 @@
-"""Defaults shared by every layer: option choices and bounds, worker threads.
+"""Defaults shared by every layer: option choices and bounds, worker thread counts.
 
 The dtype facts live in :mod:`streamconv.dtypes`; the on-disk names and version in
 :mod:`streamconv.format.schema`; progress-bar policy and its environment variables in
-:mod:`streamconv.progress`; size strings in :mod:`streamconv.units`.
+:mod:`streamconv.progress`; size strings in :mod:`streamconv.units`; the worker threads themselves in
+:mod:`streamconv.workers`.
 """
 
 from __future__ import annotations
 
 import os
-import queue
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar, cast
 
 from streamconv.errors import InvalidOptionError
 
@@ -97,100 +93,3 @@ def check_workers(workers: int) -> None:
     """Refuse a thread count outside 1 to :data:`MAX_WORKERS`."""
     if not 1 <= workers <= MAX_WORKERS:
         raise InvalidOptionError(f"{{workers=}} must be between 1 and {MAX_WORKERS}", "workers", workers=workers)
-
-#: Stack of each worker thread streamconv starts (encode, decode, verify). Python's default is the
-#: process's RLIMIT_STACK, usually 8 MiB, all of it counted by RLIMIT_DATA; the workers run numpy,
-#: zstd and xxhash, which need little stack (docs/reliability.md, "Memory").
-THREAD_STACK_SIZE = 1 << 20
-_STACK_LOCK = threading.Lock()
-T = TypeVar("T")
-
-
-class WorkerPool(ThreadPoolExecutor):
-    """A thread pool whose threads get :data:`THREAD_STACK_SIZE` of stack.
-
-    ``threading.stack_size`` is process-wide: it is set only while the pool starts a thread and
-    restored at once (a thread another part of the program starts in that instant gets it too).
-    """
-
-    def _adjust_thread_count(self) -> None:
-        with _STACK_LOCK:
-            previous = threading.stack_size(THREAD_STACK_SIZE)
-            try:
-                super()._adjust_thread_count()
-            finally:
-                threading.stack_size(previous)
-
-
-class Answer(Generic[T]):
-    """The result of one :class:`DaemonWorkers` job, to be waited for with :meth:`get`."""
-
-    __slots__ = ("_box",)
-
-    def __init__(self) -> None:
-        self._box: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
-
-    def get(self) -> T:
-        """Wait for the job and return its result, or raise what it raised."""
-        ok, value = self._box.get()
-        if not ok:
-            raise value
-        return cast(T, value)
-
-
-class DaemonWorkers:
-    """Daemon threads that run jobs, told and answered through :class:`queue.SimpleQueue` alone.
-
-    For a thread that may be interrupted (the main thread under Ctrl-C or SIGTERM) while it waits on
-    them: ``SimpleQueue.put`` and ``get`` are single C calls, which a signal cannot cut in half.
-    ``ThreadPoolExecutor`` waits on Python ``threading.Condition`` objects (a ``Future``'s, its
-    semaphore's), and an interrupt in one of their methods can leave the lock taken: the future's
-    ``result()`` then ended in "cannot release un-acquired lock", or a worker waited forever (issue
-    16). The threads are daemons (never joined at exit) with :data:`THREAD_STACK_SIZE` of stack;
-    after :meth:`close` they skip the jobs still queued.
-
-    Args:
-        count: Threads.
-        name: Their name prefix.
-    """
-
-    def __init__(self, count: int, name: str) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[Any], Any], Any, Answer[Any]] | None] = queue.SimpleQueue()
-        self._closed = False
-        self._threads = [threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True) for i in range(count)]
-        with _STACK_LOCK:
-            previous = threading.stack_size(THREAD_STACK_SIZE)
-            try:
-                for thread in self._threads:
-                    thread.start()
-            finally:
-                threading.stack_size(previous)
-
-    def submit(self, fn: Callable[[Any], T], arg: Any) -> Answer[T]:
-        """Queue ``fn(arg)``; its :class:`Answer`."""
-        answer: Answer[T] = Answer()
-        self._jobs.put((fn, arg, answer))
-        return answer
-
-    def close(self, wait: bool) -> None:
-        """Stop the threads: at once (jobs still queued are skipped), or with ``wait`` once every
-        queued job has run."""
-        if not wait:
-            self._closed = True
-        for _ in self._threads:
-            self._jobs.put(None)
-        if wait:
-            for thread in self._threads:
-                thread.join()
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            fn, arg, answer = job
-            if self._closed:
-                continue
-            try:
-                result = (True, fn(arg))
-            except BaseException as error:  # raised again by Answer.get, in the waiting thread
-                result = (False, error)
-            answer._box.put(result)
-            del job, arg, result  # the piece and its payload are not kept alive by an idle thread

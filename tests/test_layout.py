@@ -19,7 +19,7 @@ from tests.conftest import write_safetensors
 
 PACKAGE = Path(__file__).parents[1] / "streamconv"
 #: Shared by every layer; they import only each other.
-BASE = {"errors", "messages", "strict_json", "dtypes", "constants", "buffers", "_files", "_version", "units", "progress"}
+BASE = {"errors", "messages", "strict_json", "dtypes", "constants", "buffers", "_files", "_version", "units", "progress", "workers"}
 #: What each package may import besides the base layer and itself: the pipeline's order. A tool
 #: (export, verify, validate) works on a finished output and never runs a conversion; a conversion
 #: may end with a validation, so pipeline/ sits above tools/.

@@ -169,7 +169,7 @@ def test_daemon_workers_answer_in_order_raise_and_stop_without_waiting() -> None
     they skip what is queued and are not waited for (a job still running is left to end)."""
     import threading
 
-    from streamconv.constants import DaemonWorkers
+    from streamconv.workers import DaemonWorkers
 
     pool = DaemonWorkers(2, "test-workers")
     answers = [pool.submit(lambda x: x * x, i) for i in range(20)]
@@ -187,3 +187,32 @@ def test_daemon_workers_answer_in_order_raise_and_stop_without_waiting() -> None
     release.set()
     pool._threads[0].join(30)
     assert ran == []
+
+
+def test_daemon_workers_as_a_context_run_everything_or_skip_on_an_error() -> None:
+    """Every pool is used as a context: a normal exit runs what is queued and joins the threads; a
+    generator closed early (a reader's consumer that stops) skips the queued jobs."""
+    import threading
+
+    from streamconv.workers import DaemonWorkers
+
+    ran: list[int] = []
+    with DaemonWorkers(2, "test-workers") as pool:
+        for i in range(50):
+            pool.submit(ran.append, i)
+    assert sorted(ran) == list(range(50)) and not any(t.is_alive() for t in pool._threads)
+
+    release, skipped = threading.Event(), []
+
+    def consumer():
+        with DaemonWorkers(1, "test-workers") as inner:
+            inner.submit(release.wait, 30)
+            inner.submit(skipped.append, "queued")
+            yield inner
+
+    gen = consumer()
+    inner = next(gen)
+    gen.close()  # GeneratorExit inside the with: the queued job is skipped
+    release.set()
+    inner._threads[0].join(30)
+    assert skipped == []

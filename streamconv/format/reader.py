@@ -13,7 +13,6 @@ import os
 import re
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from streamconv import _files
-from streamconv.constants import DEFAULT_WORKERS, MAX_CHUNK_BYTES, WorkerPool
+from streamconv.constants import DEFAULT_WORKERS, MAX_CHUNK_BYTES
 from streamconv.errors import (
     FormatError,
     NotConvertedError,
@@ -41,6 +40,7 @@ from streamconv.format.recycler import Recycler
 from streamconv.format.schema import INDEX_FILENAME, METADATA_FILENAME, WEIGHTS_FILENAME
 from streamconv.format.toc import OutputChanged, WeightsPart
 from streamconv.messages import quote
+from streamconv.workers import Answer, DaemonWorkers
 
 __all__ = [
     "TensorInfo",
@@ -212,11 +212,11 @@ class WeightsFile:
         """
         wanted, groups = self._groups(names)
         pending: dict[str, np.ndarray] = {}
-        in_flight: deque[tuple[list[Future[None]], list[str]]] = deque()
+        in_flight: deque[tuple[list[Answer[None]], list[str]]] = deque()
         queued = 0
         arrays = Recycler([numel(e.shape) * e.array_dtype(self.dequantize).itemsize for e in self.entries.values()
                            if e.row["name"] in wanted])
-        with WorkerPool(workers, thread_name_prefix="streamconv-decode") as pool:
+        with DaemonWorkers(workers, "streamconv-decode") as pool:
             for part, group, table in self._prefetched(groups):
                 segments = self._segments(part, group, wanted, pending, bool(in_flight))
                 for i, segment in enumerate(segments):
@@ -255,10 +255,10 @@ class WeightsFile:
             segments[-1].add(name)
         return segments
 
-    def _finished(self, jobs: list[Future[None]], finished: list[str], pending: dict[str, np.ndarray]
+    def _finished(self, jobs: list[Answer[None]], finished: list[str], pending: dict[str, np.ndarray]
                   ) -> Iterator[TensorRecord]:
         for job in jobs:
-            job.result()
+            job.get()
         for name in finished:
             entry = self.entries[name]
             scales = pending.pop(SCALES + name).reshape(entry.shape[0], -1) if entry.block else None
@@ -267,11 +267,11 @@ class WeightsFile:
     def _prefetched(self, groups: list[tuple[int, int]]) -> Iterator[tuple[WeightsPart, int, pa.Table]]:
         """The row groups' tables, the next read (without the GIL) while the current one decodes."""
         parts = [(self.parts[file], group) for file, group in groups]
-        with WorkerPool(1, thread_name_prefix="streamconv-read") as reader:
+        with DaemonWorkers(1, "streamconv-read") as reader:
             future = reader.submit(self._table, *parts[0]) if parts else None
             for i, (part, group) in enumerate(parts):
                 assert future is not None
-                table = future.result()
+                table = future.get()
                 future = reader.submit(self._table, *parts[i + 1]) if i + 1 < len(parts) else None
                 yield part, group, table
 
@@ -282,7 +282,7 @@ class WeightsFile:
         Memory holds one row group's chunks, never a whole tensor.
         """
         wanted, groups = self._groups(names)
-        with WorkerPool(workers, thread_name_prefix="streamconv-decode") as pool:
+        with DaemonWorkers(workers, "streamconv-decode") as pool:
             for part, group, table in self._prefetched(groups):
                 jobs = []
                 scales = payloads(table, "scales") if part.quantized else [None] * table.num_rows
@@ -302,7 +302,7 @@ class WeightsFile:
                                                             chunk.checksum, out)
                         jobs.append((entry.info, chunk.element_offset, out, job))
                 for info, offset, out, job in jobs:
-                    job.result()
+                    job.get()
                     yield info, offset, out
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from streamconv.format.schema import (
     chunks_digest,
 )
 from streamconv.messages import quote
+from streamconv.workers import Answer, DaemonWorkers
 
 __all__ = ["OutputChanged", "WeightsPart"]
 
@@ -313,9 +313,9 @@ class WeightsPart:
             )
 
     def decode_group(
-        self, group: int, table: pa.Table, wanted: set[str], pending: dict[str, np.ndarray], pool: ThreadPoolExecutor,
+        self, group: int, table: pa.Table, wanted: set[str], pending: dict[str, np.ndarray], pool: DaemonWorkers,
         arrays: Recycler, dequantize: str | None = "float16",
-    ) -> tuple[list[Future[None]], list[str]]:
+    ) -> tuple[list[Answer[None]], list[str]]:
         """Start decoding a row group's chunks into their tensors' arrays, without waiting.
 
         Returns the jobs and the tensors complete once they are done. An int8 tensor decodes into

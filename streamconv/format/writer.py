@@ -25,8 +25,6 @@ from streamconv._version import __version__
 from streamconv.constants import (
     DEFAULT_COMPRESSION,
     DEFAULT_WORKERS,
-    Answer,
-    DaemonWorkers,
     check_codec,
     check_workers,
 )
@@ -35,6 +33,7 @@ from streamconv.format import codec
 from streamconv.format.columns import Encoded, row_group_columns
 from streamconv.format.hashing import FileHasher
 from streamconv.format.schema import checksum, schema_for, version_for
+from streamconv.workers import Answer, DaemonWorkers
 
 __all__ = ["Piece", "WeightsWriter", "WriteSummary", "row_group_bytes_for"]
 
@@ -280,10 +279,10 @@ class WeightsWriter:
         return Encoded(by_numpy(data.dtype).name, data.nbytes, payload, checksum(payload), piece.note_for(data))
 
     def _encoded(self, chunks: Iterable[P]) -> Iterator[tuple[P, Encoded]]:
-        # DaemonWorkers, not a ThreadPoolExecutor: this thread waits on them under Ctrl-C and SIGTERM.
-        pool = DaemonWorkers(self.workers, "streamconv-encode")
+        # On an error or an interrupt the queued chunks are skipped and the running ones are not
+        # waited for: the workers only read and encode; this thread writes.
         pending: deque[tuple[P, Answer[Encoded]]] = deque()
-        try:
+        with DaemonWorkers(self.workers, "streamconv-encode") as pool:
             for piece in chunks:
                 pending.append((piece, pool.submit(self._encode, piece)))
                 if len(pending) > QUEUE_PER_WORKER * self.workers:
@@ -292,12 +291,6 @@ class WeightsWriter:
             while pending:
                 done, answer = pending.popleft()
                 yield done, answer.get()
-        except BaseException:
-            # An error or an interrupt: the queued chunks are skipped and the running ones are not
-            # waited for (the workers only read and encode; this thread writes).
-            pool.close(wait=False)
-            raise
-        pool.close(wait=True)
 
     def _add(self, piece: Piece, encoded: Encoded) -> None:
         summary = self.summary

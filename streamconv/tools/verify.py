@@ -14,7 +14,6 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamconv import _files
-from streamconv.constants import DEFAULT_WORKERS, WorkerPool, check_workers
+from streamconv.constants import DEFAULT_WORKERS, check_workers
 from streamconv.errors import (
     FormatError,
     NotConvertedError,
@@ -36,6 +35,7 @@ from streamconv.format.arrow import memory_ran_out, payloads
 from streamconv.format.reader import WeightsFile, read_metadata, weights_path
 from streamconv.format.schema import INDEX_FILENAME, METADATA_FILENAME, WEIGHTS_FILENAME, checksum
 from streamconv.messages import one_line
+from streamconv.workers import Answer, DaemonWorkers
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -125,7 +125,7 @@ def _verify(given: Path, workers: int) -> VerifyReport:
     except UnsafeInputError as exc:
         path = None
         report.problems.append(f"weights: {exc}")
-    with WorkerPool(workers, thread_name_prefix="streamconv-verify") as pool:
+    with DaemonWorkers(workers, "streamconv-verify") as pool:
         hashes = _hash_listed(folder, metadata, report, pool)
         weights: WeightsFile | None = None
         try:
@@ -136,7 +136,7 @@ def _verify(given: Path, workers: int) -> VerifyReport:
             _check_chunks(weights, report, pool, workers)
             _check_counts(weights, metadata, report)
         for job in hashes:
-            job.result()
+            job.get()
     report.passed = not (report.damaged or report.problems)
     report.seconds = time.perf_counter() - start
     return report
@@ -152,8 +152,8 @@ def _metadata(folder: Path, report: VerifyReport) -> dict[str, Any]:
     return {}
 
 
-def _hash_listed(folder: Path, metadata: dict[str, Any], report: VerifyReport, pool: ThreadPoolExecutor
-                 ) -> list[Future[None]]:
+def _hash_listed(folder: Path, metadata: dict[str, Any], report: VerifyReport, pool: DaemonWorkers
+                 ) -> list[Answer[None]]:
     """Start hashing every weights file and asset metadata.json lists; the jobs fill ``report``."""
     listed: list[tuple[str, dict[str, Any]]] = []
     for kind in ("files", "assets"):
@@ -204,14 +204,14 @@ def _check_file(folder: Path, entry: dict[str, Any], record: dict[str, Any], rep
         report.problems.append(f"{name}: {'; '.join(wrong)}")
 
 
-def _check_chunks(weights: WeightsFile, report: VerifyReport, pool: ThreadPoolExecutor, workers: int) -> None:
+def _check_chunks(weights: WeightsFile, report: VerifyReport, pool: DaemonWorkers, workers: int) -> None:
     """Read, checksum and decode every chunk, ``2 * workers`` row groups in flight at most."""
     if any(not part.has_checksums for part in weights.parts):
         report.unchecked.append("format 1: chunks have no checksums; decoded sizes only")
     report.format_version = min(part.version for part in weights.parts)
     report.tensor_count = len(weights.entries)
     local = threading.local()
-    pending: list[Future[tuple[int, int, dict[str, list[str]]]]] = []
+    pending: list[Answer[tuple[int, int, dict[str, list[str]]]]] = []
     for file, group in _all_groups(weights):
         pending.append(pool.submit(_check_group, weights, file, group, local))
         if len(pending) >= 2 * workers:
@@ -226,8 +226,8 @@ def _all_groups(weights: WeightsFile) -> Iterator[tuple[int, int]]:
             yield part.index, group
 
 
-def _collect(job: Future[tuple[int, int, dict[str, list[str]]]], report: VerifyReport) -> None:
-    chunks, nbytes, damaged = job.result()
+def _collect(job: Answer[tuple[int, int, dict[str, list[str]]]], report: VerifyReport) -> None:
+    chunks, nbytes, damaged = job.get()
     report.chunk_count += chunks
     report.checked_bytes += nbytes
     for name, lines in damaged.items():

@@ -79,20 +79,55 @@ TARGET static inline int block_into(const int8_t *codes, uint16_t h, Py_ssize_t 
     return nonzero != (h != 0) ? BAD_ZERO : 0;
 }
 
+/* Problem bit 1 for a scale that is negative or not finite, 16 scales at a time. */
+TARGET static int scales_problem(const uint16_t *scales, Py_ssize_t count) {
+    const __m256i sign = _mm256_set1_epi16((short)0x8000), exponent = _mm256_set1_epi16(0x7c00);
+    __m256i bad = _mm256_setzero_si256();
+    Py_ssize_t k = 0;
+    for (; k + 16 <= count; k += 16) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(scales + k));
+        bad = _mm256_or_si256(bad, _mm256_and_si256(v, sign));
+        bad = _mm256_or_si256(bad, _mm256_cmpeq_epi16(_mm256_and_si256(v, exponent), exponent));
+    }
+    int problems = _mm256_testz_si256(bad, bad) ? 0 : BAD_SCALE;
+    for (; k < count; k++)
+        if ((scales[k] & 0x8000) || (scales[k] & 0x7c00) == 0x7c00) problems = BAD_SCALE;
+    return problems;
+}
+
+/* Rows whose blocks are all whole (cols a multiple of block): one run of blocks, their scales in
+ * order. Inlined with constant block, size and stream, so each case gets its own unrolled loop. */
+TARGET static inline __attribute__((always_inline)) int whole_blocks(
+        const int8_t *codes, const uint16_t *scales, Py_ssize_t blocks, Py_ssize_t block, void *out, int size,
+        int stream, __m256i *low) {
+    int problems = 0;
+    for (Py_ssize_t b = 0; b < blocks; b++)
+        problems |= block_into(codes + b * block, scales[b], block, out, b * block, size, stream, low);
+    return problems;
+}
+
 TARGET static int dequantize_rows(const int8_t *codes, const uint16_t *scales, Py_ssize_t rows, Py_ssize_t cols,
                                   Py_ssize_t block, void *out, int size) {
     /* Streaming stores skip reading out's lines into the cache first (a tenth of the time here): out
      * is a tensor larger than the caches, read after the whole tensor is decoded. */
-    int problems = 0, stream = (uintptr_t)out % 16 == 0 && cols % 8 == 0 && block % 8 == 0;
+    int stream = (uintptr_t)out % 16 == 0 && cols % 8 == 0 && block % 8 == 0;
     Py_ssize_t per_row = (cols + block - 1) / block;
-    for (Py_ssize_t k = 0; k < rows * per_row; k++)
-        if ((scales[k] & 0x8000) || (scales[k] & 0x7c00) == 0x7c00) problems |= BAD_SCALE;
+    int problems = scales_problem(scales, rows * per_row);
     __m256i low = _mm256_setzero_si256();
-    for (Py_ssize_t r = 0; r < rows; r++) {
-        const uint16_t *row_scales = scales + r * per_row;
-        for (Py_ssize_t b = 0; b < per_row; b++) {
-            Py_ssize_t start = r * cols + b * block, n = cols - b * block < block ? cols - b * block : block;
-            problems |= block_into(codes + start, row_scales[b], n, out, start, size, stream, &low);
+    if (block == 64 && cols % 64 == 0) {  /* what the writer writes */
+        Py_ssize_t blocks = rows * per_row;
+        if (size == 2 && stream) problems |= whole_blocks(codes, scales, blocks, 64, out, 2, 1, &low);
+        else if (size == 2) problems |= whole_blocks(codes, scales, blocks, 64, out, 2, 0, &low);
+        else if (size == 4 && stream) problems |= whole_blocks(codes, scales, blocks, 64, out, 4, 1, &low);
+        else if (size == 4) problems |= whole_blocks(codes, scales, blocks, 64, out, 4, 0, &low);
+        else problems |= whole_blocks(codes, scales, blocks, 64, out, 0, 0, &low);
+    } else {
+        for (Py_ssize_t r = 0; r < rows; r++) {
+            const uint16_t *row_scales = scales + r * per_row;
+            for (Py_ssize_t b = 0; b < per_row; b++) {
+                Py_ssize_t start = r * cols + b * block, n = cols - b * block < block ? cols - b * block : block;
+                problems |= block_into(codes + start, row_scales[b], n, out, start, size, stream, &low);
+            }
         }
     }
     _mm_sfence();

@@ -222,9 +222,9 @@ def decode_into(payload: Any, out: np.ndarray, compression: str, format_version:
     ``out``'s dtype and size say what the payload must hold (a slice of the final tensor buffer,
     e.g. ``tensor.reshape(-1)[offset:offset + count]``). zstd planes are decompressed into a
     per-thread scratch buffer, then every plane is interleaved into ``out`` in one pass; stored
-    planes are read from the payload where they lie. A one-byte dtype's one plane is decompressed
-    straight into ``out``. ``payload`` may be bytes, a memoryview or a
-    pyarrow Buffer. Releases the GIL while decompressing and interleaving, so threads scale.
+    planes are read from the payload where they lie; a one-byte dtype's one plane is decompressed
+    straight into ``out``. ``payload`` may be bytes, a memoryview or a pyarrow Buffer. Releases the
+    GIL while decompressing and interleaving, so threads scale.
 
     Raises:
         ValueError: the payload is damaged or does not hold ``out.size`` elements (the reason is

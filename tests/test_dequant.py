@@ -70,6 +70,8 @@ def test_kernel_gives_the_numpy_bits_on_a_real_chunk_size(monkeypatch: pytest.Mo
     rng = np.random.default_rng(5)
     codes, scales = _random(rng, 512, 1024, 64)
     for dtype in (np.float16, np.float32, np.int8):
+        empty = _both(monkeypatch, kernel, codes[:0], scales[:0], 1024, 64, np.empty(0, dtype))
+        assert empty == ((None, b""), (None, b""))
         with np.errstate(over="ignore"):
             compiled, fallback = _both(monkeypatch, kernel, codes, scales, 1024, 64, np.empty(codes.size, dtype))
         assert compiled == fallback and compiled[0] is None

@@ -130,6 +130,8 @@ def dequantize_into(codes: np.ndarray, scales: np.ndarray, cols: int, block: int
     (:func:`_round_to_float16`), to the same bits.
     """
     rows = codes.size // cols
+    if not rows:
+        return
     wide = scales.astype(np.float32).reshape(rows, -1)
     target = out if out.dtype == np.float32 else \
         thread_buffer("dequantize", 4 * out.size)[: 4 * out.size].view(np.float32)

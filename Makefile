@@ -22,7 +22,7 @@ DEMO_REPORT := $(DEMO_OUT).validation.json
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py streamconv/stages/_halfcast.c requirements-dev.txt
+$(STAMP): pyproject.toml setup.py streamconv/stages/_halfcast.c streamconv/format/_dequant.c requirements-dev.txt
 	@py=$(PY); test -x $$py || py=$(PYTHON); \
 	version=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo "not found"); \
 	if [ "$$version" != "$(TORCH_PYTHON)" ]; then \

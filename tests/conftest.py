@@ -176,6 +176,22 @@ def half_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     return str(request.param)
 
 
+@pytest.fixture(params=["compiled", "fallback"])
+def dequant_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test reading int8 outputs with the compiled kernel (streamconv/format/_dequant.c), where
+    it was built, and with its numpy fallback. The extension is optional (setup.py)."""
+    from streamconv.format import quantized
+
+    if request.param == "compiled":
+        kernel = quantized._kernel()
+        if kernel is None:
+            pytest.skip("the optional int8 read kernel (streamconv/format/_dequant.c) is not built here")
+        monkeypatch.setattr(quantized, "_KERNEL", kernel)
+    else:
+        monkeypatch.setattr(quantized, "_KERNEL", None)
+    return str(request.param)
+
+
 @pytest.fixture
 def tiny_checkpoint(tmp_path: Path) -> Path:
     """A folder with model.safetensors holding one tensor of every dtype, and a config.json."""

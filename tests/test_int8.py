@@ -53,7 +53,7 @@ def _documented(values: np.ndarray, block: int = 64) -> tuple[np.ndarray, np.nda
     return codes.reshape(rows, cols), scales
 
 
-def test_round_trip_codes_scales_and_values(bert_int8: tuple[Path, Path]) -> None:
+def test_round_trip_codes_scales_and_values(bert_int8: tuple[Path, Path], dequant_kernel: str) -> None:
     from safetensors.numpy import load_file
 
     source, out = bert_int8
@@ -147,7 +147,7 @@ def _rewrite_scales(out: Path, change) -> None:
 
 @pytest.mark.parametrize("damage", ["zero-scale", "missing"])
 def test_damaged_scales_exit_3_in_one_line(bert_int8: tuple[Path, Path], tmp_path: Path, damage: str,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+                                           capsys: pytest.CaptureFixture[str], dequant_kernel: str) -> None:
     from streamconv.format import codec
 
     out = Path(shutil.copytree(bert_int8[1], tmp_path / "out"))

@@ -222,8 +222,9 @@ def decode_into(payload: Any, out: np.ndarray, compression: str, format_version:
     ``out``'s dtype and size say what the payload must hold (a slice of the final tensor buffer,
     e.g. ``tensor.reshape(-1)[offset:offset + count]``). zstd planes are decompressed into a
     per-thread scratch buffer, then every plane is interleaved into ``out`` in one pass; stored
-    planes are read from the payload where they lie. ``payload`` may be bytes, a memoryview or a
-    pyarrow Buffer. Releases the GIL while decompressing and interleaving, so threads scale.
+    planes are read from the payload where they lie; a one-byte dtype's one plane is decompressed
+    straight into ``out``. ``payload`` may be bytes, a memoryview or a pyarrow Buffer. Releases the
+    GIL while decompressing and interleaving, so threads scale.
 
     Raises:
         ValueError: the payload is damaged or does not hold ``out.size`` elements (the reason is
@@ -257,13 +258,11 @@ def _parse(buf: np.ndarray, k: int, n: int, compression: str, version: int) -> l
     head = 9 * k
     if buf.size < head:
         raise ValueError(f"payload of {buf.size} bytes is shorter than its {head}-byte header")
-    coders, lengths = buf[:k], buf[k:head].view("<u8")
-    total = int(lengths.sum()) if (lengths <= buf.size).all() else -1  # no overflow: k <= 8
-    if total != buf.size - head:
-        raise ValueError(f"plane lengths {lengths.tolist()} do not add up to the {buf.size - head} "
-                         "bytes after the header")
+    coders, lengths = buf[:k].tolist(), buf[k:head].view("<u8").tolist()  # Python ints: no overflow, no slow tiny reductions
+    if sum(lengths) != buf.size - head:
+        raise ValueError(f"plane lengths {lengths} do not add up to the {buf.size - head} bytes after the header")
     parts, start = [], head
-    for j, (coder, length) in enumerate(zip(coders.tolist(), lengths.tolist(), strict=True)):
+    for j, (coder, length) in enumerate(zip(coders, lengths, strict=True)):
         body = buf[start:start + length]
         start += length
         if coder == _STORED and length != n:
@@ -305,23 +304,30 @@ def _fill(parts: list[tuple[int, np.ndarray]], out: np.ndarray) -> None:
     k, n = out.dtype.itemsize, out.size
     if n == 0:
         return
+    if k == 1 and parts[0][0] != _STORED:  # one plane: decompressed where it belongs, no copy
+        _decode_plane(*parts[0], out.view(np.uint8))
+        return
     part_size = k * n // len(parts)  # k planes in k parts, or all planes in one part
     scratch = thread_buffer("decode", part_size * sum(coder != _STORED for coder, _ in parts))
     used, planes = 0, list[np.ndarray]()
     for coder, body in parts:
-        if coder == _ZSTD:
+        if coder != _STORED:
             target, used = scratch[used:used + part_size], used + part_size
-            _decompress_into(body, target)
-            body = target
-        elif coder == _SPLIT:
-            target, used = scratch[used:used + part_size], used + part_size
-            shift, high_size = int(body[0]), int(body[1:9].view("<u8")[0])
-            _decompress_into(body[9:9 + high_size], target)
-            np.multiply(target, np.uint8(1 << shift), out=target)  # << shift, vectorized (numpy's uint8 shift is not)
-            _decompress_into(body[9 + high_size:], target, merge=True)
+            _decode_plane(coder, body, target)
             body = target
         planes.extend(body.reshape(-1, n))
     join_into(planes, out)
+
+
+def _decode_plane(coder: int, body: np.ndarray, target: np.ndarray) -> None:
+    """A zstd or bit-split body's bytes, into ``target``."""
+    if coder == _ZSTD:
+        _decompress_into(body, target)
+        return
+    shift, high_size = int(body[0]), int(body[1:9].view("<u8")[0])
+    _decompress_into(body[9:9 + high_size], target)
+    np.multiply(target, np.uint8(1 << shift), out=target)  # << shift, vectorized (numpy's uint8 shift is not)
+    _decompress_into(body[9 + high_size:], target, merge=True)
 
 
 def _decompress_into(frame: np.ndarray, target: np.ndarray, *, merge: bool = False) -> None:

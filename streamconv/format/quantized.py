@@ -5,15 +5,22 @@ codes, ``scales`` one float16 scale per block of ``block`` consecutive elements 
 block of a row is shorter when ``block`` does not divide ``cols``), row after row. An element is
 ``code * scale``: exact in float32 (8 bits times 11), rounded once to nearest even for float16.
 docs/format.md documents the layout column by column.
+
+:func:`decode_values` checks and dequantizes with the compiled kernel (``_dequant.c``, loaded at the
+first int8 chunk: reading other outputs loads no compiled code) where it was built and the CPU has
+AVX2 and F16C; otherwise with :func:`check_scales` and :func:`dequantize_into`, to the same bits.
 """
 
 from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from streamconv.buffers import thread_buffer
 
-__all__ = ["DEQUANTIZE_CHOICES", "block_count", "check_scales", "dequantize_into", "rows_problem"]
+__all__ = ["DEQUANTIZE_CHOICES", "block_count", "check_scales", "decode_values", "dequantize_into", "rows_problem"]
 
 #: What a reader makes of a quantized tensor: its values as float16 (default) or float32, or
 #: ``None`` for the raw int8 codes.
@@ -47,6 +54,43 @@ def rows_problem(dtype: str, shape: tuple[int, ...], block: int, first: int, blo
     return None
 
 
+_BAD_SCALE = "a scale is negative or not finite"
+_BAD_CODE = "a code is -128, outside the codes' range -127..127"
+_BAD_ZERO = "a block's scale is zero while its codes are not, or the reverse"
+#: The kernel's problem bits, in the order :func:`check_scales` looks for them.
+_PROBLEMS = ((1, _BAD_SCALE), (2, _BAD_CODE), (4, _BAD_ZERO))
+_UNLOADED = object()
+_KERNEL: Any = _UNLOADED
+
+
+def _kernel() -> ModuleType | None:
+    """The compiled module, or ``None`` where it is not built or the CPU lacks the instructions;
+    imported at the first call."""
+    global _KERNEL
+    if _KERNEL is _UNLOADED:
+        try:
+            from streamconv.format import _dequant
+        except ImportError:
+            _KERNEL = None
+        else:
+            _KERNEL = _dequant if _dequant.supported() else None
+    return _KERNEL
+
+
+def decode_values(codes: np.ndarray, scales: np.ndarray, cols: int, block: int, out: np.ndarray) -> str | None:
+    """Check ``scales`` against ``codes`` (:func:`check_scales`) and, for a float16 or float32 ``out``
+    (1-D), dequantize into it; an int8 ``out`` is ``codes`` itself. Returns the problem, or ``None``;
+    ``out`` is unspecified after a problem."""
+    kernel, raw = _kernel(), out.dtype == np.int8
+    if kernel is None:
+        problem = check_scales(codes, scales, cols, block)
+        if problem is None and not raw:
+            dequantize_into(codes, scales, cols, block, out)
+        return problem
+    bits = kernel.dequantize(codes, scales.view(np.uint16), cols, block, out, 0 if raw else out.itemsize)
+    return next((text for bit, text in _PROBLEMS if bits & bit), None)
+
+
 def check_scales(codes: np.ndarray, scales: np.ndarray, cols: int, block: int) -> str | None:
     """Why ``scales`` (float16, row by row) cannot be the scales of ``codes`` (int8), or ``None``.
 
@@ -56,9 +100,9 @@ def check_scales(codes: np.ndarray, scales: np.ndarray, cols: int, block: int) -
     """
     bits = scales.view(np.uint16)
     if bits.size and (np.bitwise_and(bits, _SIGN).any() or (np.bitwise_and(bits, _EXPONENT) == _EXPONENT).any()):
-        return "a scale is negative or not finite"
+        return _BAD_SCALE
     if codes.size and int(codes.min()) == -128:
-        return "a code is -128, outside the codes' range -127..127"
+        return _BAD_CODE
     rows = codes.size // cols
     if cols % block == 0 and block % 8 == 0:  # a block's codes as 64-bit words: OR them, one pass
         words = codes.view(np.uint64).reshape(-1, block // 8)
@@ -73,7 +117,7 @@ def check_scales(codes: np.ndarray, scales: np.ndarray, cols: int, block: int) -
             nonzero[:, j] = (part != 0).any(axis=1)
         nonzero = nonzero.reshape(-1)
     if not np.array_equal(nonzero, bits != 0):
-        return "a block's scale is zero while its codes are not, or the reverse"
+        return _BAD_ZERO
     return None
 
 
@@ -86,6 +130,8 @@ def dequantize_into(codes: np.ndarray, scales: np.ndarray, cols: int, block: int
     (:func:`_round_to_float16`), to the same bits.
     """
     rows = codes.size // cols
+    if not rows:
+        return
     wide = scales.astype(np.float32).reshape(rows, -1)
     target = out if out.dtype == np.float32 else \
         thread_buffer("dequantize", 4 * out.size)[: 4 * out.size].view(np.float32)

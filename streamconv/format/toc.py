@@ -26,7 +26,7 @@ from streamconv.format import codec
 from streamconv.format.arrow import STRINGS, distinct, first_rows, numbers, payloads, read_failure
 from streamconv.format.entries import SCALES, Chunk, Entry, Expected, numel
 from streamconv.format.index import Listed
-from streamconv.format.quantized import check_scales, dequantize_into, rows_problem
+from streamconv.format.quantized import decode_values, rows_problem
 from streamconv.format.recycler import Recycler
 from streamconv.format.schema import (
     FORMAT_VERSION,
@@ -360,11 +360,9 @@ class WeightsPart:
             raise OutOfMemoryError(self.path, f"decoding tensor {quote(name)}", chunk.element_count) from None
         self.decode_chunk(name, index, payload, chunk.checksum, codes)
         self.decode_chunk(name, index, scales_payload, chunk.scales_checksum, scales_out, "'s scales are")
-        problem = check_scales(codes, scales_out, cols, entry.block)
+        problem = decode_values(codes, scales_out, cols, entry.block, out)
         if problem:
             raise FormatError(self.path, f"tensor {quote(name)}: chunk {index}'s scales do not fit its codes ({problem})")
-        if out.dtype != np.int8:
-            dequantize_into(codes, scales_out, cols, entry.block, out)
 
     def decode_chunk(self, name: str, chunk: int, payload: pa.Buffer | None, expected_sum: int | None,
                      out: np.ndarray, what: str = " is") -> None:

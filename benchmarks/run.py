@@ -1222,7 +1222,9 @@ def main() -> None:
     other = None
     if "other" in sections:
         other = step("other", lambda: other_paths.measure(args.workdir, runs, timed, args.quick))
-    start_up = step("startup", lambda: startup.measure(args.workdir, max(runs, startup.MIN_RUNS), args.quick)) if "startup" in sections else None
+    start_up = None
+    if "startup" in sections:
+        start_up = step("startup", lambda: startup.measure(args.workdir, max(runs, startup.MIN_RUNS), args.quick))
     if start_up is not None:
         size_report = ((size_report or ([], []))[0], (size_report or ([], []))[1] + start_up[1])
     hub_link = None

@@ -352,7 +352,9 @@ def test_without_the_compiled_kernel_conversions_cast_to_the_same_bits(
     """The extension is optional (setup.py: optional=True): where it was not built, streamconv
     finds no kernel and casts with Arrow and ml_dtypes, to numpy's bits, through a whole conversion."""
     import streamconv.stages as package
+    from streamconv.stages import quantize  # imported first: else it would load without its kernel for the session
 
+    monkeypatch.setattr(quantize, "_KERNEL", None)  # the int8 rule lives in the same extension
     monkeypatch.delattr(package, "_halfcast", raising=False)  # else `from ... import` finds the attribute
     monkeypatch.setitem(sys.modules, "streamconv.stages._halfcast", None)  # as if never built
     assert stages._load_halfcast() is None

@@ -38,12 +38,14 @@ def version(name):
         return m.version(name)
     except m.PackageNotFoundError:
         return None
-kernel = True
-try:
-    import streamconv.stages._halfcast
-except ImportError:
-    kernel = False
-print(json.dumps({"python": platform.python_version(), "kernel": kernel,
+def built(module):
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+kernels = [m for m in ("streamconv.stages._halfcast", "streamconv.format._dequant") if built(m)]
+print(json.dumps({"python": platform.python_version(), "kernels": kernels,
                   **{name: version(name) for name in sys.argv[1:]}}))
 """
 
@@ -108,7 +110,7 @@ def environment(**extra: str) -> dict[str, str]:
 @functools.cache
 def versions() -> dict[str, object]:
     """Python's and each package's version in the fresh venv (``None``: not installed), and
-    whether the optional cast kernel was built."""
+    which optional compiled kernels were built."""
     done = subprocess.run([python(), "-c", VERSIONS, *PACKAGES], check=True, capture_output=True, text=True,
                           env=environment(), cwd="/")
     return json.loads(done.stdout)
@@ -119,9 +121,9 @@ def describe() -> str:
     found = versions()
     held = ", ".join(f"{name} {found[name]}" for name in PACKAGES if found.get(name))
     absent = ", ".join(name for name in PACKAGES if not found.get(name))
-    kernel = "built" if found["kernel"] else "not built (the Arrow/ml_dtypes fallback casts)"
+    kernels = ", ".join(f"`{name.rsplit('.', 1)[1]}`" for name in found["kernels"]) or "none (numpy, Arrow fallbacks)"
     return (f"a fresh install (`pip install .` into its own venv, `benchmarks/fresh_env.py`): Python {found['python']}, "
-            f"{held}; not installed: {absent or 'nothing'}; cast kernel {kernel}")
+            f"{held}; not installed: {absent or 'nothing'}; compiled kernels built: {kernels}")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,10 @@ HUB_MERGE_GAP = 256 * 1024
 #: Requests the read-ahead keeps in flight at once. Two were measured (benchmarks/hub.py, loopback): no
 #: faster on CLIP, 10% on the sharded bf16 model, and 15-20 MiB more peak RSS, over the 160 MiB target.
 HUB_CONNECTIONS = 1
+#: Bytes httpcore2 asks its socket for at a time (its own default: 64 KiB). Every read takes the GIL
+#: again beside the encoding threads; 1 MiB reads took the reading thread's CPU from 0.78 s to 0.46 s
+#: for CLIP's 351 MB (benchmarks/hub.py, loopback).
+HUB_RECV_BYTES = 1024 * 1024
 HUB_RETRIES = 5
 HUB_RETRY_WAIT = 0.5
 

@@ -15,6 +15,10 @@ the file changed on the hub during the run. A dropped connection, a timeout, a 4
 retried from the byte where it stopped, :data:`~streamconv.constants.HUB_RETRIES` times in a row
 without progress, with exponential backoff; then :class:`~streamconv.errors.HubError`.
 
+A 206 is read to its end, so that its connection is kept for the next request (one TCP and TLS
+handshake per run, not per range); httpcore2 is asked to read :data:`~streamconv.constants.HUB_RECV_BYTES`
+from its socket at a time rather than 64 KiB (a class attribute of its HTTP/1.1 connection, raised once).
+
 The bytes are hashed as they arrive in file order; when every byte of a file went through (the
 plan keeps all of it, or the gaps were small enough to be fetched), its sha256 is compared with the
 hub's LFS sha256 and the file is listed in ``metadata.json`` as checked.
@@ -34,7 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from streamconv.constants import HUB_RETRIES, HUB_RETRY_WAIT
+from streamconv.constants import HUB_RECV_BYTES, HUB_RETRIES, HUB_RETRY_WAIT
 from streamconv.errors import CorruptCheckpointError, HubError
 
 __all__ = ["HubFile", "HubStats", "RangeReader"]
@@ -69,6 +73,20 @@ class RangeReader(Protocol):
     """What serves a file's reads while a read-ahead runs (:mod:`streamconv.sources.read_ahead`)."""
 
     def read_into(self, file: HubFile, offset: int, view: memoryview) -> None: ...
+
+
+def _session() -> Any:
+    """huggingface_hub's shared ``httpx2`` client, its HTTP/1.1 connections reading larger pieces."""
+    from huggingface_hub.utils import get_session
+
+    try:
+        from httpcore2._sync.http11 import HTTP11Connection
+    except ImportError:  # another transport: left as it is
+        pass
+    else:
+        if getattr(HTTP11Connection, "READ_NUM_BYTES", HUB_RECV_BYTES) < HUB_RECV_BYTES:
+            HTTP11Connection.READ_NUM_BYTES = HUB_RECV_BYTES
+    return get_session()
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -162,7 +180,6 @@ class HubFile:
     def _stream(self, start: int, end: int) -> Iterator[bytes]:
         from httpx2 import NetworkError, RemoteProtocolError, TimeoutException
         from huggingface_hub import constants
-        from huggingface_hub.utils import get_session
 
         if end > self.size or start < 0:
             raise CorruptCheckpointError(self.label, f"bytes [{start}, {end}) lie past the end of the "
@@ -175,7 +192,7 @@ class HubFile:
             cause = ""
             try:
                 headers = {**self._headers, "Range": f"bytes={position}-{end - 1}"}
-                with get_session().stream("GET", self._location, headers=headers, follow_redirects=True,
+                with _session().stream("GET", self._location, headers=headers, follow_redirects=True,
                                           timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as response:
                     skip = self._check(response, position)
                     if skip is None:
@@ -196,8 +213,8 @@ class HubFile:
                             position += len(block)
                             failures = 0
                             yield block
-                            if position >= end:
-                                break
+                            if position >= end and response.status_code != 206:
+                                break  # the rest of a whole file; a 206 is read to its end, keeping the connection
                         if position < end:
                             cause = "the connection closed early"
             except (TimeoutException, NetworkError, RemoteProtocolError) as exc:
@@ -246,6 +263,8 @@ class HubFile:
 
     def feed(self, offset: int, data: memoryview | bytes | bytearray) -> None:
         """Hash bytes that continue the file in order; check the sha256 once the last byte is in."""
+        if self.sha256 is None:  # nothing to check them against
+            return
         with self._hash_lock:
             if offset > self._hashed or offset + len(data) <= self._hashed:
                 return

@@ -120,6 +120,7 @@ class HubFile:
         self._hasher: Any = hashlib.sha256()
         self._hashed = 0
         self._hash_lock = threading.Lock()
+        self._head = b""  # the file's first bytes, fetched ahead by prefetch_header
         self.verified = False
 
     # --- metadata ---
@@ -158,9 +159,22 @@ class HubFile:
         else:
             self.fetch_into(offset, view)
 
+    def prefetch_header(self) -> None:
+        """Fetch the safetensors header now (its 8-byte length, then the header if within the cap
+        and the file), for :meth:`read` to serve later; the header is checked where it is parsed."""
+        from streamconv.sources.safetensors_header import MAX_HEADER_BYTES
+
+        if self.size < 8:
+            return
+        prefix = self.read(0, 8)
+        length = int.from_bytes(prefix, "little")
+        self._head = prefix + self.read(8, length) if length <= min(MAX_HEADER_BYTES, self.size - 8) else prefix
+
     def read(self, offset: int, n: int) -> bytes:
-        """``n`` bytes from ``offset`` (fewer at the end of the file), fetched now."""
+        """``n`` bytes from ``offset`` (fewer at the end of the file), fetched now unless prefetched."""
         n = max(0, min(n, self.size - offset))
+        if offset + n <= len(self._head):
+            return self._head[offset:offset + n]
         buffer = bytearray(n)
         self.fetch_into(offset, memoryview(buffer))
         return bytes(buffer)

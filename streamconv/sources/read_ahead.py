@@ -21,8 +21,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
+
 from streamconv.constants import HUB_CONNECTIONS, HUB_MERGE_GAP, HUB_READ_AHEAD_BYTES, HUB_SEGMENT_BYTES
-from streamconv.sources.remote import HubFile
+from streamconv.sources.remote import HubFile, copy_into
 
 __all__ = ["plan_segments", "read_ahead"]
 
@@ -34,7 +36,7 @@ class _Segment:
     end: int
     kept: int  # bytes of it the writer will read; it is dropped once they are read
     index: int
-    data: bytearray | None = None
+    data: memoryview | None = None
     ready: bool = False  # fetched, and handed to the readers
     hashed: bool = False
     freed: bool = False  # read: its budget is given back once it is hashed too
@@ -60,7 +62,7 @@ class _ReadAhead:
         self.next_fetch = 0  # the next segment a fetching thread takes
         self.next_ready = 0  # the next segment to hand to the readers (and the hashing thread), in order
         self.wanted = -1  # the furthest segment a reader waits for
-        self.unhashed: deque[tuple[_Segment, bytearray]] = deque()  # handed to the readers, in order
+        self.unhashed: deque[tuple[_Segment, memoryview]] = deque()  # handed to the readers, in order
         self.error: BaseException | None = None
         self.hash_error: BaseException | None = None
         self.stopped = False
@@ -93,8 +95,8 @@ class _ReadAhead:
                         return
                     self.next_fetch += 1
                     self.in_flight += size
-                buffer = bytearray(size)
-                seg.file.fetch_into(seg.start, memoryview(buffer), check=False)
+                buffer = np.empty(size, np.uint8).data  # not zeroed first, as a bytearray would be
+                seg.file.fetch_into(seg.start, buffer, check=False)
                 with self.lock:
                     seg.data = buffer
                     # Hand segments to the readers, and to the hashing thread, in order.
@@ -161,7 +163,7 @@ class _ReadAhead:
         if not seg.ready or seg.data is None:
             return None, self._find(file, position)[1]  # consumed meanwhile: fetched on the spot
         n = min(end, seg.end) - position
-        data = memoryview(seg.data)[position - seg.start:position - seg.start + n]
+        data = seg.data[position - seg.start:position - seg.start + n]
         seg.kept -= n
         if seg.kept <= 0:
             self._free(seg)
@@ -173,7 +175,7 @@ class _ReadAhead:
             with self.lock:
                 data, n = self._take(file, position, end)
             if data is not None:  # copied outside the lock: the memoryview keeps the segment's bytes alive
-                view[position - offset:position - offset + n] = data
+                copy_into(view[position - offset:position - offset + n], data)
                 position += n
                 continue
             # Not scheduled (or already consumed): fetch it now, up to the next scheduled segment.

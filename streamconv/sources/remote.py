@@ -38,10 +38,12 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+import numpy as np
+
 from streamconv.constants import HUB_RECV_BYTES, HUB_RETRIES, HUB_RETRY_WAIT
 from streamconv.errors import CorruptCheckpointError, HubError
 
-__all__ = ["HubFile", "HubStats", "RangeReader"]
+__all__ = ["HubFile", "HubStats", "RangeReader", "copy_into"]
 
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
@@ -73,6 +75,12 @@ class RangeReader(Protocol):
     """What serves a file's reads while a read-ahead runs (:mod:`streamconv.sources.read_ahead`)."""
 
     def read_into(self, file: HubFile, offset: int, view: memoryview) -> None: ...
+
+
+def copy_into(target: memoryview, data: bytes | memoryview) -> None:
+    """``target[:] = data``, the GIL let go of during the copy (numpy does for large arrays; a
+    memoryview's assignment holds it), so the encoding threads run meanwhile."""
+    np.copyto(np.frombuffer(target, np.uint8), np.frombuffer(data, np.uint8))
 
 
 def _session() -> Any:
@@ -186,7 +194,7 @@ class HubFile:
         """
         filled = 0
         for block in self._stream(offset, offset + len(view)):
-            view[filled:filled + len(block)] = block
+            copy_into(view[filled:filled + len(block)], block)
             filled += len(block)
         if check:
             self.feed(offset, view)

@@ -48,6 +48,9 @@ MAX_CHUNK_BYTES = 256 * 1024 * 1024
 HUB_READ_AHEAD_BYTES = 16 * 1024 * 1024
 HUB_SEGMENT_BYTES = 4 * 1024 * 1024
 HUB_MERGE_GAP = 256 * 1024
+#: Largest range one request asks for: segments that follow each other without a gap share a
+#: request (each request costs ~1-2 ms of CPU on both ends; CLIP's vision tower was 111 of them).
+HUB_REQUEST_BYTES = 64 * 1024 * 1024
 #: Requests the read-ahead keeps in flight at once. Two were measured (benchmarks/hub.py, loopback): no
 #: faster on CLIP, 10% on the sharded bf16 model, and 15-20 MiB more peak RSS, over the 160 MiB target.
 HUB_CONNECTIONS = 1

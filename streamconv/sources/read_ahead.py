@@ -2,14 +2,15 @@
 
 :func:`read_ahead` schedules the byte ranges of a conversion's chunks, in the order the writer will
 ask for them, merges neighbours (gaps up to :data:`~streamconv.constants.HUB_MERGE_GAP`, and at most
-1/16 of what the request keeps) into requests of at most
-:data:`~streamconv.constants.HUB_SEGMENT_BYTES`, and fetches them from background threads
-(:data:`~streamconv.constants.HUB_CONNECTIONS` requests at a time), at most
-:data:`~streamconv.constants.HUB_READ_AHEAD_BYTES` ahead of what the writer consumed; segments are
-handed to the writer in order, and hashed in order by a thread of their own (a segment's budget comes
-back once it is both read and hashed); the read-ahead ends by waiting for the last hashes, so a
-sha256 that does not match fails the conversion before its output is kept. A range read outside the schedule (a dry run's sample,
-a second read of a tensor) is fetched on the spot.
+1/16 of what the segment keeps) into segments of at most :data:`~streamconv.constants.HUB_SEGMENT_BYTES`,
+and fetches them from background threads (:data:`~streamconv.constants.HUB_CONNECTIONS` requests at a
+time; segments that follow each other without a gap share one request of up to
+:data:`~streamconv.constants.HUB_REQUEST_BYTES`), at most :data:`~streamconv.constants.HUB_READ_AHEAD_BYTES`
+ahead of what the writer consumed. Segments are handed to the writer in order, and hashed in order by a
+thread of their own (a segment's budget comes back once it is both read and hashed); the read-ahead
+ends by waiting for the last hashes, so a sha256 that does not match fails the conversion before its
+output is kept. A range read outside the schedule (a dry run's sample, a second read of a tensor) is
+fetched on the spot.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamconv.constants import HUB_CONNECTIONS, HUB_MERGE_GAP, HUB_READ_AHEAD_BYTES, HUB_SEGMENT_BYTES
+from streamconv.constants import (
+    HUB_CONNECTIONS,
+    HUB_MERGE_GAP,
+    HUB_READ_AHEAD_BYTES,
+    HUB_REQUEST_BYTES,
+    HUB_SEGMENT_BYTES,
+)
 from streamconv.sources.remote import HubFile, copy_into
 
 __all__ = ["plan_segments", "read_ahead"]
@@ -42,6 +49,31 @@ class _Segment:
     freed: bool = False  # read: its budget is given back once it is hashed too
 
 
+class _Request:
+    """One range request of a file, its bytes handed out a segment's buffer at a time."""
+
+    def __init__(self, file: HubFile, start: int, end: int) -> None:
+        self.file, self.position, self.end = file, start, end
+        self.blocks = file.stream(start, end)  # resumes by itself after a dropped connection
+        self.left = memoryview(b"")
+
+    def continues(self, seg: _Segment) -> bool:
+        return seg.file is self.file and seg.start == self.position and seg.end <= self.end
+
+    def fill(self, view: memoryview) -> None:
+        filled = 0
+        while filled < len(view):
+            if not self.left:
+                self.left = memoryview(next(self.blocks))
+            n = min(len(self.left), len(view) - filled)
+            copy_into(view[filled:filled + n], self.left[:n])
+            self.left, filled = self.left[n:], filled + n
+        self.position += len(view)
+
+    def close(self) -> None:
+        self.blocks.close()  # closes the response (its connection too, if it is not read to its end)
+
+
 class _ReadAhead:
     def __init__(self, segments: list[_Segment], budget: int) -> None:
         self.segments = segments
@@ -58,6 +90,14 @@ class _ReadAhead:
         self.fetchable = threading.Condition(self.lock)  # budget given back, a reader further on, stop
         self.readable = threading.Condition(self.lock)  # a segment handed over, all hashed, an error, stop
         self.hashable = threading.Condition(self.lock)  # a segment to hash, stop
+        # Where the request that starts at each segment ends: the segments that follow it in the file
+        # without a gap go in the same request, up to HUB_REQUEST_BYTES, filled one after the other
+        # as the budget lets (the connection waits meanwhile).
+        self.request_end = [seg.end for seg in segments]
+        for i in range(len(segments) - 2, -1, -1):
+            seg, after = segments[i], segments[i + 1]
+            if after.file is seg.file and after.start == seg.end and self.request_end[i + 1] - seg.start <= HUB_REQUEST_BYTES:
+                self.request_end[i] = self.request_end[i + 1]
         self.in_flight = 0
         self.next_fetch = 0  # the next segment a fetching thread takes
         self.next_ready = 0  # the next segment to hand to the readers (and the hashing thread), in order
@@ -81,22 +121,31 @@ class _ReadAhead:
             self.error = exc
             self.readable.notify_all()
 
+    def _claim(self) -> _Segment | None:
+        """The next segment to fetch, once the budget has room for it (None: all taken, or stopped)."""
+        with self.lock:
+            while not self.stopped and self.next_fetch < len(self.segments):
+                seg = self.segments[self.next_fetch]
+                size = seg.end - seg.start
+                if self.in_flight == 0 or self.in_flight + size <= self.budget or self.wanted >= seg.index:
+                    break
+                self.fetchable.wait()
+            if self.stopped or self.next_fetch >= len(self.segments):
+                return None
+            self.next_fetch += 1
+            self.in_flight += size
+            return seg
+
     def _run(self) -> None:
+        request: _Request | None = None
         try:
-            while True:
-                with self.lock:
-                    while not self.stopped and self.next_fetch < len(self.segments):
-                        seg = self.segments[self.next_fetch]
-                        size = seg.end - seg.start
-                        if self.in_flight == 0 or self.in_flight + size <= self.budget or self.wanted >= seg.index:
-                            break
-                        self.fetchable.wait()
-                    if self.stopped or self.next_fetch >= len(self.segments):
-                        return
-                    self.next_fetch += 1
-                    self.in_flight += size
-                buffer = np.empty(size, np.uint8).data  # not zeroed first, as a bytearray would be
-                seg.file.fetch_into(seg.start, buffer, check=False)
+            while (seg := self._claim()) is not None:
+                if request is None or not request.continues(seg):
+                    if request is not None:
+                        request.close()
+                    request = _Request(seg.file, seg.start, self.request_end[seg.index])
+                buffer = np.empty(seg.end - seg.start, np.uint8).data  # not zeroed first, as a bytearray would be
+                request.fill(buffer)
                 with self.lock:
                     seg.data = buffer
                     # Hand segments to the readers, and to the hashing thread, in order.
@@ -110,6 +159,9 @@ class _ReadAhead:
                         self.readable.notify_all()
         except BaseException as exc:  # handed to the readers, raised there
             self._fail(exc)
+        finally:
+            if request is not None:
+                request.close()
 
     def _hash(self) -> None:
         """Hash each file's fetched bytes in file order (:meth:`HubFile.feed`)."""

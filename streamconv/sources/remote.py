@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -193,13 +193,15 @@ class HubFile:
         ``check``: hash them now (see :meth:`feed`); the read-ahead feeds its segments itself, in order.
         """
         filled = 0
-        for block in self._stream(offset, offset + len(view)):
+        for block in self.stream(offset, offset + len(view)):
             copy_into(view[filled:filled + len(block)], block)
             filled += len(block)
         if check:
             self.feed(offset, view)
 
-    def _stream(self, start: int, end: int) -> Iterator[bytes]:
+    def stream(self, start: int, end: int) -> Generator[bytes, None, None]:
+        """The bytes ``[start, end)`` as they arrive, in one request (more after failures, each
+        resuming from the byte where the last stopped)."""
         from httpx2 import NetworkError, RemoteProtocolError, TimeoutException
         from huggingface_hub import constants
 

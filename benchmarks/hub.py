@@ -8,9 +8,11 @@ benchmarks/fresh_env.py) under ``/usr/bin/time -v`` against the loopback hub of 
 - *ranges*: ``convert ORG/NAME`` (the default: headers and kept tensors by byte ranges);
 - *download*: ``convert ORG/NAME --download`` (the whole snapshot into the cache, then convert).
 
-Columns: bytes the server sent (both origins), wall time, peak RSS, and the disk the run leaves
-used (the cache plus the output). Then the bandwidth check: the CDN throttled to 50 MB/s, range
-reads must take at most 1.15 x (bytes fetched / 50 MB/s) + 1 s.
+Columns: bytes the server sent (both origins), wall time, the conversion's CPU time (user +
+system), peak RSS, the disk the run leaves used (the cache plus the output), and the CPU the
+loopback server itself took (it shares the machine's cores with the conversion). Then the
+bandwidth check: the CDN throttled to 50 MB/s, range reads must take at most 1.15 x (bytes
+fetched / 50 MB/s) + 1 s.
 
 Called by benchmarks/run.py (section ``hub``, written to docs/benchmarks-hub.md); alone:
 python benchmarks/hub.py [--quick] [--only minilm,clip] [--output docs/benchmarks-hub.md]
@@ -91,6 +93,8 @@ class Measured:
     fetched: int
     disk: int
     kept: int = 0
+    server_cpu: float = 0.0
+    cpu: float = 0.0
 
 
 def _run(server: HubServer, source: str, extra: tuple[str, ...], work: Path) -> Measured:
@@ -101,6 +105,7 @@ def _run(server: HubServer, source: str, extra: tuple[str, ...], work: Path) -> 
                                 HF_HUB_DISABLE_PROGRESS_BARS="1")
     env.pop("HF_HUB_OFFLINE")
     before = server.cdn_bytes() + server.hub_bytes()
+    cpu_before = os.times()  # this process is the server's: its threads answer the conversion
     with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
         command = [*fresh_env.streamconv(), "convert", source, "-o", str(out), "--json", *extra]
         done = subprocess.run(["/usr/bin/time", "-v", "-o", report.name, *command],
@@ -108,15 +113,18 @@ def _run(server: HubServer, source: str, extra: tuple[str, ...], work: Path) -> 
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
         text = report.read()
+    cpu_after = os.times()
     elapsed = re.search(r"Elapsed \(wall clock\) time .*: ([\d:.]+)", text)
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text))
     assert elapsed is not None and rss is not None
     wall = 0.0
     for part in elapsed.group(1).split(":"):
         wall = wall * 60 + float(part)
     result = json.loads(done.stdout)
     measured = Measured(wall, int(rss.group(1)) / 1024, server.cdn_bytes() + server.hub_bytes() - before,
-                        _du(home) + _du(out), result["source_bytes"])
+                        _du(home) + _du(out), result["source_bytes"],
+                        cpu_after.user - cpu_before.user + cpu_after.system - cpu_before.system, cpu)
     shutil.rmtree(work, ignore_errors=True)
     return measured
 
@@ -128,7 +136,8 @@ def _mb(n: float) -> str:
 def _median(runs: list[Measured]) -> Measured:
     ordered = sorted(runs, key=lambda m: m.wall)
     middle = ordered[len(ordered) // 2]
-    return Measured(middle.wall, statistics.median(m.rss_mib for m in runs), middle.fetched, middle.disk, middle.kept)
+    return Measured(middle.wall, statistics.median(m.rss_mib for m in runs), middle.fetched, middle.disk, middle.kept,
+                    statistics.median(m.server_cpu for m in runs), middle.cpu)
 
 
 def measure(workdir: Path, quick: bool, only: str | None = None, runs: int = 3) -> list[str]:
@@ -170,10 +179,15 @@ def measure(workdir: Path, quick: bool, only: str | None = None, runs: int = 3) 
         f"run, all in the same run of the script ({minutes:.1f} min; load average {load[0]:.2f} at the start, "
         f"{os.getloadavg()[0]:.2f} at the end, on {os.cpu_count()} cores shared with other work).",
         "*fetched*: bytes the server sent (both origins; for *local*, none); *disk*: the cache plus the output",
-        "once the run ends; *kept*: the bytes of the tensors converted.",
+        "once the run ends; *kept*: the bytes of the tensors converted; *CPU*: the conversion's user + system",
+        "time (on a loaded machine, wall follows it); *server CPU*: what the loopback server",
+        "took meanwhile. The server is Python too, on the same cores, but not the bottleneck: it sends weights",
+        "with `os.sendfile` and sets `TCP_NODELAY`, as real servers do. A real hub is neither on this machine",
+        "nor this fast: there, the transfer is bounded by the network (the throttled check below).",
         "",
-        "| checkpoint | kept (MB) | way | fetched (MB) | fetched / kept | wall (s) | vs local | peak RSS (MiB) | disk (MB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| checkpoint | kept (MB) | way | fetched (MB) | fetched / kept | wall (s) | vs local | CPU (s) | peak RSS (MiB) "
+        "| disk (MB) | server CPU (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         local = table[row.name]["local"]
@@ -181,7 +195,7 @@ def measure(workdir: Path, quick: bool, only: str | None = None, runs: int = 3) 
             m = table[row.name][mode]
             ratio = f"{m.fetched / m.kept:.2f}" if mode != "local" and m.kept else "–"
             lines.append(f"| {row.label} | {_mb(m.kept)} | {mode} | {_mb(m.fetched)} | {ratio} | {m.wall:.2f} | "
-                         f"{m.wall / local.wall:.2f}x | {m.rss_mib:.0f} | {_mb(m.disk)} |")
+                         f"{m.wall / local.wall:.2f}x | {m.cpu:.2f} | {m.rss_mib:.0f} | {_mb(m.disk)} | {m.server_cpu:.2f} |")
     bound = 1.15 * throttled.fetched / RATE + 1
     lines += [
         "",

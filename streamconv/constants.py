@@ -44,9 +44,18 @@ MAX_CHUNK_BYTES = 256 * 1024 * 1024
 HUB_READ_AHEAD_BYTES = 16 * 1024 * 1024
 HUB_SEGMENT_BYTES = 4 * 1024 * 1024
 HUB_MERGE_GAP = 256 * 1024
+#: Largest range one request asks for: segments that follow each other without a gap share a
+#: request (each request costs ~1-2 ms of CPU on both ends; CLIP's vision tower was 111 of them).
+HUB_REQUEST_BYTES = 64 * 1024 * 1024
 #: Requests the read-ahead keeps in flight at once. Two were measured (benchmarks/hub.py, loopback): no
-#: faster on CLIP, 10% on the sharded bf16 model, and 15-20 MiB more peak RSS, over the 160 MiB target.
+#: faster on CLIP, 10% on the sharded bf16 model, and 15-20 MiB more peak RSS, over the 160 MiB target;
+#: measured again once hashing moved off the fetching thread, no faster either. With more than one,
+#: the threads take segments in turn, so a segment rarely continues its thread's request.
 HUB_CONNECTIONS = 1
+#: Bytes httpcore2 asks its socket for at a time (its own default: 64 KiB). Every read takes the GIL
+#: again beside the encoding threads; 1 MiB reads took the reading thread's CPU from 0.78 s to 0.46 s
+#: for CLIP's 351 MB (benchmarks/hub.py, loopback).
+HUB_RECV_BYTES = 1024 * 1024
 HUB_RETRIES = 5
 HUB_RETRY_WAIT = 0.5
 

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from streamconv.dtypes import DTYPES
+from tests.hubserver import HubServer
 
 #: How many cases the fuzz tests try, as a multiple of what ``make test`` tries: ``make fuzz`` runs
 #: them with STREAMCONV_FUZZ_SCALE=20 (several minutes), ``make test`` keeps within its time budget.
@@ -216,6 +217,32 @@ def offline_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return home
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
+    """The loopback hub of tests/hubserver.py, and huggingface_hub pointed at it (with a cache under
+    ``tmp_path``) for this process: its constants are set as well as the environment."""
+    import huggingface_hub.constants as constants
+
+    from streamconv.sources import remote
+
+    with HubServer() as server:
+        home = tmp_path / "hf"
+        for name, value in {"HF_ENDPOINT": server.endpoint, "HF_HOME": str(home), "HF_HUB_DISABLE_TELEMETRY": "1",
+                            "HF_HUB_DISABLE_PROGRESS_BARS": "1"}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+        monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 2)
+        monkeypatch.setattr(remote, "HUB_RETRY_WAIT", 0.01)
+        yield server
 
 
 def cached_snapshot(home: Path, repo_id: str, commit: str) -> Path:

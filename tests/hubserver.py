@@ -17,7 +17,8 @@ Switches (attributes of :class:`HubServer`, changed while it runs): ``drop_after
 (cut a CDN transfer after so many bytes, so many times), ``ignore_range`` (answer 200 with the
 whole file), ``rate`` (bytes per second for all CDN transfers together), ``down`` (the CDN closes
 every connection unanswered), ``hook`` (called with each request as it comes, before the answer). :meth:`HubServer.mutate` changes a file's bytes under the same commit.
-Every request is logged in ``requests`` (origin, method, path, Range, whether a token came).
+Every request is logged in ``requests`` (origin, method, path, Range, whether a token came);
+:meth:`HubServer.cdn_connections` counts the CDN's connections (kept alive between requests).
 """
 
 from __future__ import annotations
@@ -178,6 +179,10 @@ class HubServer:
         """Bytes of answers the hub origin sent (listings, small files)."""
         return self._hub.bytes_sent
 
+    def cdn_connections(self) -> int:
+        """TCP connections the CDN origin accepted."""
+        return self._cdn.connections
+
     # --- throttle ---
 
     def throttle(self, n: int) -> None:
@@ -201,12 +206,18 @@ class _Server(ThreadingHTTPServer):
         self.hub = hub
         self.origin = origin
         self.bytes_sent = 0
+        self.connections = 0
         self._count_lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
 
     def count(self, n: int) -> None:
         with self._count_lock:
             self.bytes_sent += n
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._count_lock:
+            self.connections += 1
+        super().process_request(request, client_address)
 
 
 def _is_lfs(path: str) -> bool:
@@ -215,6 +226,9 @@ def _is_lfs(path: str) -> bool:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY, as real servers set it: with Nagle's algorithm, a kept-alive connection's answer
+    # waits for the client's delayed ACK of its headers (~10 ms a request on loopback).
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet

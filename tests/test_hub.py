@@ -1,7 +1,8 @@
 """Converting straight from the hub (issue 19), against the loopback hub of tests/hubserver.py.
 
-huggingface_hub reads ``HF_ENDPOINT``, ``HF_HOME`` and its timeouts once, when imported; the
-fixture sets the environment and the constants it derived, so these tests run in one process.
+huggingface_hub reads ``HF_ENDPOINT``, ``HF_HOME`` and its timeouts once, when imported; the ``hub``
+fixture (tests/conftest.py) sets the environment and the constants it derived, so these tests run in
+one process.
 Nothing here reaches the internet: the server listens on 127.0.0.1 only.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,30 +23,6 @@ from tests.conftest import all_dtype_tensors, write_raw_safetensors, write_safet
 from tests.hubserver import HubServer
 
 REPO = "tiny-org/tiny"
-
-
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
-    import huggingface_hub.constants as constants
-
-    from streamconv.sources import remote
-
-    with HubServer() as server:
-        home = tmp_path / "hf"
-        for name, value in {"HF_ENDPOINT": server.endpoint, "HF_HOME": str(home), "HF_HUB_DISABLE_TELEMETRY": "1",
-                            "HF_HUB_DISABLE_PROGRESS_BARS": "1"}.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-        monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 2)
-        monkeypatch.setattr(remote, "HUB_RETRY_WAIT", 0.01)
-        yield server
 
 
 def _cache_weights(tmp_path: Path) -> list[Path]:

@@ -4,9 +4,12 @@ By default (:func:`open_hub`):
 
 1. ``HfApi.model_info(repo, revision=..., files_metadata=True)`` resolves the revision to a commit
    and lists the files with their sizes and LFS sha256. Every later request names that commit.
-2. The small files come through ``snapshot_download`` at that commit, into the Hugging Face cache:
+2. The small files come through ``hf_hub_download`` at that commit, into the Hugging Face cache,
+   eight at a time (as ``snapshot_download`` fetches them, without its second listing of the repo):
    :data:`SMALL_ALLOW_PATTERNS` (configs, tokenizer, processor and module configs, the safetensors
-   index, the few-MB weights of sentence-transformers module folders).
+   index, the few-MB weights of sentence-transformers module folders). The header of the weights
+   file the checkpoint reads first is fetched beside them; a sharded checkpoint's headers all at
+   once, when its index is in.
 3. The root's ``.safetensors`` files are not downloaded: :mod:`streamconv.sources.remote` reads
    their headers and then only the byte ranges of the tensors the plan keeps.
 
@@ -24,10 +27,15 @@ A snapshot whose weights are already in the local cache is read from there, as a
 from __future__ import annotations
 
 import fnmatch
+import functools
+import json
 import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -202,8 +210,10 @@ def open_hub(repo_id: str, revision: str | None, *, download: bool = False) -> H
             folder, commit = download_snapshot(repo_id, commit)
             return HubSource(repo_id, revision, commit, folder, "download")
         mode, patterns = "shards", [*SMALL_ALLOW_PATTERNS, "*/pytorch_model.bin"]
-    folder = _snapshot(repo_id, commit, patterns, quiet=True)
+    folder = _snapshot_folder(repo_id, commit)
+    small = list(_filter(siblings, patterns))
     if all((folder / n).exists() for n in weights):
+        _fetch_small(repo_id, commit, small, [])
         return HubSource(repo_id, revision, commit, folder, "cache")
     source = HubSource(repo_id, revision, commit, folder, mode)
     if mode == "shards":
@@ -215,7 +225,55 @@ def open_hub(repo_id: str, revision: str | None, *, download: bool = False) -> H
             raise HubError(repo_id, f"the hub lists {name} without a size", "run again later")
         sha = sibling.lfs.sha256 if sibling.lfs is not None else None
         source.files[name] = HubFile(repo_id, name, commit, size, sha, folder / name, source.stats)
+    # The header the checkpoint certainly reads first is fetched beside the small files; a sharded
+    # checkpoint's headers once its index is in (all at once rather than one after the other).
+    first = "model.safetensors" if "model.safetensors" in source.files else weights[0] if len(weights) == 1 else None
+    _fetch_small(repo_id, commit, small, [source.files[first].prefetch_header] if mode == "ranges" and first else [])
+    if mode == "ranges" and first is None:
+        named = _index_shards(folder / "model.safetensors.index.json")
+        _fetch_small(repo_id, commit, [], [f.prefetch_header for n, f in source.files.items() if n in named])
     return source
+
+
+def _snapshot_folder(repo_id: str, commit: str) -> Path:
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots" / commit
+
+
+def _filter(names: Iterable[str], patterns: list[str]) -> Iterable[str]:
+    from huggingface_hub.utils import filter_repo_objects
+
+    return filter_repo_objects(names, allow_patterns=patterns)
+
+
+def _fetch_small(repo_id: str, commit: str, names: list[str], also: list[Callable[[], None]]) -> None:
+    """``hf_hub_download`` each of ``names`` at ``commit`` into the cache, and run ``also``, all at
+    once (as ``snapshot_download`` does, without its second listing of the repo); the first failure
+    in that order is raised once all are done."""
+    from huggingface_hub import hf_hub_download
+
+    def download(name: str) -> None:
+        with _hub_errors(repo_id, commit, name):
+            hf_hub_download(repo_id, name, revision=commit, tqdm_class=_silent_tqdm())
+
+    jobs: list[Callable[[], None]] = [*also, *(functools.partial(download, n) for n in names)]
+    if not jobs:
+        return
+    with ThreadPoolExecutor(max_workers=min(8, len(jobs)), thread_name_prefix="streamconv-hub") as pool:
+        futures = [pool.submit(job) for job in jobs]
+    for future in futures:
+        future.result()
+
+
+def _index_shards(index: Path) -> set[str]:
+    """The shard names a safetensors index lists; none if it cannot be read (the checkpoint says why)."""
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        return {v for v in weight_map.values() if isinstance(v, str)} if isinstance(weight_map, dict) else set()
+    except (OSError, ValueError, AttributeError):
+        return set()
 
 
 def download_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
@@ -282,21 +340,36 @@ def _cached_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
     return folder, folder.name
 
 
-def _snapshot(repo_id: str, revision: str | None, patterns: list[str], quiet: bool = False) -> Path:
-    """``snapshot_download`` of ``patterns``; ``quiet``: without its bars (the small files of a
-    conversion by ranges, whose own bar counts the weights)."""
-    # Imported here: huggingface_hub is only needed for hub sources and costs time to import.
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+def _silent_tqdm() -> type:
+    """huggingface_hub's bar, disabled: the small files of a conversion by ranges, whose own bar
+    counts the weights."""
     from huggingface_hub.utils import tqdm as hf_tqdm
 
     class Silent(hf_tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **{**kwargs, "disable": True})
 
+    return Silent
+
+
+def _snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
+    """``snapshot_download`` of ``patterns``."""
+    # Imported here: huggingface_hub is only needed for hub sources and costs time to import.
+    from huggingface_hub import snapshot_download
+
+    with _hub_errors(repo_id, revision):
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def _hub_errors(repo_id: str, revision: str | None, name: str | None = None) -> Iterator[None]:
+    """huggingface_hub's errors for a missing repo, revision or file (``name``, if one file is
+    asked for), or an unreachable hub, as streamconv's."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
     try:
-        extra: dict[str, Any] = {"tqdm_class": Silent} if quiet else {}
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, **extra))
+        yield
     except LocalEntryNotFoundError as exc:
         raise SourceNotFoundError(
             repo_id,
@@ -305,4 +378,6 @@ def _snapshot(repo_id: str, revision: str | None, patterns: list[str], quiet: bo
         ) from exc
     except HfHubHTTPError as exc:
         _raise_for(repo_id, revision, exc)
-        raise HubError(repo_id, f"the hub answered {_one_line(exc)}") from exc
+        answer = _one_line(exc)
+        raise HubError(repo_id, f"the hub answered {answer.rstrip('.')} for {name}" if name else
+                       f"the hub answered {answer}") from exc

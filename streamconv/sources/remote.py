@@ -15,6 +15,10 @@ the file changed on the hub during the run. A dropped connection, a timeout, a 4
 retried from the byte where it stopped, :data:`~streamconv.constants.HUB_RETRIES` times in a row
 without progress, with exponential backoff; then :class:`~streamconv.errors.HubError`.
 
+A 206 is read to its end, so that its connection is kept for the next request (one TCP and TLS
+handshake per run, not per range); httpcore2 is asked to read :data:`~streamconv.constants.HUB_RECV_BYTES`
+from its socket at a time rather than 64 KiB (a class attribute of its HTTP/1.1 connection, raised once).
+
 The bytes are hashed as they arrive in file order; when every byte of a file went through (the
 plan keeps all of it, or the gaps were small enough to be fetched), its sha256 is compared with the
 hub's LFS sha256 and the file is listed in ``metadata.json`` as checked.
@@ -28,16 +32,18 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from streamconv.constants import HUB_RETRIES, HUB_RETRY_WAIT
+import numpy as np
+
+from streamconv.constants import HUB_RECV_BYTES, HUB_RETRIES, HUB_RETRY_WAIT
 from streamconv.errors import CorruptCheckpointError, HubError
 
-__all__ = ["HubFile", "HubStats", "RangeReader"]
+__all__ = ["HubFile", "HubStats", "RangeReader", "copy_into"]
 
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
@@ -71,6 +77,26 @@ class RangeReader(Protocol):
     def read_into(self, file: HubFile, offset: int, view: memoryview) -> None: ...
 
 
+def copy_into(target: memoryview, data: bytes | memoryview) -> None:
+    """``target[:] = data``, the GIL let go of during the copy (numpy does for large arrays; a
+    memoryview's assignment holds it), so the encoding threads run meanwhile."""
+    np.copyto(np.frombuffer(target, np.uint8), np.frombuffer(data, np.uint8))
+
+
+def _session() -> Any:
+    """huggingface_hub's shared ``httpx2`` client, its HTTP/1.1 connections reading larger pieces."""
+    from huggingface_hub.utils import get_session
+
+    try:
+        from httpcore2._sync.http11 import HTTP11Connection
+    except ImportError:  # another transport: left as it is
+        pass
+    else:
+        if getattr(HTTP11Connection, "READ_NUM_BYTES", HUB_RECV_BYTES) < HUB_RECV_BYTES:
+            HTTP11Connection.READ_NUM_BYTES = HUB_RECV_BYTES
+    return get_session()
+
+
 def _origin(url: str) -> tuple[str, str, int | None]:
     parsed = urlparse(url)
     port = parsed.port or {"http": 80, "https": 443}.get(parsed.scheme)
@@ -102,6 +128,7 @@ class HubFile:
         self._hasher: Any = hashlib.sha256()
         self._hashed = 0
         self._hash_lock = threading.Lock()
+        self._head = b""  # the file's first bytes, fetched ahead by prefetch_header
         self.verified = False
 
     # --- metadata ---
@@ -140,9 +167,22 @@ class HubFile:
         else:
             self.fetch_into(offset, view)
 
+    def prefetch_header(self) -> None:
+        """Fetch the safetensors header now (its 8-byte length, then the header if within the cap
+        and the file), for :meth:`read` to serve later; the header is checked where it is parsed."""
+        from streamconv.sources.safetensors_header import MAX_HEADER_BYTES
+
+        if self.size < 8:
+            return
+        prefix = self.read(0, 8)
+        length = int.from_bytes(prefix, "little")
+        self._head = prefix + self.read(8, length) if length <= min(MAX_HEADER_BYTES, self.size - 8) else prefix
+
     def read(self, offset: int, n: int) -> bytes:
-        """``n`` bytes from ``offset`` (fewer at the end of the file), fetched now."""
+        """``n`` bytes from ``offset`` (fewer at the end of the file), fetched now unless prefetched."""
         n = max(0, min(n, self.size - offset))
+        if offset + n <= len(self._head):
+            return self._head[offset:offset + n]
         buffer = bytearray(n)
         self.fetch_into(offset, memoryview(buffer))
         return bytes(buffer)
@@ -153,16 +193,17 @@ class HubFile:
         ``check``: hash them now (see :meth:`feed`); the read-ahead feeds its segments itself, in order.
         """
         filled = 0
-        for block in self._stream(offset, offset + len(view)):
-            view[filled:filled + len(block)] = block
+        for block in self.stream(offset, offset + len(view)):
+            copy_into(view[filled:filled + len(block)], block)
             filled += len(block)
         if check:
             self.feed(offset, view)
 
-    def _stream(self, start: int, end: int) -> Iterator[bytes]:
+    def stream(self, start: int, end: int) -> Generator[bytes, None, None]:
+        """The bytes ``[start, end)`` as they arrive, in one request (more after failures, each
+        resuming from the byte where the last stopped)."""
         from httpx2 import NetworkError, RemoteProtocolError, TimeoutException
         from huggingface_hub import constants
-        from huggingface_hub.utils import get_session
 
         if end > self.size or start < 0:
             raise CorruptCheckpointError(self.label, f"bytes [{start}, {end}) lie past the end of the "
@@ -175,7 +216,7 @@ class HubFile:
             cause = ""
             try:
                 headers = {**self._headers, "Range": f"bytes={position}-{end - 1}"}
-                with get_session().stream("GET", self._location, headers=headers, follow_redirects=True,
+                with _session().stream("GET", self._location, headers=headers, follow_redirects=True,
                                           timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as response:
                     skip = self._check(response, position)
                     if skip is None:
@@ -196,8 +237,8 @@ class HubFile:
                             position += len(block)
                             failures = 0
                             yield block
-                            if position >= end:
-                                break
+                            if position >= end and response.status_code != 206:
+                                break  # the rest of a whole file; a 206 is read to its end, keeping the connection
                         if position < end:
                             cause = "the connection closed early"
             except (TimeoutException, NetworkError, RemoteProtocolError) as exc:
@@ -246,6 +287,8 @@ class HubFile:
 
     def feed(self, offset: int, data: memoryview | bytes | bytearray) -> None:
         """Hash bytes that continue the file in order; check the sha256 once the last byte is in."""
+        if self.sha256 is None:  # nothing to check them against
+            return
         with self._hash_lock:
             if offset > self._hashed or offset + len(data) <= self._hashed:
                 return

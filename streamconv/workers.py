@@ -1,4 +1,6 @@
-"""The one thread pool: every worker thread streamconv starts (encode, decode, read-ahead, verify).
+"""The one thread pool: every pool of jobs streamconv runs (encode, decode, row-group read-ahead,
+verify, hub small files). The few long-lived threads of their own (an output's sha256, the hub's
+fetchers) are not jobs and start themselves.
 
 Daemon threads told and answered through :class:`queue.SimpleQueue` alone, because the thread that
 waits on them may be interrupted (the main thread under Ctrl-C or SIGTERM). ``SimpleQueue.put`` and

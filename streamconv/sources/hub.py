@@ -28,20 +28,20 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import json
 import re
 import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from streamconv.errors import HubError, SourceNotFoundError
+from streamconv.errors import HubError, SourceNotFoundError, StreamconvError
 from streamconv.sources.remote import HubFile, HubStats
+from streamconv.sources.safetensors_header import read_weight_map
+from streamconv.workers import DaemonWorkers
 
 __all__ = [
     "BIN_ALLOW_PATTERNS",
@@ -251,7 +251,7 @@ def _filter(names: Iterable[str], patterns: list[str]) -> Iterable[str]:
 def _fetch_small(repo_id: str, commit: str, names: list[str], also: list[Callable[[], None]]) -> None:
     """``hf_hub_download`` each of ``names`` at ``commit`` into the cache, and run ``also``, all at
     once (as ``snapshot_download`` does, without its second listing of the repo); the first failure
-    in that order is raised once all are done."""
+    in that order is raised, and the jobs after it are not waited for."""
     from huggingface_hub import hf_hub_download
 
     def download(name: str) -> None:
@@ -261,18 +261,17 @@ def _fetch_small(repo_id: str, commit: str, names: list[str], also: list[Callabl
     jobs: list[Callable[[], None]] = [*also, *(functools.partial(download, n) for n in names)]
     if not jobs:
         return
-    with ThreadPoolExecutor(max_workers=min(8, len(jobs)), thread_name_prefix="streamconv-hub") as pool:
-        futures = [pool.submit(job) for job in jobs]
-    for future in futures:
-        future.result()
+    with DaemonWorkers(min(8, len(jobs)), "streamconv-hub") as pool:
+        answers = [pool.submit(job) for job in jobs]
+        for answer in answers:
+            answer.get()
 
 
 def _index_shards(index: Path) -> set[str]:
     """The shard names a safetensors index lists; none if it cannot be read (the checkpoint says why)."""
     try:
-        weight_map = json.loads(index.read_text()).get("weight_map")
-        return {v for v in weight_map.values() if isinstance(v, str)} if isinstance(weight_map, dict) else set()
-    except (OSError, ValueError, AttributeError):
+        return set(read_weight_map(index).values())
+    except (OSError, StreamconvError):
         return set()
 
 

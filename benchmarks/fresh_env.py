@@ -4,8 +4,9 @@ The `.venv` of `make setup` holds an editable streamconv beside torch, transform
 tools, whose imports (and versions) differ from what `pip install streamconv` gives a user. So each
 whole-process streamconv run of the benchmarks goes through the console script of a venv of its own,
 made by ``python -m venv`` and ``pip install <this checkout>`` (not editable; runtime dependencies
-only, the versions pip resolves today), with nothing of the checkout on ``PYTHONPATH``. The naive
-path, validate and the in-process probes need torch or the dev tools and stay in `.venv`.
+only, the versions pip resolves today), with nothing of the checkout on ``PYTHONPATH``; so do the
+in-process probes (benchmarks/probe.py). The naive path, validate and the safetensors reader need
+torch or safetensors and stay in `.venv`.
 
 The venv is kept in ``benchmarks/.work/fresh-venv`` and made again when pyproject.toml or setup.py
 changes; streamconv alone is reinstalled when its sources change.

@@ -32,6 +32,7 @@ Usage: python benchmarks/probe.py MODE PATH [OUT] [--workers 2] [--repeat 1]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -42,17 +43,30 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 CHUNK_BYTES = 2 * 1024 * 1024
 IN_FLIGHT_PER_WORKER = 8
 ST_DTYPES = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
     "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
     "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
 }  # fmt: skip
 FLOATS = {"F64", "F32", "F16", "BF16"}
+
+
+@functools.cache
+def bfloat16() -> np.dtype:
+    """numpy's bfloat16 (ml_dtypes), imported only where bfloat16 data is: as in streamconv, a float16
+    read never pays its import (0.7 s, 8 MiB here), so load's and iter's figures are a user's."""
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def st_dtype(code: str) -> np.dtype:
+    """The numpy dtype of a safetensors dtype code."""
+    return bfloat16() if code == "BF16" else ST_DTYPES[code]
 
 
 def status_mib(field: str) -> float:
@@ -112,7 +126,7 @@ def pieces(folder: Path) -> Iterator[tuple[int, int, int, str]]:
         base, entries = header(file)
         fd = os.open(file, os.O_RDONLY)
         for entry in sorted(entries.values(), key=lambda e: e["data_offsets"][0]):
-            dtype = ST_DTYPES[entry["dtype"]]
+            dtype = st_dtype(entry["dtype"])
             numel = math.prod(entry["shape"])
             per = max(1, CHUNK_BYTES // dtype.itemsize)
             start = base + entry["data_offsets"][0]
@@ -127,7 +141,7 @@ def encode_piece(piece: tuple[int, int, int, str]) -> int:
     from streamconv.stages.casting import cast_array
 
     fd, offset, count, code = piece
-    dtype = ST_DTYPES[code]
+    dtype = st_dtype(code)
     data = np.empty(count, dtype=dtype)
     view = memoryview(data.view(np.uint8))
     filled = 0
@@ -171,7 +185,7 @@ def decode_floor(out: Path, workers: int) -> tuple[int, int]:
 
     parquet = pq.ParquetFile(weights_file(out))
     compression = parquet.schema_arrow.metadata[b"streamconv.compression"].decode()
-    dtypes = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4"), "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    dtypes = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4"),
               "float64": np.dtype("<f8"), "int64": np.dtype("<i8"), "int32": np.dtype("<i4"),
               "int16": np.dtype("<i2"), "int8": np.dtype("i1"), "uint8": np.dtype("u1"), "bool": np.dtype("?")}  # fmt: skip
 
@@ -182,7 +196,7 @@ def decode_floor(out: Path, workers: int) -> tuple[int, int]:
             names = table.column("dtype").to_pylist()
             counts = table.column("element_count").to_pylist()
             for i, (name, count) in enumerate(zip(names, counts, strict=True)):
-                yield data[i].as_buffer(), dtypes[name], count
+                yield data[i].as_buffer(), bfloat16() if name == "bfloat16" else dtypes[name], count
 
     def decode(item: tuple[Any, np.dtype, int]) -> int:
         payload, dtype, count = item
@@ -233,7 +247,7 @@ def cast_speeds() -> dict[str, float]:
     float16 = by_name("float16")
     rng = np.random.default_rng(0)
     sources = {"float32": (rng.standard_normal(CHUNK_BYTES // 4) * 0.02).astype(np.float32),
-               "bfloat16": (rng.standard_normal(CHUNK_BYTES // 2) * 0.02).astype(ml_dtypes.bfloat16)}
+               "bfloat16": (rng.standard_normal(CHUNK_BYTES // 2) * 0.02).astype(bfloat16())}
     compiled, speeds = stages._HALFCAST, {}
     try:
         for source, data in sources.items():

@@ -7,7 +7,8 @@ One run regenerates every number, table and figure of docs/benchmarks.md:
    beside an in-process ``streamconv.convert``; the decode floor (decompress and join the planes
    of every stored chunk on 2 threads) beside ``iter_tensors``, ``load`` (with its peak RSS) and
    ``safetensors.safe_open`` over an uncompressed float16 safetensors copy of the same model.
-   Each operation runs in a fresh process (benchmarks/probe.py), --runs times, interleaved.
+   Each operation runs in a fresh process (benchmarks/probe.py) of the fresh install (safetensors'
+   in `.venv`), --runs times, interleaved.
 2. *Peers*, each converter as a whole process under ``/usr/bin/time -v`` (wall time, peak RSS,
    output size): naive (transformers + ``.half()`` + one pyarrow table), naive with
    ``low_cpu_mem_usage=True``, CTranslate2's ``ct2-transformers-converter`` (its failures are
@@ -196,8 +197,10 @@ def timed(command: list[str]) -> Run:
 
 
 def probe(*args: str | Path) -> dict[str, Any]:
-    """Run benchmarks/probe.py with ``args``; its JSON report."""
-    command = [sys.executable, str(PROBE_SCRIPT), *map(str, args), "--workers", str(WORKERS)]
+    """Run benchmarks/probe.py with ``args`` in the fresh install (its figures are a user's), or in
+    `.venv` for the safetensors reader, which a fresh install lacks; its JSON report."""
+    python = sys.executable if args[0] == "safetensors" else fresh_env.python()
+    command = [python, str(PROBE_SCRIPT), *map(str, args), "--workers", str(WORKERS)]
     proc = subprocess.run(command, check=False, capture_output=True, text=True, env=child_env(), timeout=TIMEOUT_S)
     if proc.returncode != 0:
         raise failure(proc, command)
@@ -1065,7 +1068,8 @@ def render(run: dict[str, Any], results: list[Result], floors: list[Floors], sca
         f"## Floors (in process, median of {runs} run(s), {WORKERS} threads)",
         "",
         "How close streamconv gets to the least work its format needs. Each operation runs in a fresh process",
-        "(`benchmarks/probe.py`), the operations interleaved run by run; times are of the operation alone, after",
+        "(`benchmarks/probe.py`) of the fresh install (benchmarks/fresh_env.py; *safetensors fp16* in `.venv`,",
+        "which has safetensors), the operations interleaved run by run; times are of the operation alone, after",
         "the imports. The *encode floor* reads every 2 MiB piece of every tensor with `os.preadv`, casts it to",
         "float16 with streamconv's own kernel (`streamconv.stages.casting.cast_array`; bf16 straight to float16), and",
         "byte-splits and compresses it with `streamconv.format.codec.encode` (convert's default coder) on 2 threads,",
@@ -1123,7 +1127,7 @@ def render(run: dict[str, Any], results: list[Result], floors: list[Floors], sca
         "  ignores it (its loading is always the low-memory one), so the two rows should match.",
         f"- *streamconv* is `streamconv convert SRC -o OUT --dtype float16 --quiet --force --type PLAN"
         f" --workers {WORKERS}` (with `--parts encoder,decoder` for the whole Whisper model), the console script",
-        f"  of {fresh_env.describe()}. The naive path, ct2, the probes and validate run in `.venv`.",
+        f"  of {fresh_env.describe()}. The naive path, ct2, validate and the safetensors reader run in `.venv`.",
         "- *ct2* is CTranslate2's `ct2-transformers-converter --model SRC --output_dir OUT --quantization float16",
         "  --force`. It loads the model with transformers and writes every weight, uncompressed float16, to",
         "  `model.bin` with its config and vocabulary; it renames and fuses tensors (q/k/v) and stores identical",

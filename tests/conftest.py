@@ -114,6 +114,16 @@ def random_checkpoint(folder: Path, count: int, shape: tuple[int, int], *, seed:
     return folder
 
 
+def hub_checkpoint(folder: Path, count: int) -> tuple[Path, dict[str, np.ndarray]]:
+    """``folder`` with ``count`` float32 tensors of 2 MiB (several chunks, requests and hub segments)
+    and a config; the folder and its tensors."""
+    rng = np.random.default_rng(1)
+    tensors = {f"layer.{i}.weight": rng.standard_normal((512, 1024)).astype(np.float32) for i in range(count)}
+    write_safetensors(folder / "model.safetensors", tensors)
+    (folder / "config.json").write_text(json.dumps({"model_type": "tiny-test"}))
+    return folder, tensors
+
+
 def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> Path:
     """Write arrays (any dtype streamconv supports, bfloat16 included) as a safetensors file."""
     header, blobs, offset = {}, [], 0

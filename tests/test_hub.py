@@ -19,7 +19,7 @@ import pytest
 import streamconv
 from streamconv.cli import main
 from streamconv.errors import CorruptCheckpointError, HubError
-from tests.conftest import all_dtype_tensors, write_raw_safetensors, write_safetensors, write_sharded
+from tests.conftest import all_dtype_tensors, hub_checkpoint, write_raw_safetensors, write_safetensors, write_sharded
 from tests.hubserver import HubServer
 
 REPO = "tiny-org/tiny"
@@ -66,16 +66,6 @@ def _one_line_error(code: int, err: str, expected: int, *words: str) -> None:
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     for word in words:
         assert word in err, err
-
-
-def _big(tmp_path: Path, n: int = 3) -> tuple[Path, dict[str, np.ndarray]]:
-    """A checkpoint of a few MiB (several chunks and several requests), with a config."""
-    rng = np.random.default_rng(1)
-    tensors = {f"layer.{i}.weight": rng.standard_normal((512, 1024)).astype(np.float32) for i in range(n)}
-    folder = tmp_path / "big"
-    write_safetensors(folder / "model.safetensors", tensors)
-    (folder / "config.json").write_text(json.dumps({"model_type": "tiny-test"}))
-    return folder, tensors
 
 
 def _clip_shaped(folder: Path) -> Path:
@@ -182,7 +172,7 @@ def test_gated_repo_needs_a_token_that_never_reaches_the_cdn(
 
 
 def test_dropped_transfers_resume_from_the_byte_where_they_stopped(hub: HubServer, tmp_path: Path) -> None:
-    folder, tensors = _big(tmp_path)
+    folder, tensors = hub_checkpoint(tmp_path / "big", 3)
     hub.add_repo(REPO, folder)
     hub.drop_after, hub.drops = 300_000, 2
     streamconv.convert(REPO, tmp_path / "out", dtype="keep")
@@ -198,7 +188,7 @@ def test_dropped_transfers_resume_from_the_byte_where_they_stopped(hub: HubServe
 
 
 def test_a_server_that_ignores_range_is_read_correctly(hub: HubServer, tmp_path: Path) -> None:
-    folder, tensors = _big(tmp_path, 2)
+    folder, tensors = hub_checkpoint(tmp_path / "big", 2)
     hub.add_repo(REPO, folder)
     hub.ignore_range = True
     streamconv.convert(REPO, tmp_path / "out", dtype="keep", exclude=["layer.0.*"])
@@ -210,7 +200,7 @@ def test_a_server_that_ignores_range_is_read_correctly(hub: HubServer, tmp_path:
 def test_a_file_that_changes_during_the_run_is_refused(
     hub: HubServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], change: str, said: str
 ) -> None:
-    folder, _ = _big(tmp_path, 2)
+    folder, _ = hub_checkpoint(tmp_path / "big", 2)
     hub.add_repo(REPO, folder)
     weights = (folder / "model.safetensors").read_bytes()
     changed = weights + b"\0" * 8 if change == "grows" else weights[:-1] + bytes([weights[-1] ^ 1])
@@ -226,7 +216,7 @@ def test_a_file_that_changes_during_the_run_is_refused(
 
 
 def test_bytes_that_do_not_match_the_listed_sha256_are_refused(hub: HubServer, tmp_path: Path) -> None:
-    folder, _ = _big(tmp_path, 1)
+    folder, _ = hub_checkpoint(tmp_path / "big", 1)
     hub.add_repo(REPO, folder)
     weights = bytearray((folder / "model.safetensors").read_bytes())
     weights[-1] ^= 0xFF
@@ -244,7 +234,7 @@ def test_bytes_that_do_not_match_the_listed_sha256_are_refused(hub: HubServer, t
 def test_a_connection_that_never_comes_back(
     hub: HubServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    folder, _ = _big(tmp_path, 2)
+    folder, _ = hub_checkpoint(tmp_path / "big", 2)
     hub.add_repo(REPO, folder)
 
     def cut(request: object) -> None:
@@ -274,7 +264,7 @@ def test_download_fills_the_cache_and_a_cached_snapshot_is_read_locally(
 def test_progress_shows_the_bytes_fetched_and_the_rate(
     hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder, _ = _big(tmp_path, 2)
+    folder, _ = hub_checkpoint(tmp_path / "big", 2)
     hub.add_repo(REPO, folder)
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS")
     notes: list[str] = []

@@ -14,24 +14,14 @@ import streamconv
 from streamconv.cli import main
 from streamconv.constants import HUB_CONNECTIONS
 from streamconv.errors import CorruptCheckpointError
-from tests.conftest import write_safetensors
+from tests.conftest import hub_checkpoint
 from tests.hubserver import HubServer, Logged
 
 REPO = "org/transfers"
 
 
-def _checkpoint(tmp_path: Path, n: int = 4) -> tuple[Path, dict[str, np.ndarray]]:
-    """Several segments' worth of weights (2 MiB a tensor), and a config."""
-    rng = np.random.default_rng(5)
-    tensors = {f"layer.{i}.weight": rng.standard_normal((512, 1024)).astype(np.float32) for i in range(n)}
-    folder = tmp_path / "ckpt"
-    write_safetensors(folder / "model.safetensors", tensors)
-    (folder / "config.json").write_text(json.dumps({"model_type": "tiny-test"}))
-    return folder, tensors
-
-
 def test_range_requests_share_kept_alive_connections(hub: HubServer, tmp_path: Path) -> None:
-    folder, tensors = _checkpoint(tmp_path)
+    folder, tensors = hub_checkpoint(tmp_path / "ckpt", 4)
     hub.add_repo(REPO, folder)
     streamconv.convert(REPO, tmp_path / "out", dtype="keep")
     loaded = streamconv.load(tmp_path / "out")
@@ -47,7 +37,7 @@ def test_a_sha256_mismatch_fails_the_conversion_though_the_last_segment_was_read
 ) -> None:
     """Segments are hashed on a thread of their own, after the writer got them: the mismatch, known
     at the file's last byte, still fails the conversion and leaves no output."""
-    folder, _ = _checkpoint(tmp_path)
+    folder, _ = hub_checkpoint(tmp_path / "ckpt", 4)
     hub.add_repo(REPO, folder)
     weights = bytearray((folder / "model.safetensors").read_bytes())
     weights[-1] ^= 0xFF
@@ -63,7 +53,7 @@ def test_a_sha256_mismatch_fails_the_conversion_though_the_last_segment_was_read
 
 
 def _with_small_files(tmp_path: Path) -> Path:
-    folder, _ = _checkpoint(tmp_path, 1)
+    folder, _ = hub_checkpoint(tmp_path / "ckpt", 1)
     (folder / "tokenizer.json").write_text(json.dumps({"model": {"type": "WordLevel", "vocab": {"a": 0}}}))
     (folder / "vocab.txt").write_text("a\n")
     (folder / "special_tokens_map.json").write_text("{}")

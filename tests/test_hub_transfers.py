@@ -3,8 +3,10 @@ beside the reads."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ import streamconv
 from streamconv.cli import main
 from streamconv.constants import HUB_CONNECTIONS
 from streamconv.errors import CorruptCheckpointError
+from streamconv.sources.read_ahead import read_ahead
+from streamconv.sources.remote import HubFile, HubStats
 from tests.conftest import hub_checkpoint
 from tests.hubserver import HubServer, Logged
 
@@ -97,3 +101,32 @@ def test_a_listed_small_file_the_hub_then_lacks_fails_in_one_line(
     assert code == 7 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert "vocab.txt" in err and "404" in err, err
     assert not list(tmp_path.glob("out*"))
+
+
+class _Blocky(HubFile):
+    """A hub file whose responses come in blocks of random sizes, as sockets hand them out."""
+
+    def __init__(self, data: bytes, seed: int) -> None:
+        super().__init__("org/blocky", "model.safetensors", "0" * 40, len(data), hashlib.sha256(data).hexdigest(),
+                         Path("model.safetensors"), HubStats())
+        self.data, self.rng = data, np.random.default_rng(seed)
+
+    def stream(self, start: int, end: int) -> Generator[bytes, None, None]:
+        while start < end:
+            step = int(self.rng.integers(1, 70_000))
+            yield self.data[start:min(end, start + step)]
+            start += step
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_reads_served_from_blocks_that_cross_segments_and_reads(seed: int) -> None:
+    data = np.random.default_rng(seed).integers(0, 256, 3_000_000, np.uint8).tobytes()
+    file = _Blocky(data, seed)
+    edges = np.sort(np.random.default_rng(seed + 10).choice(np.arange(1, len(data)), 40, replace=False))
+    ranges = list(zip([0, *edges], [*edges, len(data)], strict=True))  # the whole file: its sha256 checked
+    with read_ahead([(file, start, end) for start, end in ranges], budget=1_000_000):
+        for start, end in ranges:
+            view = memoryview(bytearray(end - start))
+            file.read_into(start, view)
+            assert view == data[start:end]
+    assert file.verified

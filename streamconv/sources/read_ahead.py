@@ -20,9 +20,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-
-import numpy as np
+from dataclasses import dataclass, field
 
 from streamconv.constants import (
     HUB_CONNECTIONS,
@@ -43,7 +41,9 @@ class _Segment:
     end: int
     kept: int  # bytes of it the writer will read; it is dropped once they are read
     index: int
-    data: memoryview | None = None
+    #: The fetched bytes: the response's blocks as they came (no copy), and where each starts in the segment.
+    data: list[memoryview] | None = None
+    starts: list[int] = field(default_factory=list)
     ready: bool = False  # fetched, and handed to the readers
     hashed: bool = False
     freed: bool = False  # read: its budget is given back once it is hashed too
@@ -60,15 +60,19 @@ class _Request:
     def continues(self, seg: _Segment) -> bool:
         return seg.file is self.file and seg.start == self.position and seg.end <= self.end
 
-    def fill(self, view: memoryview) -> None:
-        filled = 0
-        while filled < len(view):
+    def take(self, size: int) -> tuple[list[memoryview], list[int]]:
+        """The next ``size`` bytes, as views of the blocks they came in (a block that crosses into the
+        next segment is shared with it), and where each view starts."""
+        pieces, starts, filled = [], [], 0
+        while filled < size:
             if not self.left:
                 self.left = memoryview(next(self.blocks))
-            n = min(len(self.left), len(view) - filled)
-            copy_into(view[filled:filled + n], self.left[:n])
+            n = min(len(self.left), size - filled)
+            pieces.append(self.left[:n])
+            starts.append(filled)
             self.left, filled = self.left[n:], filled + n
-        self.position += len(view)
+        self.position += size
+        return pieces, starts
 
     def close(self) -> None:
         self.blocks.close()  # closes the response (its connection too, if it is not read to its end)
@@ -102,7 +106,7 @@ class _ReadAhead:
         self.next_fetch = 0  # the next segment a fetching thread takes
         self.next_ready = 0  # the next segment to hand to the readers (and the hashing thread), in order
         self.wanted = -1  # the furthest segment a reader waits for
-        self.unhashed: deque[tuple[_Segment, memoryview]] = deque()  # handed to the readers, in order
+        self.unhashed: deque[tuple[_Segment, list[memoryview]]] = deque()  # handed to the readers, in order
         self.error: BaseException | None = None
         self.hash_error: BaseException | None = None
         self.stopped = False
@@ -144,10 +148,10 @@ class _ReadAhead:
                     if request is not None:
                         request.close()
                     request = _Request(seg.file, seg.start, self.request_end[seg.index])
-                buffer = np.empty(seg.end - seg.start, np.uint8).data  # not zeroed first, as a bytearray would be
-                request.fill(buffer)
+                # The blocks are kept as they came: no copy here, where every copy is a wait for the GIL.
+                pieces, starts = request.take(seg.end - seg.start)
                 with self.lock:
-                    seg.data = buffer
+                    seg.data, seg.starts = pieces, starts
                     # Hand segments to the readers, and to the hashing thread, in order.
                     while self.next_ready < len(self.segments) and self.segments[self.next_ready].data is not None:
                         ready = self.segments[self.next_ready]
@@ -173,7 +177,8 @@ class _ReadAhead:
                     if self.stopped:
                         return
                     seg, data = self.unhashed[0]
-                seg.file.feed(seg.start, data)
+                for start, piece in zip(seg.starts, data, strict=True):
+                    seg.file.feed(seg.start + start, piece)
                 with self.lock:
                     self.unhashed.popleft()
                     seg.hashed = True
@@ -214,8 +219,10 @@ class _ReadAhead:
             raise self.error
         if not seg.ready or seg.data is None:
             return None, self._find(file, position)[1]  # consumed meanwhile: fetched on the spot
-        n = min(end, seg.end) - position
-        data = seg.data[position - seg.start:position - seg.start + n]
+        at = bisect.bisect(seg.starts, position - seg.start) - 1
+        piece, inside = seg.data[at], position - seg.start - seg.starts[at]
+        n = min(end - position, len(piece) - inside)
+        data = piece[inside:inside + n]
         seg.kept -= n
         if seg.kept <= 0:
             self._free(seg)

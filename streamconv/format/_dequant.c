@@ -1,5 +1,5 @@
 /* int8 codes times their float16 block scales, to float16 or float32, checked in the same pass
- * (the reading side of format version 4: streamconv/format/quantized.py documents the rule).
+ * (the reading side of format version 4 on: streamconv/format/quantized.py documents the rule).
  *
  * Why by hand: numpy needs a pass for each check and about nine for the rounding to float16 (its
  * float32 -> float16 cast is done in software, one element at a time): reading BERT-large's int8

@@ -168,3 +168,14 @@ def test_the_compiled_module_is_used_where_it_was_built(monkeypatch: pytest.Monk
         assert kernel is None
     else:
         assert kernel is _dequant
+
+
+def test_a_plane_of_a_wider_dtype_may_be_nibble_split(nibble_kernel: str) -> None:
+    """The writer nibble-splits int8 codes only, but the layout is any plane's: a reader decodes it."""
+    from streamconv.format.planes import split_planes
+
+    data = (np.random.default_rng(2).standard_normal(5001) * 0.02).astype(np.float16)
+    low_plane, high_plane = split_planes(data).reshape(2, -1)
+    body = body_of(*definition(high_plane))
+    payload = bytes([0, 3]) + np.array([low_plane.size, len(body)], "<u8").tobytes() + low_plane.tobytes() + body
+    assert codec.decode(payload, np.float16, data.size, "zstd", 5).tobytes() == data.tobytes()

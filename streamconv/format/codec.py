@@ -43,7 +43,7 @@ the same ``shift`` zero bits is bit-split instead (float16 cast from bfloat16; w
 A plane whose coding is not smaller than the plane is stored too. An explicit ``level=N`` compresses
 every plane with zstd level N (stored only if that is no smaller). With ``nibbles`` (int8 codes),
 a plane whose sampled low nibbles have more than :data:`NIBBLE_ABOVE_BITS` bits of entropy is
-nibble-split: 0.46% larger than zstd on real codes, read twice as fast (docs/format.md).
+nibble-split: 0.45% larger than zstd on real codes, decoded 1.7x as fast (docs/format.md).
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ import zstandard
 import streamconv
 from streamconv.buffers import thread_buffer
 from streamconv.format import codec
+from streamconv.format.frames import decompress_into
 from streamconv.format.planes import entropy_bound, split_planes
 
 CHUNK_BYTES = 2 * 1024 * 1024
@@ -179,7 +180,7 @@ def decompressors(chunks: list[np.ndarray], runs: int) -> list[tuple[str, float,
 
     def pyzstd_scratch(frame: pa.Buffer, size: int) -> object:
         out = np.empty(0, np.uint8) if size == 0 else thread_buffer("bench", size)[:size]
-        codec._decompress_into(np.frombuffer(frame, np.uint8), out)
+        decompress_into(np.frombuffer(frame, np.uint8), out)
         return out
 
     def arrow(frame: pa.Buffer, size: int) -> object:

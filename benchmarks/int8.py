@@ -147,8 +147,8 @@ def _cost(workdir: Path, quick: bool, runs: int) -> tuple[list[str], list[list[s
         f"`dequantize=None` (the codes and scales, for int8 kernels) {other_reads[None]:.2f} ns. Values are "
         "checked and dequantized in one pass by streamconv/format/_dequant.c"
         + ("" if _dequant_kernel() else " (**not in use here**: not built, or the CPU lacks AVX2/F16C; numpy instead)")
-        + "; decoding the codes themselves (barely compressible: zstd Huffman-codes them) costs about what a float16 chunk's "
-        "two planes do.",
+        + "; the codes themselves are nibble-split (format version 5, coder 3: docs/format.md): only their high "
+        "nibbles are Huffman-decoded, the uniform low ones are stored.",
     ]
     targets = [
         [f"int8 convert ÷ float16 convert ≤ {COST_TARGET} (wall)", checkpoint.label, f"{ratio:.2f} (CPU {cpu_ratio:.2f})",

@@ -204,7 +204,7 @@ def test_damaged_payloads_raise_value_error_with_a_reason(dtype: type) -> None:
     with pytest.raises(ValueError, match="compression"):
         codec.decode(payload, data.dtype, data.size, "lz4")
     with pytest.raises(ValueError, match="version"):
-        codec.decode(payload, data.dtype, data.size, "zstd", format_version=5)
+        codec.decode(payload, data.dtype, data.size, "zstd", format_version=6)
 
 
 def bf16_sourced_float16(n: int, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""int8 storage (format 4): weight matrices as int8 codes with float16 block scales, read back as values.
+"""int8 storage (format 4, codes nibble-split since 5): weight matrices as int8 codes with float16 block scales, read back as values.
 
 The models here are tiny but wide enough for the rule: 2-D tensors of at least 16,384 elements and 64
 columns are quantized (hidden size 128).
@@ -73,9 +73,9 @@ def test_round_trip_codes_scales_and_values(bert_int8: tuple[Path, Path], dequan
     assert np.abs(wide - original[QUERY]).max() <= np.abs(original[QUERY]).max() / 254 * 1.01
     assert streamconv.load(out)[BIAS].tobytes() == original[BIAS].astype(np.float16).tobytes()
     metadata = json.loads((out / "metadata.json").read_text())
-    assert metadata["format_version"] == 4 and metadata["dtype"] == "int8"
+    assert metadata["format_version"] == 5 and metadata["dtype"] == "int8"
     assert metadata["quantization"]["block"] == 64 and metadata["quantization"]["kept_float16"] == []
-    assert pq.ParquetFile(out / "weights.parquet").schema_arrow.metadata[b"streamconv.format_version"] == b"4"
+    assert pq.ParquetFile(out / "weights.parquet").schema_arrow.metadata[b"streamconv.format_version"] == b"5"
 
 
 def test_outputs_without_int8_stay_version_3(tmp_path: Path) -> None:
@@ -95,7 +95,7 @@ def test_size_split_output_and_dry_run(bert_int8: tuple[Path, Path], tmp_path: P
     assert {t["name"]: t["dtype"] for t in dry.tensors}[QUERY] == "int8"
     split = streamconv.convert(source, tmp_path / "split", dtype="int8", max_file_size="100KiB", chunk_size="32KiB")
     assert len(split.files) > 2
-    assert json.loads((split.output_dir / "weights.parquet.index.json").read_text())["format_version"] == 4
+    assert json.loads((split.output_dir / "weights.parquet.index.json").read_text())["format_version"] == 5
     whole, parts = streamconv.load(out), streamconv.load(split.output_dir)
     assert all(whole[n].tobytes() == parts[n].tobytes() for n in whole)
 
@@ -132,16 +132,16 @@ def test_fallback_and_keep_float(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "--keep-float" in capsys.readouterr().err
 
 
-def _rewrite_scales(out: Path, change) -> None:
-    """Rewrite the weights file with ``change(name, scales payload) -> payload`` on every int8 row,
-    with a checksum that matches the new bytes (damage no checksum can see)."""
+def _rewrite_scales(out: Path, change, column: str = "scales") -> None:
+    """Rewrite the weights file with ``change(name, payload) -> payload`` on every int8 row's ``column``
+    (``scales`` or ``data``), with a checksum that matches the new bytes (damage no checksum can see)."""
     path = out / "weights.parquet"
     table = pq.read_table(path)
     rows = table.to_pylist()
     for row in rows:
         if row["block"]:
-            row["scales"] = change(row["name"], row["scales"])
-            row["scales_bytes"], row["scales_xxh3"] = len(row["scales"]), checksum(row["scales"])
+            row[column] = change(row["name"], row[column])
+            row[f"{column}_bytes"], row[f"{column}_xxh3"] = len(row[column]), checksum(row[column])
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
 
 
@@ -173,12 +173,69 @@ def test_damaged_scales_exit_3_in_one_line(bert_int8: tuple[Path, Path], tmp_pat
     assert not (tmp_path / "hf").exists()
 
 
-def test_v4_refused_by_a_version_3_reader(bert_int8: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_v5_refused_by_a_version_4_reader(bert_int8: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     from streamconv.format import toc
 
-    monkeypatch.setattr(toc, "FORMAT_VERSION", 3)
-    with pytest.raises(FormatError, match="format version 4, newer than this reader's 3; upgrade streamconv"):
+    monkeypatch.setattr(toc, "FORMAT_VERSION", 4)
+    with pytest.raises(FormatError, match="format version 5, newer than this reader's 4; upgrade streamconv"):
         streamconv.load(bert_int8[1])
+    assert main(["inspect", str(bert_int8[1])]) == 3
+
+
+def _coders(out: Path) -> dict[str, tuple[int, int]]:
+    """Per tensor: the coder byte of its first chunk's data, and of its scales (-1: none)."""
+    rows = pq.read_table(out / "weights.parquet", columns=["name", "chunk_index", "data", "scales"])
+    return {row["name"]: (row["data"][0], row["scales"][0] if row["scales"] else -1)
+            for row in rows.to_pylist() if row["chunk_index"] == 0 and row["data"]}
+
+
+def test_codes_are_nibble_split_and_scales_and_floats_are_not(bert_int8: tuple[Path, Path]) -> None:
+    coders = _coders(bert_int8[1])
+    info = {t.name: t for t in streamconv.describe(bert_int8[1])}
+    quantized = [name for name in coders if info[name].quantized]
+    assert QUERY in quantized and WORDS in quantized
+    for name, (data, scales) in coders.items():  # every int8 chunk here is over the 8 KiB sample
+        assert (data == 3) == (name in quantized) and scales != 3, name
+
+
+def test_version_4_int8_output_still_reads(bert_int8: tuple[Path, Path], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """An output as version 4 wrote it (codes coded by zstd: coders 0 to 2 only) reads as before."""
+    from streamconv.format import codec, schema
+
+    monkeypatch.setattr(schema, "INT8_VERSION", 4)
+    monkeypatch.setattr(codec, "NIBBLE_ABOVE_BITS", 4.1)  # no plane qualifies: the version-4 writer
+    old = streamconv.convert(bert_int8[0], tmp_path / "v4", dtype="int8").output_dir
+    monkeypatch.undo()
+    assert pq.ParquetFile(old / "weights.parquet").schema_arrow.metadata[b"streamconv.format_version"] == b"4"
+    assert max(max(pair) for pair in _coders(old).values()) <= 2
+    new = streamconv.load(bert_int8[1])
+    assert all(array.tobytes() == new[name].tobytes() for name, array in streamconv.load(old).items())
+    assert main(["verify", str(old)]) == 0
+
+
+@pytest.mark.parametrize("damage", ["low nibbles cut", "frame length"])
+def test_damaged_nibble_split_codes_exit_3_in_one_line(bert_int8: tuple[Path, Path], tmp_path: Path, damage: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = Path(shutil.copytree(bert_int8[1], tmp_path / "out"))
+
+    def change(name: str, payload: bytes) -> bytes:
+        if name != QUERY:
+            return payload
+        assert payload[0] == 3
+        body = payload[9:-1] if damage == "low nibbles cut" else \
+            (int.from_bytes(payload[9:17], "little") + 1).to_bytes(8, "little") + payload[17:]
+        return payload[:1] + len(body).to_bytes(8, "little") + body
+
+    _rewrite_scales(out, change, "data")
+    with pytest.raises(FormatError, match="query.weight.*nibble-split body"):
+        streamconv.load(out)
+    assert main(["export", str(out), "--to", str(tmp_path / "hf")]) == 3
+    assert main(["verify", str(out)]) == 3
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and QUERY in errors[0] and "nibble" in errors[0]
+    assert QUERY in captured.out  # verify names the damaged tensor
 
 
 def test_export_loads_in_transformers(bert_int8: tuple[Path, Path], tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 /* int8 codes times their float16 block scales, to float16 or float32, checked in the same pass
- * (the reading side of format version 4: streamconv/format/quantized.py documents the rule).
+ * (the reading side of format version 4 on: streamconv/format/quantized.py documents the rule).
  *
  * Why by hand: numpy needs a pass for each check and about nine for the rounding to float16 (its
  * float32 -> float16 cast is done in software, one element at a time): reading BERT-large's int8
@@ -12,8 +12,12 @@
  * (2), a zero scale for a block whose codes are not all zero, or the reverse (4). The output is
  * unspecified when the result is not 0. Raw codes (dequantize=None) are checked without an output.
  *
+ * It also splits and joins the nibbles of a nibble-split plane (format version 5, coder 3: layout in
+ * streamconv/format/codec.py), in plain loops the compiler vectorizes for any CPU: numpy's byte
+ * shifts are not vectorized, and the join sits on the read path of every int8 chunk.
+ *
  * Built as an optional extension: where it is missing, or the CPU has no AVX2 and F16C, the reader
- * does the same in numpy, to the same bits (tests/test_dequant.py compares them).
+ * does the same in numpy, to the same bits (tests/test_dequant.py and tests/test_nibbles.py compare them).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -182,10 +186,65 @@ static PyObject *dequantize(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* high[i], low[i] from plane bytes b[2i], b[2i+1] (b[n] = 0 when n is odd). */
+static void split_pairs(const uint8_t *b, Py_ssize_t n, uint8_t *high, uint8_t *low) {
+    Py_ssize_t pairs = n / 2;
+    for (Py_ssize_t i = 0; i < pairs; i++) {
+        uint8_t even = b[2 * i], odd = b[2 * i + 1];
+        high[i] = (uint8_t)((even & 0xF0) | (odd >> 4));
+        low[i] = (uint8_t)((even << 4) | (odd & 0x0F));
+    }
+    if (n % 2) {
+        high[pairs] = (uint8_t)(b[n - 1] & 0xF0);
+        low[pairs] = (uint8_t)(b[n - 1] << 4);
+    }
+}
+
+/* The plane's n bytes back from high and low (ceil(n / 2) bytes each). */
+static void join_pairs(const uint8_t *high, const uint8_t *low, Py_ssize_t n, uint8_t *b) {
+    Py_ssize_t pairs = n / 2;
+    for (Py_ssize_t i = 0; i < pairs; i++) {
+        uint8_t h = high[i], l = low[i];
+        b[2 * i] = (uint8_t)((h & 0xF0) | (l >> 4));
+        b[2 * i + 1] = (uint8_t)((h << 4) | (l & 0x0F));
+    }
+    if (n % 2) b[n - 1] = (uint8_t)((high[pairs] & 0xF0) | (low[pairs] >> 4));
+}
+
+/* split_nibbles(plane, high, low) / join_nibbles(high, low, plane): high and low hold exactly
+ * ceil(len(plane) / 2) bytes; the one written is writable. */
+static PyObject *nibbles(PyObject *args, int join) {
+    Py_buffer plane, high, low;
+    int parsed = join ? PyArg_ParseTuple(args, "y*y*w*", &high, &low, &plane)
+                      : PyArg_ParseTuple(args, "y*w*w*", &plane, &high, &low);
+    if (!parsed) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t half = plane.len / 2 + plane.len % 2;
+    if (high.len != half || low.len != half) {
+        PyErr_SetString(PyExc_ValueError, "high and low must hold ceil(len(plane) / 2) bytes each");
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        if (join) join_pairs((const uint8_t *)high.buf, (const uint8_t *)low.buf, plane.len, (uint8_t *)plane.buf);
+        else split_pairs((const uint8_t *)plane.buf, plane.len, (uint8_t *)high.buf, (uint8_t *)low.buf);
+        Py_END_ALLOW_THREADS
+        result = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&plane);
+    PyBuffer_Release(&high);
+    PyBuffer_Release(&low);
+    return result;
+}
+
+static PyObject *split_nibbles(PyObject *self, PyObject *args) { return nibbles(args, 0); }
+
+static PyObject *join_nibbles(PyObject *self, PyObject *args) { return nibbles(args, 1); }
+
 static PyMethodDef methods[] = {
     {"supported", supported, METH_NOARGS, "Whether this CPU has the instructions."},
     {"dequantize", dequantize, METH_VARARGS,
      "dequantize(codes, scales, cols, block, out, out_itemsize) -> problem bits (0: none)."},
+    {"split_nibbles", split_nibbles, METH_VARARGS, "split_nibbles(plane, high, low): a plane's nibbles, paired."},
+    {"join_nibbles", join_nibbles, METH_VARARGS, "join_nibbles(high, low, plane): the plane back."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,4 +1,4 @@
-"""Reading int8 chunks (format version 4): their scales checked against their codes, then dequantized.
+"""Reading int8 chunks (format version 4 on): their scales checked against their codes, then dequantized.
 
 A quantized chunk holds whole rows of a 2-D tensor of ``cols`` columns: ``data`` is the rows' int8
 codes, ``scales`` one float16 scale per block of ``block`` consecutive elements of a row (the last
@@ -35,7 +35,7 @@ def block_count(cols: int, block: int) -> int:
 
 def rows_problem(dtype: str, shape: tuple[int, ...], block: int, first: int, blocks: np.ndarray,
                  offsets: np.ndarray, counts: np.ndarray, scale_bytes: np.ndarray) -> str | None:
-    """Why a tensor's rows (chunks ``first``... of a version-4 file, as columns) cannot be its chunks,
+    """Why a tensor's rows (chunks ``first``... of a file of version 4 on, as columns) cannot be its chunks,
     ``block`` being its chunk 0's block, or ``None``: every chunk has that block; an int8 chunk holds
     whole rows of a 2-D int8 tensor and has scales. Checked before anything is allocated."""
     if first == 0 and (block < 0 or (block and (dtype != "int8" or len(shape) != 2 or shape[1] < 1))):

@@ -14,10 +14,10 @@ __all__ = ["EXPORT_FORMAT", "EXPORT_MARKER_FILENAME", "FORMAT_VERSION", "INDEX_F
 
 #: Newest version of the output layout (see docs/format.md). Readers accept every version up to
 #: this one.
-FORMAT_VERSION = 4
-#: The version of outputs holding int8 tensors (``--dtype int8``). Every other output is written as
-#: version 3, which it is exactly, so older readers still read it.
-INT8_VERSION = 4
+FORMAT_VERSION = 5
+#: The version of outputs holding int8 tensors (``--dtype int8``; 5: their codes nibble-split, coder 3).
+#: Every other output is written as version 3, which it is exactly, so older readers still read it.
+INT8_VERSION = 5
 PLAIN_VERSION = 3
 WEIGHTS_FILENAME = "weights.parquet"
 METADATA_FILENAME = "metadata.json"
@@ -92,7 +92,7 @@ def schema_for(quantized: bool) -> pa.Schema:
 
 def chunks_digest(sums: np.ndarray, scale_sums: np.ndarray | None = None) -> int:
     """A file's identity from its rows' ``data_xxh3`` values, in order: XXH3-64 of them as little-endian
-    uint64s (a split index records it per file as ``chunks_xxh3``). A file with int8 columns (version 4)
+    uint64s (a split index records it per file as ``chunks_xxh3``). A file with int8 columns (version 4 on)
     gives each row's ``data_xxh3`` then its ``scales_xxh3``: codes alone do not tell two outputs apart."""
     if scale_sums is not None:
         sums = np.column_stack([sums, scale_sums]).ravel()

@@ -146,7 +146,7 @@ class WeightsWriter:
         level: ``None`` for the coder tuned per byte plane, or a zstd level -7 to 22 for every plane.
         workers: Threads that encode chunks.
         row_group_bytes: Pending encoded bytes that close a row group.
-        quantized: Write format version 4, whose rows may hold int8 codes with their scales.
+        quantized: Write format version 5, whose rows may hold int8 codes with their scales.
 
     Example:
         >>> with WeightsWriter(out / "weights.parquet") as writer:
@@ -272,7 +272,8 @@ class WeightsWriter:
             if not self.quantized:
                 raise ValueError(f"{piece!r} is quantized; write it with WeightsWriter(..., quantized=True)")
             codes, scales, block = data
-            payload, coded = (codec.encode(part, self.compression, self.level) for part in (codes, scales))
+            payload = codec.encode(codes, self.compression, self.level, nibbles=True)
+            coded = codec.encode(scales, self.compression, self.level)
             return Encoded("int8", codes.nbytes + scales.nbytes, payload, checksum(payload), None, block, coded,
                             checksum(coded))
         payload = codec.encode(data, self.compression, self.level)

@@ -13,7 +13,7 @@
  * unspecified when the result is not 0. Raw codes (dequantize=None) are checked without an output.
  *
  * It also splits and joins the nibbles of a nibble-split plane (format version 5, coder 3: layout in
- * streamconv/format/codec.py), in plain loops the compiler vectorizes for any CPU: numpy's byte
+ * streamconv/format/nibbles.py), in plain loops the compiler vectorizes for any CPU: numpy's byte
  * shifts are not vectorized, and the join sits on the read path of every int8 chunk.
  *
  * Built as an optional extension: where it is missing, or the CPU has no AVX2 and F16C, the reader

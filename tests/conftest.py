@@ -11,7 +11,7 @@ import sys
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 # One thread for torch (and the OpenMP and BLAS pools of this process and of the processes it
 # starts), set before anything imports them. The tests run one at a time on machines of 2 shared
@@ -187,20 +187,26 @@ def half_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     return str(request.param)
 
 
+def choose_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, module: Any, what: str) -> str:
+    """For a fixture parametrized ``compiled`` / another name: ``module``'s compiled kernel where it
+    was built (else the test is skipped), or its numpy fallback."""
+    if request.param == "compiled":
+        kernel = module._kernel()
+        if kernel is None:
+            pytest.skip(f"the optional {what} is not built here")
+        monkeypatch.setattr(module, "_KERNEL", kernel)
+    else:
+        monkeypatch.setattr(module, "_KERNEL", None)
+    return str(request.param)
+
+
 @pytest.fixture(params=["compiled", "fallback"])
 def dequant_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the test reading int8 outputs with the compiled kernel (streamconv/format/_dequant.c), where
     it was built, and with its numpy fallback. The extension is optional (setup.py)."""
     from streamconv.format import quantized
 
-    if request.param == "compiled":
-        kernel = quantized._kernel()
-        if kernel is None:
-            pytest.skip("the optional int8 read kernel (streamconv/format/_dequant.c) is not built here")
-        monkeypatch.setattr(quantized, "_KERNEL", kernel)
-    else:
-        monkeypatch.setattr(quantized, "_KERNEL", None)
-    return str(request.param)
+    return choose_kernel(request, monkeypatch, quantized, "int8 read kernel (streamconv/format/_dequant.c)")
 
 
 @pytest.fixture

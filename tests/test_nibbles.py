@@ -12,6 +12,7 @@ import zstandard
 
 from streamconv.format import codec, nibbles
 from streamconv.format.frames import TUNED_PARAMETERS
+from tests.conftest import choose_kernel
 
 SIZES = [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 100, 1001, 65_537]
 
@@ -19,14 +20,7 @@ SIZES = [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 100, 1001, 65_537]
 @pytest.fixture(params=["compiled", "numpy"])
 def nibble_kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the test with the compiled split/join (streamconv/format/_dequant.c) and with numpy."""
-    if request.param == "compiled":
-        kernel = nibbles._kernel()
-        if kernel is None:
-            pytest.skip("the optional compiled module (streamconv/format/_dequant.c) is not built here")
-        monkeypatch.setattr(nibbles, "_KERNEL", kernel)
-    else:
-        monkeypatch.setattr(nibbles, "_KERNEL", None)
-    return str(request.param)
+    return choose_kernel(request, monkeypatch, nibbles, "compiled module (streamconv/format/_dequant.c)")
 
 
 def codes(n: int, seed: int = 0) -> np.ndarray:

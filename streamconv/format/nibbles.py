@@ -27,23 +27,28 @@ from streamconv.buffers import thread_buffer
 from streamconv.format import frames
 from streamconv.format.planes import join_into, split
 
-__all__ = ["checked_body", "decode_body", "encode_body", "join_nibbles", "low_bits", "split_nibbles"]
+__all__ = ["checked_body", "compiled_module", "decode_body", "encode_body", "join_nibbles", "low_bits", "split_nibbles"]
 
 _HIGH, _LOW = np.uint64(0xF0F0F0F0F0F0F0F0), np.uint64(0x0F0F0F0F0F0F0F0F)
 _UNLOADED = object()
 _KERNEL: Any = _UNLOADED
 
 
+def compiled_module() -> ModuleType | None:
+    """The compiled module ``_dequant`` (the nibbles' split and join, any CPU; int8 dequantizing,
+    :mod:`streamconv.format.quantized`), or ``None`` where it was not built."""
+    try:
+        from streamconv.format import _dequant
+    except ImportError:
+        return None
+    return _dequant
+
+
 def _kernel() -> ModuleType | None:
-    """The compiled module, or ``None`` where it is not built; imported at the first call."""
+    """:func:`compiled_module`, imported at the first call."""
     global _KERNEL
     if _KERNEL is _UNLOADED:
-        try:
-            from streamconv.format import _dequant
-        except ImportError:
-            _KERNEL = None
-        else:
-            _KERNEL = _dequant if hasattr(_dequant, "join_nibbles") else None
+        _KERNEL = compiled_module()
     return _KERNEL
 
 

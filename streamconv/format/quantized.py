@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from streamconv.buffers import thread_buffer
+from streamconv.format.nibbles import compiled_module
 
 __all__ = ["DEQUANTIZE_CHOICES", "block_count", "check_scales", "decode_values", "dequantize_into", "rows_problem"]
 
@@ -68,12 +69,8 @@ def _kernel() -> ModuleType | None:
     imported at the first call."""
     global _KERNEL
     if _KERNEL is _UNLOADED:
-        try:
-            from streamconv.format import _dequant
-        except ImportError:
-            _KERNEL = None
-        else:
-            _KERNEL = _dequant if _dequant.supported() else None
+        module = compiled_module()
+        _KERNEL = module if module is not None and module.supported() else None
     return _KERNEL
 
 

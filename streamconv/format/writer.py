@@ -35,7 +35,7 @@ from streamconv.format.hashing import FileHasher
 from streamconv.format.schema import checksum, schema_for, version_for
 from streamconv.workers import Answer, DaemonWorkers
 
-__all__ = ["Piece", "WeightsWriter", "WriteSummary", "row_group_bytes_for"]
+__all__ = ["Piece", "WeightsWriter", "WriteSummary", "encode_loaded", "row_group_bytes_for"]
 
 # Columns that keep Parquet statistics: ``name`` lets readers skip row groups when looking for one
 # tensor. The data column has none (they would copy every value: 94 MB held for a 47 MB tensor).
@@ -135,6 +135,16 @@ class WriteSummary:
 def row_group_bytes_for(source_bytes: int) -> int:
     """Row-group size for a conversion of ``source_bytes``: 1 MiB, more for very large models."""
     return min(MAX_ROW_GROUP_BYTES, max(ROW_GROUP_BYTES, source_bytes // TARGET_ROW_GROUPS))
+
+
+def encode_loaded(data: Any, compression: str, level: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The payloads stored for a loaded piece: its ``data``, and a quantized piece's (``(codes,
+    scales, block)``) ``scales`` (``None`` otherwise); the writer's rule, which a dry run's estimate
+    follows too. int8 codes may be nibble-split (format version 5); nothing else is."""
+    if isinstance(data, tuple):
+        codes, scales, _ = data
+        return codec.encode(codes, compression, level, nibbles=True), codec.encode(scales, compression, level)
+    return codec.encode(data, compression, level), None
 
 
 class WeightsWriter:
@@ -268,15 +278,13 @@ class WeightsWriter:
         # Runs in a worker thread: the piece is read, cast and compressed here, and its array is
         # dropped on return, so the queue holds descriptions and payloads, never arrays.
         data = piece.load(scratch=True)  # encoded at once, before this thread loads again
-        if isinstance(data, tuple):
-            if not self.quantized:
-                raise ValueError(f"{piece!r} is quantized; write it with WeightsWriter(..., quantized=True)")
+        if isinstance(data, tuple) and not self.quantized:
+            raise ValueError(f"{piece!r} is quantized; write it with WeightsWriter(..., quantized=True)")
+        payload, coded = encode_loaded(data, self.compression, self.level)
+        if coded is not None:
             codes, scales, block = data
-            payload = codec.encode(codes, self.compression, self.level, nibbles=True)
-            coded = codec.encode(scales, self.compression, self.level)
             return Encoded("int8", codes.nbytes + scales.nbytes, payload, checksum(payload), None, block, coded,
                             checksum(coded))
-        payload = codec.encode(data, self.compression, self.level)
         return Encoded(by_numpy(data.dtype).name, data.nbytes, payload, checksum(payload), piece.note_for(data))
 
     def _encoded(self, chunks: Iterable[P]) -> Iterator[tuple[P, Encoded]]:

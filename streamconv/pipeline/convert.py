@@ -14,11 +14,10 @@ from streamconv import progress
 from streamconv._files import write_json
 from streamconv.dtypes import by_name
 from streamconv.errors import CastOverflowError, MissingDependencyError, QuantizationBudgetError
-from streamconv.format import codec
 from streamconv.format.schema import METADATA_FILENAME, WEIGHTS_FILENAME
 from streamconv.format.split_writer import SplitWeightsWriter
 from streamconv.format.staging import check_output, clean_leftovers, find_leftovers, output_path, staged_output
-from streamconv.format.writer import WeightsWriter, WriteSummary, row_group_bytes_for
+from streamconv.format.writer import WeightsWriter, WriteSummary, encode_loaded, row_group_bytes_for
 from streamconv.pipeline.assets import planned_assets, write_assets
 from streamconv.pipeline.options import ConvertOptions
 from streamconv.pipeline.result import ConversionResult
@@ -325,13 +324,9 @@ def _estimate(result: ConversionResult, refs: tuple[TensorRef, ...], options: Co
         if options.dtype == "int8":  # whole rows, quantized as the writer would (codes and scales)
             piece = next(int8.quantize([piece], keep_float=options.keep_float))
         loaded = piece.load()
-        if isinstance(loaded, tuple):
-            for part in loaded[:2]:
-                sample_raw += part.nbytes
-                sample_encoded += len(codec.encode(part, options.compression, options.level))
-            continue
-        sample_raw += loaded.nbytes
-        sample_encoded += len(codec.encode(loaded, options.compression, options.level))
+        payload, scales = encode_loaded(loaded, options.compression, options.level)
+        sample_raw += sum(part.nbytes for part in loaded[:2]) if isinstance(loaded, tuple) else loaded.nbytes
+        sample_encoded += payload.size + (scales.size if scales is not None else 0)
     ratio = sample_encoded / sample_raw if sample_raw else 1.0
     result.output_bytes = int(raw_total * ratio)
     result.ratio = round(result.source_bytes / result.output_bytes, 4) if result.output_bytes else 0.0

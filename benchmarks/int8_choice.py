@@ -72,7 +72,9 @@ def quantize(x: np.ndarray, block: int, rounding: str) -> tuple[np.ndarray, np.n
 def coded_bytes(array: np.ndarray, rows_per_chunk: int) -> int:
     from streamconv.format import codec
 
-    return sum(len(codec.encode(array[i:i + rows_per_chunk], "zstd")) for i in range(0, len(array), rows_per_chunk))
+    nibbles = array.dtype == np.int8  # codes as the writer codes them (format version 5), scales not
+    return sum(len(codec.encode(array[i:i + rows_per_chunk], "zstd", nibbles=nibbles))
+               for i in range(0, len(array), rows_per_chunk))
 
 
 def measure() -> list[str]:

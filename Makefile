@@ -46,12 +46,14 @@ demo: $(STAMP)
 	@$(PY) scripts/demo_summary.py $(DEMO_OUT) $(DEMO_REPORT)
 
 # Lint and types first (they fail on any finding), then the suite under coverage, CLI subprocesses
-# included (pyproject.toml: [tool.coverage]); under 90% of streamconv/'s lines fails.
+# included (pyproject.toml: [tool.coverage]); under 90% of streamconv/'s lines fails. The suite runs
+# on TEST_JOBS worker processes (pytest-xdist), one per core of the 2-core build machines.
+TEST_JOBS ?= 2
 test: $(STAMP)
 	$(VENV)/bin/ruff check streamconv tests benchmarks scripts
 	$(VENV)/bin/mypy
 	$(PY) -m coverage erase
-	$(PY) -m coverage run -m pytest -q
+	$(PY) -m coverage run -m pytest -q -p xdist.plugin -n $(TEST_JOBS)
 	$(PY) -m coverage combine -q
 	$(PY) -m coverage report
 

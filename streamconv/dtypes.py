@@ -4,8 +4,9 @@ Every module looks dtypes up here: the source (safetensors codes), the stages (i
 it overflow), the writer and reader (the name in the Parquet ``dtype`` column), validate and the
 tests (the torch dtype of the same name).
 
-bfloat16 is ml_dtypes' type, and importing ml_dtypes costs more than converting BERT-base (0.4-0.8 s;
-docs/benchmarks.md, "Start-up"), so its row resolves its numpy type the first time a bfloat16 is
+bfloat16 is ml_dtypes' type. Importing ml_dtypes 0.7.0 took longer than converting BERT-base
+(0.7-1.4 s; pyproject.toml excludes that version, 0.6.0 takes 0.01 s), and nothing promises the
+next release is quick, so its row resolves its numpy type the first time a bfloat16 is
 needed: a bf16 tensor read or planned, a bf16 cast, a bf16 output read. Until then nothing has
 made an array of that type, which is why :func:`by_numpy` and :func:`is_bfloat16` need not look.
 """

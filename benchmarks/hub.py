@@ -58,6 +58,8 @@ ROWS = (
     Row("clip", "CLIP ViT-B/32 (vision)", ("--parts", "vision")),
     Row("whisper", "Whisper base (encoder)", ("--parts", "encoder")),
     Row("llama-sharded", "Llama-style bf16, 3 shards", ("--dtype", "keep")),
+    # Big enough that the conversion, not the fixed cost of a hub run, decides the ratio to local.
+    Row("bert-large", "BERT-large (float32, 1.3 GB)", ()),
 )
 QUICK_ROWS = (
     Row("tiny-bert", "tiny BERT (quick)", ()),

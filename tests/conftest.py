@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import struct
 import sys
 import traceback
@@ -14,11 +15,16 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 # One thread for torch (and the OpenMP and BLAS pools of this process and of the processes it
-# starts), set before anything imports them. The tests run one at a time on machines of 2 shared
-# cores, where torch's default of one thread per core spins: validating the real MiniLM took 5-6 s
+# starts), set before anything imports them. The tests run on machines of 2 shared cores (one
+# test at a time per xdist worker), where torch's default of one thread per core spins: validating the real MiniLM took 5-6 s
 # of CPU with 2 threads against 1.8 s with one, and as long on the clock. No test asserts a
 # thread count but test_cli.py's, which sets OPENBLAS_NUM_THREADS itself.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# A suite started in the background by a shell without job control (`nohup make test &`) inherits
+# SIGINT ignored, and so would every `python -m streamconv` the signal tests start: Python keeps an
+# inherited SIG_IGN. A handler here is reset to the default in each child, which then handles it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import ml_dtypes
 import numpy as np

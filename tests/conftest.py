@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 # One thread for torch (and the OpenMP and BLAS pools of this process and of the processes it
-# starts), set before anything imports them. The tests run on machines of 2 shared cores (one
-# test at a time per xdist worker), where torch's default of one thread per core spins: validating the real MiniLM took 5-6 s
-# of CPU with 2 threads against 1.8 s with one, and as long on the clock. No test asserts a
-# thread count but test_cli.py's, which sets OPENBLAS_NUM_THREADS itself.
+# starts), set before anything imports them. The tests run on machines of 2 shared cores (one test
+# at a time per xdist worker), where torch's default of one thread per core spins: validating the
+# real MiniLM took 5-6 s of CPU with 2 threads against 1.8 s with one, and as long on the clock.
+# No test asserts a thread count but test_cli.py's, which sets OPENBLAS_NUM_THREADS itself.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # A suite started in the background by a shell without job control (`nohup make test &`) inherits
 # SIGINT ignored, and so would every `python -m streamconv` the signal tests start: Python keeps an
